@@ -1,0 +1,1 @@
+"""The audit store: append-only, hash-chained evidence of every decision."""

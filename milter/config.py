@@ -1,0 +1,310 @@
+"""Load and validate the gateway's TOML configuration.
+
+Every error names the file, the key and what is allowed, because the person reading it is an
+IT admin at a relay, not a Python developer. Unknown keys are errors: a typo must not silently
+turn a rule off.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "default" / "skot-milter.toml"
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the admin: file, key, what is allowed."""
+
+    def __init__(self, file: Path | str, key: str, message: str) -> None:
+        self.file = str(file)
+        self.key = key
+        self.message = message
+        super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
+
+
+Validator = Callable[[Any], Any]
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError("expected a non-empty string")
+    return v
+
+
+def _opt_str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected a string")
+    return v
+
+
+def _int(minimum: int = 0) -> Validator:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ValueError(f"expected a whole number >= {minimum}")
+        return v
+
+    return check
+
+
+def _float(minimum: float = 0.0) -> Validator:
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < minimum:
+            raise ValueError(f"expected a number >= {minimum}")
+        return float(v)
+
+    return check
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("expected true or false")
+    return v
+
+
+def _str_list(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise ValueError("expected a list of non-empty strings")
+    return tuple(v)
+
+
+def _domains(v: Any) -> tuple[str, ...]:
+    items = _str_list(v)
+    if not items:
+        raise ValueError("expected at least one domain, e.g. [\"school.example\"]")
+    return tuple(d.lower().rstrip(".") for d in items)
+
+
+def _networks(v: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    out = []
+    for item in _str_list(v):
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a network; use CIDR like \"10.0.0.0/8\"") from None
+    return tuple(out)
+
+
+def _hostport(v: Any) -> str:
+    s = _str(v)
+    if s.startswith("unix:"):
+        return s
+    host, sep, port = s.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected \"HOST:PORT\", e.g. \"127.0.0.1:10025\"")
+    return s
+
+
+def _next_hop(v: Any) -> str:
+    s = _str(v)
+    if s.startswith("maildir:") and len(s) > len("maildir:"):
+        return s
+    if s.startswith("smtp://"):
+        _hostport(s[len("smtp://"):])
+        return s
+    raise ValueError("expected \"smtp://HOST:PORT\" or \"maildir:PATH\"")
+
+
+def _audit_url(v: Any) -> str:
+    s = _str(v)
+    if s.startswith("sqlite:///") or s.startswith(("postgresql://", "postgres://")):
+        return s
+    raise ValueError("expected \"sqlite:///relative/path\", \"sqlite:////absolute/path\" "
+                     "or \"postgresql://user@host/db\"")
+
+
+def _language(v: Any) -> str:
+    if v not in ("nl", "en"):
+        raise ValueError("expected \"nl\" or \"en\"")
+    return str(v)
+
+
+# section -> key -> (validator, default). A default of REQUIRED means the key must be given.
+REQUIRED = object()
+SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
+    "gateway": {
+        "listen": (_hostport, "127.0.0.1:10025"),
+        "next_hop": (_next_hop, REQUIRED),
+        "hostname": (_str, "localhost"),
+        "node": (_str, "node1"),
+        "internal_networks": (_networks, ("127.0.0.0/8", "::1/128")),
+        "max_message_size": (_int(1024), 26214400),
+        "max_recipients": (_int(1), 1000),
+        "policy": (_str, REQUIRED),
+        "next_hop_timeout": (_float(0.1), 100.0),
+        "session_timeout": (_float(1.0), 300.0),
+        "max_connections": (_int(1), 500),
+        "max_connections_per_ip": (_int(1), 50),
+        "tls_cert": (_opt_str, ""),
+        "tls_key": (_opt_str, ""),
+        "auth_users": (_opt_str, ""),
+        "xforward_from": (_networks, ()),
+    },
+    "school": {
+        "domains": (_domains, REQUIRED),
+        "postmaster": (_str, REQUIRED),
+        "language": (_language, "nl"),
+        "name": (_opt_str, ""),
+    },
+    "directory": {
+        "csv": (_opt_str, ""),
+    },
+    "audit": {
+        "url": (_audit_url, REQUIRED),
+    },
+    "quarantine": {
+        "directory": (_opt_str, ""),
+        "retention_days": (_int(1), 30),
+    },
+}
+
+# Sections that later subsystems add to SCHEMA register here so that config check knows them.
+PATH_KEYS = {("gateway", "policy"), ("gateway", "tls_cert"), ("gateway", "tls_key"),
+             ("gateway", "auth_users"), ("directory", "csv"), ("quarantine", "directory")}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration. ``sections`` holds every key with defaults applied."""
+
+    path: Path
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def get(self, section: str, key: str) -> Any:
+        return self.sections[section][key]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, value: str) -> Path:
+        """Resolve a path from the config relative to the config file."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    # Convenience accessors for the keys every front needs.
+    @property
+    def school_domains(self) -> tuple[str, ...]:
+        return tuple(self.get("school", "domains"))
+
+    @property
+    def internal_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(self.get("gateway", "internal_networks"))
+
+    @property
+    def policy_path(self) -> Path:
+        return self.resolve(self.get("gateway", "policy"))
+
+    @property
+    def directory_path(self) -> Path | None:
+        v = self.get("directory", "csv")
+        return self.resolve(v) if v else None
+
+    @property
+    def next_hop(self) -> str:
+        """``smtp://host:port`` as given, or ``maildir:`` with an absolute path."""
+        v: str = self.get("gateway", "next_hop")
+        if v.startswith("maildir:"):
+            return "maildir:" + str(self.resolve(v[len("maildir:"):]))
+        return v
+
+    @property
+    def audit_url(self) -> str:
+        """The audit URL with a relative SQLite path made absolute against the config file."""
+        v: str = self.get("audit", "url")
+        if v.startswith("sqlite:///") and not v.startswith("sqlite:////"):
+            return "sqlite:///" + str(self.resolve(v[len("sqlite:///"):]))
+        if v.startswith("sqlite:////"):
+            return "sqlite:///" + v[len("sqlite:////") - 1:]
+        return v
+
+    @property
+    def quarantine_dir(self) -> Path:
+        v = self.get("quarantine", "directory")
+        if v:
+            return self.resolve(v)
+        url = self.audit_url
+        if url.startswith("sqlite:///"):
+            return Path(url[len("sqlite:///"):]).parent / "quarantine"
+        return self.resolve("quarantine")
+
+
+def _default_for(default: Any, validator: Validator) -> Any:
+    if isinstance(default, tuple) and default and isinstance(default[0], str):
+        try:
+            return validator(list(default))
+        except ValueError:
+            return default
+    return default
+
+
+def validate(data: Mapping[str, Any], path: Path) -> Config:
+    """Validate parsed TOML against SCHEMA; raise ConfigError naming the first bad key."""
+    errors = list(iter_errors(data, path))
+    if errors:
+        raise errors[0]
+    sections: dict[str, dict[str, Any]] = {}
+    for section, keys in SCHEMA.items():
+        given = data.get(section, {})
+        out: dict[str, Any] = {}
+        for key, (validator, default) in keys.items():
+            out[key] = validator(given[key]) if key in given else _default_for(default, validator)
+        sections[section] = out
+    return Config(path=path, sections=sections)
+
+
+def iter_errors(data: Mapping[str, Any], path: Path) -> list[ConfigError]:
+    """All problems in one config, so that ``config check`` can list them at once."""
+    errors: list[ConfigError] = []
+    for section, value in data.items():
+        if section not in SCHEMA:
+            errors.append(ConfigError(path, section, "unknown section; allowed: "
+                                      + ", ".join(f"[{s}]" for s in SCHEMA)))
+            continue
+        if not isinstance(value, dict):
+            errors.append(ConfigError(path, section, "expected a table [" + section + "]"))
+            continue
+        for key, v in value.items():
+            spec = SCHEMA[section].get(key)
+            if spec is None:
+                errors.append(ConfigError(path, f"{section}.{key}", "unknown key; allowed: "
+                                          + ", ".join(SCHEMA[section])))
+                continue
+            try:
+                spec[0](v)
+            except ValueError as exc:
+                errors.append(ConfigError(path, f"{section}.{key}", f"{exc} (got {v!r})"))
+    for section, keys in SCHEMA.items():
+        given = data.get(section, {})
+        if not isinstance(given, dict):
+            continue
+        for key, (_, default) in keys.items():
+            if default is REQUIRED and key not in given:
+                errors.append(ConfigError(path, f"{section}.{key}", "required key is missing"))
+    return errors
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
+
+
+def load(path: Path | str | None = None) -> Config:
+    """Load a config file (or the bundled default) and validate it."""
+    p = Path(path) if path is not None else DEFAULT_CONFIG
+    p = p.expanduser().resolve()
+    if path is None and not p.exists():
+        raise ConfigError(p, "", "bundled default config not found (install from the source "
+                          "tree with 'pip install -e .', or pass --config FILE)")
+    return validate(read_toml(p), p)

@@ -1,0 +1,1 @@
+"""The pure core: message model, context, rules engine and verdict. No sockets, no database."""

@@ -1,0 +1,70 @@
+"""Run the policy's rules over one message and combine their findings into a verdict.
+
+The strongest enforced action wins (reject > quarantine > tag > accept); rules in monitor mode
+are listed and audited but never raise the action, which is how schools roll a rule out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from milter.core.context import Context
+from milter.core.message import Message
+from milter.core.verdict import STRENGTH, FiredRule, Verdict, reply_line
+from milter.policy import Policy, RulePolicy
+from milter.rules import REGISTRY, Finding, load_all
+
+log = logging.getLogger(__name__)
+
+
+class RuleCrashed(Exception):
+    """A rule raised: a bug or a transient fault; the front answers 451 and logs it."""
+
+
+@dataclass(frozen=True)
+class Engine:
+    policy: Policy
+
+    def __post_init__(self) -> None:
+        load_all()
+
+    def evaluate(self, message: Message, ctx: Context) -> Verdict:
+        fired: list[tuple[RulePolicy, FiredRule]] = []
+        for rp in self.policy.rules.values():
+            spec = REGISTRY[rp.id]
+            try:
+                finding = spec.fn(message, ctx, rp.params)
+            except Exception as exc:  # noqa: BLE001 - a rule bug must tempfail, not crash
+                log.exception("rule %s failed", rp.id)
+                raise RuleCrashed(f"{rp.id}: {type(exc).__name__}") from exc
+            if finding is not None:
+                fired.append((rp, _fired(rp, finding)))
+        return combine(fired, ctx)
+
+
+def _fired(rp: RulePolicy, finding: Finding) -> FiredRule:
+    action = rp.action
+    if finding.max_action is not None and STRENGTH[finding.max_action] < STRENGTH[action]:
+        action = finding.max_action
+    return FiredRule(id=rp.id, article=rp.article, action=action, mode=rp.mode,
+                     reason=finding.reason, evidence=finding.evidence, notice=rp.notice)
+
+
+def combine(fired: list[tuple[RulePolicy, FiredRule]], ctx: Context) -> Verdict:
+    ref = ctx.envelope.txid
+    action, decisive = "accept", None
+    for rp, fr in fired:
+        if fr.mode == "enforce" and STRENGTH[fr.action] > STRENGTH[action]:
+            action, decisive = fr.action, rp
+    if action == "reject" and decisive is not None:
+        reply = reply_line("550 5.7.1", f"[{decisive.id}] {decisive.article}: "
+                           f"{decisive.text('reason', 'nl')} / {decisive.text('reason', 'en')}"
+                           + (f" ref={ref}" if ref else ""))
+    elif action == "quarantine":
+        reply = reply_line("250 2.0.0", "Ok: bericht vastgehouden voor controle / "
+                           "message held for review" + (f" ref={ref}" if ref else ""))
+    else:
+        reply = reply_line("250 2.0.0", "Ok" + (f" ref={ref}" if ref else ""))
+    return Verdict(action=action, direction=ctx.direction, smtp_reply=reply,
+                   rules=tuple(fr for _, fr in fired), ref=ref)

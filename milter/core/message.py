@@ -1,0 +1,228 @@
+"""The message model: one parse per message, shared by every rule.
+
+The raw bytes are normalised to CRLF once at ingress (``normalize_line_endings``) and never
+changed afterwards, so the bytes the rules inspect are the bytes relayed and stored.
+Parsing is defensive: Python's ``email`` picks one reading of ambiguous MIME silently, so the
+ambiguities it papers over are recorded as defects for the rules to see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage, Message as StdMessage
+from email.parser import BytesParser
+from functools import cached_property
+
+MAX_DEPTH = 40          # MIME nesting deeper than this cannot be a real mail program's output
+MAX_PARTS = 2000
+
+_BARE = re.compile(rb"\r\n|\r|\n")
+_CTL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def normalize_line_endings(raw: bytes) -> bytes:
+    """Turn every bare CR or LF into CRLF, so no hop can read a line end we did not see."""
+    if b"\r" not in raw and b"\n" not in raw:
+        return raw
+    return _BARE.sub(b"\r\n", raw)
+
+
+class Unparseable(Exception):
+    """The message cannot be parsed and never will be: answer 554 5.6.0, do not retry."""
+
+
+@dataclass(frozen=True)
+class Author:
+    """One address from a ``From:`` field, with whether it is a usable address at all."""
+
+    display_name: str
+    addr_spec: str
+    valid: bool
+
+    @property
+    def domain(self) -> str:
+        return self.addr_spec.rpartition("@")[2].lower() if self.valid else ""
+
+
+class Part:
+    """A leaf MIME part. The payload is decoded only when a rule asks for it."""
+
+    def __init__(self, msg: StdMessage, depth: int, index: int, path: str) -> None:
+        self._msg = msg
+        self.depth = depth
+        self.index = index
+        self.path = path
+        self.content_type = msg.get_content_type()
+        self.filename = _filename(msg)
+        disp = msg.get_content_disposition()
+        self.disposition = disp or ""
+        self.is_attachment = (disp == "attachment" or bool(self.filename)
+                              or self.content_type.split("/")[0] not in ("text", "multipart"))
+        self.defects = tuple(type(d).__name__ for d in msg.defects)
+
+    @cached_property
+    def payload(self) -> bytes:
+        try:
+            data = self._msg.get_payload(decode=True)
+        except Exception:  # noqa: BLE001 - a broken transfer encoding must not crash a rule
+            return b""
+        return data if isinstance(data, bytes) else b""
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.payload).hexdigest()
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+    @cached_property
+    def text(self) -> str:
+        """Decoded text of a text/* part (lenient: undecodable bytes are replaced)."""
+        charset = self._msg.get_content_charset() or "utf-8"
+        try:
+            return self.payload.decode(charset, errors="replace")
+        except LookupError:
+            return self.payload.decode("utf-8", errors="replace")
+
+    def evidence(self) -> dict[str, object]:
+        """What the audit may keep about this part: never its content."""
+        return {"name": self.filename, "type": self.content_type, "size": self.size,
+                "sha256": self.sha256}
+
+
+def _filename(msg: StdMessage) -> str:
+    try:
+        name = msg.get_filename() or msg.get_param("name", header="content-type")
+    except Exception:  # noqa: BLE001
+        return ""
+    if isinstance(name, tuple):  # RFC 2231 triple from get_param
+        from email.utils import collapse_rfc2231_value
+        name = collapse_rfc2231_value(name)
+    if not isinstance(name, str):
+        return ""
+    if "=?" in name:  # an encoded-word inside quotes: mail programs write it, RFC 2047 forbids it
+        from email.header import decode_header, make_header
+        try:
+            name = str(make_header(decode_header(name)))
+        except Exception:  # noqa: BLE001
+            pass
+    return _CTL.sub("", name).strip()
+
+
+@dataclass(frozen=True)
+class Message:
+    """A parsed message. ``email`` is the stdlib tree for rules that need more."""
+
+    raw: bytes
+    email: EmailMessage
+    authors: tuple[Author, ...]
+    from_field_count: int
+    subject: str
+    message_id: str
+    parts: tuple[Part, ...]
+    defects: tuple[str, ...]
+    headers: tuple[tuple[str, str], ...]
+    nested_messages: tuple[EmailMessage, ...]
+
+    @property
+    def attachments(self) -> tuple[Part, ...]:
+        return tuple(p for p in self.parts if p.is_attachment)
+
+    @property
+    def body_parts(self) -> tuple[Part, ...]:
+        return tuple(p for p in self.parts if not p.is_attachment)
+
+    @cached_property
+    def body_sha256(self) -> str:
+        return hashlib.sha256(self.raw).hexdigest()
+
+    def header(self, name: str) -> list[str]:
+        """All raw values of a header, unfolded, in order."""
+        lname = name.lower()
+        return [v for k, v in self.headers if k.lower() == lname]
+
+
+def _header_str(msg: StdMessage, name: str) -> str:
+    try:
+        v = msg.get(name)
+    except Exception:  # noqa: BLE001
+        return ""
+    return _CTL.sub(" ", str(v)).strip() if v is not None else ""
+
+
+def _authors(msg: EmailMessage) -> tuple[tuple[Author, ...], int]:
+    fields = []
+    try:
+        fields = msg.get_all("From") or []
+    except Exception:  # noqa: BLE001 - header objects that fail to parse
+        return (Author("", "", False),), 1
+    out: list[Author] = []
+    for f in fields:
+        try:
+            addresses = f.addresses
+            defects = f.defects
+        except Exception:  # noqa: BLE001
+            out.append(Author("", str(f), False))
+            continue
+        if not addresses:
+            out.append(Author("", "", False))
+        for a in addresses:
+            spec = a.addr_spec
+            valid = (not defects and bool(a.username) and bool(a.domain)
+                     and not _CTL.search(spec) and not _CTL.search(a.display_name or "")
+                     and spec.count("@") == 1)
+            out.append(Author(a.display_name or "", spec, valid))
+    return tuple(out), len(fields)
+
+
+def parse(raw: bytes) -> Message:
+    """Parse normalised bytes once. Raises Unparseable for a message no retry will fix."""
+    try:
+        msg = BytesParser(policy=policy.default).parsebytes(raw)
+        assert isinstance(msg, EmailMessage)
+        parts: list[Part] = []
+        nested: list[EmailMessage] = []
+        defects: list[str] = [type(d).__name__ for d in msg.defects]
+        # Iterative walk with an explicit stack: deep nesting must not exhaust the C stack.
+        stack: list[tuple[StdMessage, int, str]] = [(msg, 0, "1")]
+        count = 0
+        while stack:
+            node, depth, path = stack.pop()
+            count += 1
+            if depth > MAX_DEPTH:
+                raise Unparseable(f"MIME nesting deeper than {MAX_DEPTH} levels")
+            if count > MAX_PARTS:
+                raise Unparseable(f"more than {MAX_PARTS} MIME parts")
+            if len(node.get_all("Content-Type") or []) > 1:
+                defects.append("DuplicateContentType")
+            if node is not msg:
+                defects.extend(type(d).__name__ for d in node.defects)
+            if node.is_multipart():
+                children = node.get_payload()
+                if not isinstance(children, list):
+                    continue
+                if node.get_content_type() == "message/rfc822":
+                    for child in children:
+                        if isinstance(child, EmailMessage):
+                            nested.append(child)
+                for i, child in reversed(list(enumerate(children, start=1))):
+                    if isinstance(child, StdMessage):
+                        stack.append((child, depth + 1, f"{path}.{i}"))
+            else:
+                parts.append(Part(node, depth, len(parts), path))
+        authors, count_from = _authors(msg)
+        headers = tuple((k, _CTL.sub(" ", str(v))) for k, v in msg.raw_items())
+        return Message(raw=raw, email=msg, authors=authors, from_field_count=count_from,
+                       subject=_header_str(msg, "Subject"),
+                       message_id=_header_str(msg, "Message-ID"), parts=tuple(parts),
+                       defects=tuple(defects), headers=headers, nested_messages=tuple(nested))
+    except Unparseable:
+        raise
+    except RecursionError:
+        raise Unparseable("MIME structure too deeply nested to parse") from None
+    except (MemoryError, AssertionError) as exc:
+        raise Unparseable(f"message cannot be parsed: {type(exc).__name__}") from None

@@ -1,0 +1,115 @@
+"""The staff directory: who is staff, pupil or parent, their private addresses and supervisor.
+
+Read from a CSV export of the school's administration. Dutch Excel writes semicolons, so the
+delimiter is sniffed from the header row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROLES = ("staff", "pupil", "parent", "other")
+COLUMNS = ("address", "role", "name", "private_addresses", "supervisor")
+# Optional columns a school may add: language (nl/en, for notices), groups (space-separated).
+OPTIONAL_COLUMNS = ("language", "groups")
+
+
+class DirectoryError(Exception):
+    def __init__(self, file: Path | str, line: int, column: str, message: str) -> None:
+        self.file, self.line, self.column, self.message = str(file), line, column, message
+        super().__init__(f"{file}: line {line}: {column}: {message}")
+
+
+@dataclass(frozen=True)
+class Person:
+    address: str
+    role: str
+    name: str = ""
+    private_addresses: tuple[str, ...] = ()
+    supervisor: str = ""
+    language: str = ""
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Directory:
+    people: Mapping[str, Person] = field(default_factory=dict)
+    by_private: Mapping[str, Person] = field(default_factory=dict)
+
+    def lookup(self, address: str) -> Person | None:
+        return self.people.get(address.lower())
+
+    def owner_of_private(self, address: str) -> Person | None:
+        """The staff member who declared ``address`` as one of their private addresses."""
+        return self.by_private.get(address.lower())
+
+    @classmethod
+    def from_people(cls, people: Iterable[Person]) -> Directory:
+        by_addr: dict[str, Person] = {}
+        by_private: dict[str, Person] = {}
+        for p in people:
+            by_addr[p.address.lower()] = p
+            for priv in p.private_addresses:
+                by_private[priv.lower()] = p
+        return cls(by_addr, by_private)
+
+
+EMPTY = Directory()
+
+
+def parse_csv(text: str, source: Path | str = "<directory>") -> Directory:
+    lines = text.splitlines()
+    if not lines:
+        raise DirectoryError(source, 1, "header", "empty file; expected a header row: "
+                             + ", ".join(COLUMNS))
+    delimiter = ";" if lines[0].count(";") > lines[0].count(",") else ","
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    missing = [c for c in ("address", "role") if c not in header]
+    if missing:
+        raise DirectoryError(source, 1, "header", "missing column(s) " + ", ".join(missing)
+                             + "; expected: " + ", ".join(COLUMNS))
+    unknown = [h for h in header if h not in COLUMNS + OPTIONAL_COLUMNS]
+    if unknown:
+        raise DirectoryError(source, 1, "header", "unknown column(s) " + ", ".join(unknown)
+                             + "; allowed: " + ", ".join(COLUMNS + OPTIONAL_COLUMNS))
+    reader.fieldnames = header
+    people = []
+    for n, row in enumerate(reader, start=2):
+        def col(name: str, row: dict[str, str | None] = row) -> str:
+            return (row.get(name) or "").strip()
+
+        address = col("address").lower()
+        if "@" not in address:
+            raise DirectoryError(source, n, "address", f"not an email address: {address!r}")
+        role = col("role").lower()
+        if role not in ROLES:
+            raise DirectoryError(source, n, "role", f"{role!r}; allowed: " + ", ".join(ROLES))
+        privates = tuple(a.lower() for a in col("private_addresses").split() if a)
+        bad = [a for a in privates if "@" not in a]
+        if bad:
+            raise DirectoryError(source, n, "private_addresses",
+                                 f"not an email address: {bad[0]!r} (separate several by spaces)")
+        lang = col("language").lower()
+        if lang and lang not in ("nl", "en"):
+            raise DirectoryError(source, n, "language", f"{lang!r}; allowed: nl, en")
+        people.append(Person(address=address, role=role, name=col("name"),
+                             private_addresses=privates, supervisor=col("supervisor").lower(),
+                             language=lang, groups=tuple(col("groups").split())))
+    return Directory.from_people(people)
+
+
+def load(path: Path | None) -> Directory:
+    if path is None:
+        return EMPTY
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DirectoryError(path, 0, "file", "not found") from None
+    except UnicodeDecodeError:
+        raise DirectoryError(path, 0, "file", "not UTF-8; save the CSV as UTF-8") from None
+    return parse_csv(text, path)

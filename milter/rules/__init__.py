@@ -1,0 +1,58 @@
+"""The rule registry: every rule is a small function registered under its policy id.
+
+A rule detects; the policy decides what happens (action, mode). Rule modules register on
+import; ``load_all`` imports the families so the registry is complete.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from milter.core.context import Context
+from milter.core.message import Message
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule fired. ``reason`` is a short English detail for logs and the audit record;
+    ``evidence`` holds names, counts and hashes, never message content. ``max_action`` lets a
+    rule cap the policy action (content to internal recipients is tagged at most)."""
+
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    max_action: str | None = None
+
+
+RuleFn = Callable[[Message, Context, Mapping[str, Any]], Finding | None]
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    id: str
+    fn: RuleFn
+    params: Mapping[str, Any]  # allowed policy params with their defaults
+
+
+REGISTRY: dict[str, RuleSpec] = {}
+FAMILIES = ("milter.rules.sender",)
+
+
+def rule(rule_id: str, **params: Any) -> Callable[[RuleFn], RuleFn]:
+    """Register ``fn`` as rule ``rule_id``; keyword arguments are its policy params."""
+
+    def register(fn: RuleFn) -> RuleFn:
+        if rule_id in REGISTRY:
+            raise RuntimeError(f"rule {rule_id} registered twice")
+        REGISTRY[rule_id] = RuleSpec(rule_id, fn, params)
+        return fn
+
+    return register
+
+
+def load_all() -> Mapping[str, RuleSpec]:
+    for family in FAMILIES:
+        importlib.import_module(family)
+    return REGISTRY

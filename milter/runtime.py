@@ -1,0 +1,88 @@
+"""Everything loaded from one config, and the one call every front makes: evaluate.
+
+A ``Runtime`` is immutable; a reload builds a new one, and a transaction keeps the runtime it
+started with (so a SIGHUP never changes the policy halfway through a message).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from milter import config as config_mod
+from milter import directory as directory_mod
+from milter import policy as policy_mod
+from milter.config import Config, ConfigError
+from milter.core.context import Context, Envelope
+from milter.core.engine import Engine
+from milter.core.message import Message, Unparseable, normalize_line_endings, parse
+from milter.core.verdict import Verdict, unparseable
+from milter.directory import Directory, DirectoryError
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A verdict plus what the audit keeps about the message (never its body)."""
+
+    verdict: Verdict
+    raw: bytes
+    message: Message | None
+    context: Context
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    config: Config
+    policy: policy_mod.Policy
+    directory: Directory
+    engine: Engine
+
+    @classmethod
+    def load(cls, path: str | None = None) -> Runtime:
+        """Load config, policy and directory; raise ConfigError with file and key on problems."""
+        cfg = config_mod.load(path)
+        return cls.from_config(cfg)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Runtime:
+        pol = policy_mod.load(cfg.policy_path)
+        try:
+            directory = directory_mod.load(cfg.directory_path)
+        except DirectoryError as exc:
+            raise ConfigError(exc.file, f"line {exc.line}: {exc.column}", exc.message) from None
+        return cls(cfg, pol, directory, Engine(pol))
+
+    def context(self, envelope: Envelope, now: datetime | None = None) -> Context:
+        return Context(envelope=envelope, school_domains=self.config.school_domains,
+                       internal_networks=self.config.internal_networks,
+                       directory=self.directory, now=now or datetime.now(UTC))
+
+    def evaluate(self, envelope: Envelope, raw: bytes, now: datetime | None = None) -> Evaluation:
+        """Normalise, parse once, run the rules. Pure apart from reading the clock default.
+
+        Raises ``milter.core.engine.RuleCrashed`` when a rule fails (the front tempfails)."""
+        data = normalize_line_endings(raw)
+        ctx = self.context(envelope, now)
+        try:
+            message = parse(data)
+        except Unparseable as exc:
+            verdict = unparseable(ctx.direction, str(exc), envelope.txid)
+            return Evaluation(verdict, data, None, ctx,
+                              {"parse_error": str(exc), "size": len(data)})
+        verdict = self.engine.evaluate(message, ctx)
+        return Evaluation(verdict, data, message, ctx, self.summarize(message, data))
+
+    def summarize(self, message: Message, data: bytes) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "message_id": message.message_id,
+            "size": len(data),
+            "sha256": message.body_sha256,
+            "attachments": [p.evidence() for p in message.attachments],
+        }
+        if message.defects:
+            summary["defects"] = sorted(set(message.defects))
+        if self.policy.keep_subjects:
+            summary["subject"] = message.subject
+        return summary
