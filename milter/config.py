@@ -94,7 +94,7 @@ def _hostport(v: Any) -> str:
     if s.startswith("unix:"):
         return s
     host, sep, port = s.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError("expected \"HOST:PORT\", e.g. \"127.0.0.1:10025\"")
     return s
 

@@ -1,12 +1,13 @@
 """The rule registry: every rule is a small function registered under its policy id.
 
 A rule detects; the policy decides what happens (action, mode). Rule modules register on
-import; ``load_all`` imports the families so the registry is complete.
+import; ``load_all`` imports every module of this package so the registry is complete.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,6 @@ class RuleSpec:
 
 
 REGISTRY: dict[str, RuleSpec] = {}
-FAMILIES = ("milter.rules.sender",)
 
 
 def rule(rule_id: str, **params: Any) -> Callable[[RuleFn], RuleFn]:
@@ -53,6 +53,7 @@ def rule(rule_id: str, **params: Any) -> Callable[[RuleFn], RuleFn]:
 
 
 def load_all() -> Mapping[str, RuleSpec]:
-    for family in FAMILIES:
-        importlib.import_module(family)
+    """Import every rule family in this package (a new family is just a new module)."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
     return REGISTRY

@@ -1,0 +1,102 @@
+"""``skot-milter quarantine``: list, show and delete held messages (release: see below)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from milter import config as config_mod
+from milter.audit.store import AuditEvent, AuditUnavailable, open_store
+from milter.commands import CommandError, add_config, print_json
+from milter.quarantine import Entry, QuarantineStore
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("quarantine", help="held messages")
+    qsub = p.add_subparsers(dest="quarantine_command", metavar="SUBCOMMAND", required=True)
+    ls = qsub.add_parser("list", help="list held messages")
+    add_config(ls)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=run_list)
+    show = qsub.add_parser("show", help="verdict, envelope and attachments of one message")
+    add_config(show)
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    show.add_argument("--raw", action="store_true", help="print the message itself")
+    show.set_defaults(func=run_show)
+    delete = qsub.add_parser("delete", help="delete a held message (audited)")
+    add_config(delete)
+    delete.add_argument("id")
+    delete.add_argument("--actor", default="", help="who deletes it (default: the OS user)")
+    delete.set_defaults(func=run_delete)
+
+
+def _config(args: argparse.Namespace) -> config_mod.Config:
+    try:
+        return config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _entry(store: QuarantineStore, qid: str) -> Entry:
+    entry = store.get(qid)
+    if entry is None:
+        raise CommandError(f"no quarantined message {qid}", code=1)
+    return entry
+
+
+def actor_name(given: str) -> str:
+    import getpass
+
+    return given or f"cli:{getpass.getuser()}"
+
+
+def run_list(args: argparse.Namespace) -> int:
+    entries = QuarantineStore(_config(args).quarantine_dir).list()
+    if args.json:
+        print_json([e.to_json() for e in entries])
+        return 0
+    for e in entries:
+        env = e.meta.get("envelope", {})
+        rules = ",".join(r.get("id", "") for r in e.meta.get("verdict", {}).get("rules", []))
+        when = datetime.fromtimestamp(float(e.meta.get("stored_at", 0)), UTC)
+        print(f"{e.id}  {when:%Y-%m-%d %H:%M}  {env.get('mail_from', '')}  "
+              f"-> {','.join(env.get('rcpt_tos', []))}  {rules}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    entry = _entry(QuarantineStore(_config(args).quarantine_dir), args.id)
+    if args.raw:
+        sys.stdout.buffer.write(entry.raw)
+        return 0
+    print_json(entry.to_json())
+    return 0
+
+
+def audit_act(cfg: config_mod.Config, event: str, entry: Entry, actor: str,
+              reply: str = "") -> None:
+    env = entry.meta.get("envelope", {})
+    try:
+        store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
+        store.append(AuditEvent(event=event, txid=str(entry.meta.get("txid", "")),
+                                sender=env.get("mail_from", ""),
+                                recipients=tuple(env.get("rcpt_tos", [])),
+                                direction=entry.meta.get("verdict", {}).get("direction", ""),
+                                action=event, reply=reply, actor=actor,
+                                evidence={"quarantine_id": entry.id}))
+        store.close()
+    except AuditUnavailable as exc:
+        raise CommandError(f"audit store unavailable, nothing changed: {exc}", code=1) from None
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    store = QuarantineStore(cfg.quarantine_dir)
+    entry = _entry(store, args.id)
+    audit_act(cfg, "quarantine-delete", entry, actor_name(args.actor))
+    store.delete(entry.id)
+    print(f"deleted {entry.id}")
+    return 0
