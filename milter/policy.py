@@ -58,7 +58,8 @@ def iter_errors(data: Mapping[str, Any], path: Path) -> list[ConfigError]:
             errors.append(ConfigError(path, f"policy.{key}",
                                       "unknown key; allowed: " + ", ".join(sorted(POLICY_KEYS))))
     if head.get("default_mode", "enforce") not in MODES:
-        errors.append(ConfigError(path, "policy.default_mode", "expected \"enforce\" or \"monitor\""))
+        errors.append(ConfigError(path, "policy.default_mode",
+                                  "expected \"enforce\" or \"monitor\""))
     rules = data.get("rules", {})
     if not isinstance(rules, dict) or not rules:
         errors.append(ConfigError(path, "rules", "expected at least one [rules.\"ID\"] table"))

@@ -90,7 +90,7 @@ class QuarantineStore:
             return None
         return Entry(qid, meta, path)
 
-    def list(self) -> list[Entry]:
+    def entries(self) -> list[Entry]:
         if not self.directory.is_dir():
             return []
         out = []
@@ -114,4 +114,4 @@ class QuarantineStore:
 
     def older_than(self, seconds: float, now: float | None = None) -> list[Entry]:
         cutoff = (now if now is not None else time.time()) - seconds
-        return [e for e in self.list() if float(e.meta.get("stored_at", 0)) < cutoff]
+        return [e for e in self.entries() if float(e.meta.get("stored_at", 0)) < cutoff]

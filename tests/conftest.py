@@ -13,7 +13,8 @@ POLICY = ROOT / "policies" / "skot.toml"
 STAFF_CSV = """address;role;name;private_addresses;supervisor
 someone@school.example;staff;Sam Someone;sam.someone@gmail.example;director@school.example
 director@school.example;staff;Dana Director;;
-teacher@school.example;staff;Theo Teacher;theo@home.example t.teacher@mail.example;director@school.example
+teacher@school.example;staff;Theo Teacher;theo@home.example t.teacher@mail.example;\
+director@school.example
 pupil1@leerling.school.example;pupil;Pim Pupil;;
 """
 

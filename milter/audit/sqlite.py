@@ -141,7 +141,8 @@ class SQLiteStore:
         return AuditRecord(**base, chain=self.chain, seq=seq, prev_hash=prev,
                            content_hash=c_hash, hash=chain_hash(self.chain, seq, prev, c_hash))
 
-    def records(self, filters: Filters = Filters()) -> Iterator[AuditRecord]:
+    def records(self, filters: Filters | None = None) -> Iterator[AuditRecord]:
+        filters = filters or Filters()
         where, args = [], []
         if filters.since:
             where.append("ts >= ?")

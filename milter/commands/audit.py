@@ -111,22 +111,25 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     store = open_from_args(args)
-    out = sys.stdout if args.output == "-" else open(args.output, "w", newline="", encoding="utf-8")
-    try:
-        if args.format == "jsonl":
-            for r in store.records(_filters(args)):
-                out.write(json.dumps(r.to_json(), ensure_ascii=False, sort_keys=True) + "\n")
-        else:
-            w = csv.DictWriter(out, fieldnames=CSV_FIELDS)
-            w.writeheader()
-            for r in store.records(_filters(args)):
-                row = r.to_json()
-                w.writerow({k: row[k] if isinstance(row[k], str | int)
-                            else json.dumps(row[k], ensure_ascii=False) for k in CSV_FIELDS})
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    if args.output == "-":
+        _export(store, args, sys.stdout)
+    else:
+        with open(args.output, "w", newline="", encoding="utf-8") as fh:
+            _export(store, args, fh)
     return 0
+
+
+def _export(store: AuditStore, args: argparse.Namespace, out: Any) -> None:
+    if args.format == "jsonl":
+        for r in store.records(_filters(args)):
+            out.write(json.dumps(r.to_json(), ensure_ascii=False, sort_keys=True) + "\n")
+    else:
+        w = csv.DictWriter(out, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in store.records(_filters(args)):
+            row = r.to_json()
+            w.writerow({k: row[k] if isinstance(row[k], str | int)
+                        else json.dumps(row[k], ensure_ascii=False) for k in CSV_FIELDS})
 
 
 def run_verify(args: argparse.Namespace) -> int:

@@ -54,7 +54,7 @@ def actor_name(given: str) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    entries = QuarantineStore(_config(args).quarantine_dir).list()
+    entries = QuarantineStore(_config(args).quarantine_dir).entries()
     if args.json:
         print_json([e.to_json() for e in entries])
         return 0

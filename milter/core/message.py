@@ -8,11 +8,13 @@ ambiguities it papers over are recorded as defects for the rules to see.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
 from email import policy
-from email.message import EmailMessage, Message as StdMessage
+from email.message import EmailMessage
+from email.message import Message as StdMessage
 from email.parser import BytesParser
 from functools import cached_property
 
@@ -106,10 +108,8 @@ def _filename(msg: StdMessage) -> str:
         return ""
     if "=?" in name:  # an encoded-word inside quotes: mail programs write it, RFC 2047 forbids it
         from email.header import decode_header, make_header
-        try:
+        with contextlib.suppress(Exception):
             name = str(make_header(decode_header(name)))
-        except Exception:  # noqa: BLE001
-            pass
     return _CTL.sub("", name).strip()
 
 
