@@ -15,7 +15,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from milter import server
+    import milter.server as server
 
     code: int = server.run(args.config)
     return code

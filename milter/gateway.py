@@ -1,0 +1,135 @@
+"""What every front shares: the current runtime, the audit writer, the quarantine, ids.
+
+Fronts (SMTP proxy, milter) turn protocol events into calls here; this module owns the order
+of durable writes (audit before answers) so both fronts keep the same guarantees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from milter.audit.store import AuditEvent, AuditRecord, AuditStore, AuditUnavailable
+from milter.core.verdict import ascii_line
+from milter.quarantine import QuarantineError, QuarantineStore
+from milter.runtime import Evaluation, Runtime
+
+log = logging.getLogger("skot-milter")
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_txid() -> str:
+    """A short, sortable transaction id: it appears in logs, the audit and reply texts."""
+    t = int(time.time() * 1000)
+    stamp = "".join(_ALPHABET[(t >> s) & 31] for s in range(45, -5, -5))
+    return stamp + "".join(secrets.choice(_ALPHABET) for _ in range(6))
+
+
+class AsyncAudit:
+    """Audit appends off the event loop, one writer thread, records batched per fsync.
+
+    Appends queued while a commit is in progress go out together in the next commit (group
+    commit); each caller still returns only once its own record is durable.
+    """
+
+    def __init__(self, store: AuditStore) -> None:
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        self._pending: list[tuple[AuditEvent, asyncio.Future[AuditRecord]]] = []
+        self._running = False
+
+    async def append(self, event: AuditEvent) -> AuditRecord:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[AuditRecord] = loop.create_future()
+        self._pending.append((event, fut))
+        if not self._running:
+            self._running = True
+            loop.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                events = [e for e, _ in batch]
+                try:
+                    many = getattr(self.store, "append_many", None)
+                    if many is not None:
+                        records = await loop.run_in_executor(self._executor, many, events)
+                    else:
+                        records = [await loop.run_in_executor(self._executor, self.store.append,
+                                                              e) for e in events]
+                except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
+                    err = exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(str(exc))
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(err)
+                    continue
+                for (_, fut), rec in zip(batch, records, strict=True):
+                    if not fut.done():
+                        fut.set_result(rec)
+        finally:
+            self._running = False
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.store.close()
+
+
+@dataclass
+class Gateway:
+    runtime: Runtime
+    audit: AsyncAudit
+    quarantine: QuarantineStore
+
+    def event(self, evaluation: Evaluation | None, event: str, *, txid: str, client: str,
+              sender: str, recipients: Sequence[str], auth_user: str = "", reply: str = "",
+              extra: dict[str, Any] | None = None) -> AuditEvent:
+        """An audit event for a transaction: who, which rules, what was done, evidence."""
+        evidence: dict[str, Any] = {}
+        rules: tuple[dict[str, Any], ...] = ()
+        action, direction, message_id, subject = "", "", "", ""
+        if evaluation is not None:
+            verdict = evaluation.verdict
+            action, direction = verdict.action, verdict.direction
+            rules = tuple({"id": r.id, "article": r.article, "action": r.action,
+                           "mode": r.mode, "reason": r.reason, "evidence": r.evidence}
+                          for r in verdict.rules)
+            evidence = {k: v for k, v in evaluation.summary.items()
+                        if k not in ("message_id", "subject")}
+            message_id = str(evaluation.summary.get("message_id", ""))
+            subject = str(evaluation.summary.get("subject", ""))
+        if extra:
+            evidence.update(extra)
+        return AuditEvent(event=event, txid=txid, message_id=message_id, client=client,
+                          direction=direction, sender=sender, recipients=tuple(recipients),
+                          auth_user=auth_user, rules=rules, action=action, reply=reply,
+                          evidence=evidence, subject=subject)
+
+    async def hold(self, evaluation: Evaluation, txid: str, envelope_json: dict[str, Any]) -> str:
+        """Quarantine durably (raises QuarantineError: the client must get 451)."""
+        return await asyncio.to_thread(self.quarantine.put, txid, evaluation.raw, envelope_json,
+                                       evaluation.verdict.to_json())
+
+
+def policy_headers(evaluation: Evaluation) -> bytes:
+    """``X-SKOT-Policy:`` lines for enforced tag rules; values can carry no CR, LF or NUL."""
+    lines = []
+    for r in evaluation.verdict.rules:
+        if r.mode != "enforce" or r.action != "tag":
+            continue
+        value = ascii_line(f"{r.id}; article={r.article}; action={r.action}; "
+                           f"ref={evaluation.verdict.ref}")
+        lines.append(f"X-SKOT-Policy: {value}\r\n".encode("ascii"))
+    return b"".join(lines)
+
+
+__all__ = ["AsyncAudit", "Gateway", "QuarantineError", "new_txid", "policy_headers"]

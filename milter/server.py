@@ -1,0 +1,118 @@
+"""Start the gateway: load the runtime, open the audit store, serve the SMTP front.
+
+SIGTERM/SIGINT stop accepting, let transactions in flight finish (bounded), then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from milter.audit.store import AuditUnavailable, open_store
+from milter.config import ConfigError
+from milter.gateway import AsyncAudit, Gateway
+from milter.quarantine import QuarantineStore
+from milter.runtime import Runtime
+from milter.smtp.auth import load_authenticator
+from milter.smtp.proxy import ConnectionLimits, GatewaySMTP, ProxyHandler
+
+log = logging.getLogger("skot-milter")
+
+
+@dataclass
+class Running:
+    """A started gateway: what tests and ``run`` need to reach and to stop it."""
+
+    gateway: Gateway
+    handler: ProxyHandler
+    server: asyncio.AbstractServer
+    port: int
+    extras: list[Any] = field(default_factory=list)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        self.server.close()
+        try:
+            await asyncio.wait_for(self.server.wait_closed(), timeout=grace)
+        except TimeoutError:
+            log.warning("stopping with transactions still in flight after %.0fs", grace)
+        self.gateway.audit.close()
+
+
+def tls_context(runtime: Runtime) -> ssl.SSLContext | None:
+    cfg = runtime.config
+    cert, key = cfg.get("gateway", "tls_cert"), cfg.get("gateway", "tls_key")
+    if not cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cfg.resolve(cert), cfg.resolve(key) if key else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(cfg.path, "gateway.tls_cert", f"cannot load certificate: {exc}") from exc
+    return ctx
+
+
+async def start(runtime: Runtime, host: str | None = None, port: int | None = None) -> Running:
+    """Open the store and listen; raises ConfigError or AuditUnavailable on bad set-up."""
+    cfg = runtime.config
+    store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
+    gateway = Gateway(runtime, AsyncAudit(store), QuarantineStore(cfg.quarantine_dir))
+    handler = ProxyHandler(gateway)
+    limits = ConnectionLimits(cfg.get("gateway", "max_connections"),
+                              cfg.get("gateway", "max_connections_per_ip"))
+    tls = tls_context(runtime)
+    authenticator = load_authenticator(cfg)
+    listen_host, _, listen_port = cfg.get("gateway", "listen").rpartition(":")
+    host = host if host is not None else listen_host.strip("[]")
+    port = port if port is not None else int(listen_port)
+
+    def factory() -> GatewaySMTP:
+        return GatewaySMTP(handler, limits=limits,
+                           data_size_limit=cfg.get("gateway", "max_message_size"),
+                           enable_SMTPUTF8=True, decode_data=False,
+                           hostname=cfg.get("gateway", "hostname"), ident="skot-milter",
+                           tls_context=tls, require_starttls=False,
+                           auth_require_tls=True, authenticator=authenticator,
+                           auth_exclude_mechanism=[] if authenticator else ["LOGIN", "PLAIN"],
+                           timeout=cfg.get("gateway", "session_timeout"),
+                           command_call_limit={"NOOP": 20, "RSET": 50, "*": 500})
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, host=host, port=port)
+    bound = server.sockets[0].getsockname()[1]
+    log.info("skot-milter listening on %s:%s, next hop %s, policy %s", host, bound,
+             cfg.next_hop, runtime.policy.path)
+    return Running(gateway, handler, server, bound)
+
+
+async def _serve(config_path: str | None) -> int:
+    runtime = Runtime.load(config_path)
+    running = await start(runtime)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: no new connections, finishing transactions in flight")
+    await running.stop()
+    return 0
+
+
+def run(config_path: str | None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(_serve(config_path))
+    except ConfigError as exc:
+        print(f"skot-milter: {exc}", file=sys.stderr)
+        return 2
+    except AuditUnavailable as exc:
+        print(f"skot-milter: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"skot-milter: cannot listen: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""The SMTP front (aiosmtpd) and the downstream client."""

@@ -1,0 +1,345 @@
+"""The SMTP front: a before-queue proxy on aiosmtpd.
+
+The next-hop session opens at MAIL FROM; each RCPT gets the next hop's own answer; at the end
+of DATA the policy runs, the decision is made durable in the audit store, and only then does
+the final dot go downstream. The client hears 250 only after the next hop said 250 for the
+same bytes, like Postfix's ``smtpd_proxy_filter``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import Envelope as SMTPEnvelope
+from aiosmtpd.smtp import Session as SMTPSession
+from email_validator import EmailNotValidError, validate_email
+
+from milter.audit.store import AuditUnavailable
+from milter.core.context import Envelope, domain_in
+from milter.core.engine import RuleCrashed
+from milter.core.verdict import reply_line
+from milter.gateway import Gateway, QuarantineError, new_txid, policy_headers
+from milter.runtime import Evaluation
+from milter.smtp.relay import NextHopError, Reply, Session, open_session
+
+log = logging.getLogger("skot-milter.smtp")
+
+_CTL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass
+class Transaction:
+    """Per-transaction state kept on the aiosmtpd session."""
+
+    txid: str
+    downstream: Session | None = None
+    rcpt_tos: list[str] = field(default_factory=list)
+
+
+def check_address(address: str, *, allow_empty: bool) -> str | None:
+    """None if the address may be relayed exactly as given, else the reason it may not."""
+    if _CTL.search(address):
+        return "control characters in address"
+    if not address:
+        return None if allow_empty else "empty address"
+    try:
+        validate_email(address, check_deliverability=False, allow_smtputf8=True,
+                       allow_quoted_local=True, allow_domain_literal=True)
+    except EmailNotValidError as exc:
+        return str(exc)
+    return None
+
+
+class ProxyHandler:
+    """aiosmtpd handler hooks. Holds a reference to the gateway (swapped on reload)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._txs: WeakKeyDictionary[SMTPSession, Transaction] = WeakKeyDictionary()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _tx(self, session: SMTPSession) -> Transaction | None:
+        return self._txs.get(session)
+
+    def detach(self, session: SMTPSession) -> Transaction | None:
+        return self._txs.pop(session, None)
+
+    async def _drop(self, session: SMTPSession) -> None:
+        tx = self.detach(session)
+        if tx is not None and tx.downstream is not None:
+            await tx.downstream.close()
+
+    def _client(self, session: SMTPSession) -> str:
+        peer = session.peer
+        return str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
+
+    @staticmethod
+    def _auth_user(session: SMTPSession) -> str:
+        if not session.authenticated:
+            return ""
+        data = session.auth_data
+        if isinstance(data, bytes):
+            return data.decode("utf-8", "replace")
+        return str(getattr(data, "login", data) or "")
+
+    def _outbound(self, session: SMTPSession) -> bool:
+        ctx = self.gateway.runtime.context(Envelope("", (), self._client(session),
+                                                    auth_user=self._auth_user(session)))
+        return ctx.direction == "outbound"
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    async def handle_MAIL(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope,
+                          address: str, mail_options: list[str]) -> str:
+        raw_arg = getattr(server, "skot_last_arg", "")
+        if _CTL.search(raw_arg):
+            return "501 5.5.4 Control characters in MAIL command"
+        # aiosmtpd hands over the null sender as "<>"; it is kept so for its own state checks
+        sender = "" if address == "<>" else address
+        problem = check_address(sender, allow_empty=True)
+        if problem is not None:
+            return reply_line("501 5.1.7", f"Invalid sender address: {problem}")
+        if sender and raw_arg and f"<{sender}>" not in raw_arg and sender not in raw_arg:
+            return "553 5.1.7 Sender address would be rewritten; send it in plain form"
+        await self._drop(session)
+        cfg = self.gateway.runtime.config
+        tx = Transaction(new_txid())
+        try:
+            tx.downstream = await open_session(cfg.next_hop, cfg.get("gateway", "hostname"),
+                                               cfg.get("gateway", "next_hop_timeout"))
+            reply = await tx.downstream.mail(sender, mail_options)
+        except NextHopError as exc:
+            log.warning("tx=%s next hop unavailable at MAIL: %s", tx.txid, exc)
+            if tx.downstream is not None:
+                await tx.downstream.close()
+            return f"451 4.4.1 Next hop unavailable, try again later ref={tx.txid}"
+        if not reply.ok:
+            await tx.downstream.close()
+            return reply.line
+        self._txs[session] = tx
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        raw_arg = getattr(server, "skot_last_arg", "")
+        if _CTL.search(raw_arg):
+            return "501 5.5.4 Control characters in RCPT command"
+        problem = check_address(address, allow_empty=False)
+        if problem is not None:
+            return reply_line("501 5.1.3", f"Invalid recipient address: {problem}")
+        if raw_arg and f"<{address}>" not in raw_arg and address not in raw_arg:
+            return "553 5.1.3 Recipient address would be rewritten; send it in plain form"
+        tx = self._tx(session)
+        if tx is None or tx.downstream is None:
+            return "503 5.5.1 Need MAIL command"
+        cfg = self.gateway.runtime.config
+        if len(tx.rcpt_tos) >= cfg.get("gateway", "max_recipients"):
+            return "452 4.5.3 Too many recipients"
+        if not self._outbound(session) and not domain_in(address.rpartition("@")[2],
+                                                         cfg.school_domains):
+            return "554 5.7.1 Relay access denied"
+        try:
+            reply = await tx.downstream.rcpt(address)
+        except NextHopError as exc:
+            log.warning("tx=%s next hop failed at RCPT: %s", tx.txid, exc)
+            await self._drop(session)
+            return f"451 4.4.1 Next hop unavailable, try again later ref={tx.txid}"
+        if reply.ok:
+            tx.rcpt_tos.append(address)
+            envelope.rcpt_tos.append(address)
+        return reply.line
+
+    async def handle_RSET(self, server: SMTP, session: SMTPSession,
+                          envelope: SMTPEnvelope) -> str:
+        await self._drop(session)
+        return "250 2.0.0 Ok"
+
+    async def handle_QUIT(self, server: SMTP, session: SMTPSession,
+                          envelope: SMTPEnvelope) -> str:
+        await self._drop(session)
+        return "221 2.0.0 Bye"
+
+    async def handle_DATA(self, server: SMTP, session: SMTPSession,
+                          envelope: SMTPEnvelope) -> str:
+        tx = self._tx(session)
+        if tx is None or tx.downstream is None:
+            return "503 5.5.1 Need MAIL command"
+        try:
+            return await self._finish(session, envelope, tx)
+        finally:
+            # The next transaction on this connection opens a fresh next-hop session.
+            await self._drop(session)
+
+    async def _finish(self, session: SMTPSession, envelope: SMTPEnvelope,
+                      tx: Transaction) -> str:
+        gw = self.gateway
+        assert tx.downstream is not None
+        content = envelope.content if isinstance(envelope.content, bytes) else b""
+        client = self._client(session)
+        sender = "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
+        auth_user = self._auth_user(session)
+        env = Envelope(mail_from=sender, rcpt_tos=tuple(tx.rcpt_tos), client_ip=client,
+                       helo=str(session.host_name or ""), auth_user=auth_user, txid=tx.txid)
+        common: dict[str, Any] = {"txid": tx.txid, "client": client, "sender": sender,
+                                  "recipients": tx.rcpt_tos, "auth_user": auth_user}
+        try:
+            evaluation = gw.runtime.evaluate(env, content)
+        except RuleCrashed as exc:
+            log.error("tx=%s policy evaluation failed: %s", tx.txid, exc)
+            reply = f"451 4.3.0 Temporary policy failure, try again later ref={tx.txid}"
+            await self._audit_best_effort(None, "tempfailed", reply, common,
+                                          {"error": str(exc)})
+            return reply
+        verdict = evaluation.verdict
+        log.info("tx=%s from=<%s> rcpts=%d action=%s rules=%s", tx.txid, sender,
+                 len(tx.rcpt_tos), verdict.action, ",".join(r.id for r in verdict.rules) or "-")
+        if verdict.action == "reject":
+            return await self._decided(evaluation, "rejected", verdict.smtp_reply, common)
+        if verdict.action == "quarantine":
+            try:
+                qid = await gw.hold(evaluation, tx.txid, {"mail_from": sender,
+                                                          "rcpt_tos": tx.rcpt_tos,
+                                                          "client_ip": client,
+                                                          "auth_user": auth_user})
+            except QuarantineError as exc:
+                log.error("tx=%s quarantine failed: %s", tx.txid, exc)
+                return f"451 4.3.0 Temporary storage failure, try again later ref={tx.txid}"
+            return await self._decided(evaluation, "quarantined", verdict.smtp_reply, common,
+                                       {"quarantine_id": qid})
+        return await self._relay(evaluation, tx, common)
+
+    async def _decided(self, evaluation: Evaluation, event: str, reply: str,
+                       common: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+        """Record a decision that delivers nothing; the client hears it only once durable."""
+        try:
+            await self.gateway.audit.append(self.gateway.event(evaluation, event, reply=reply,
+                                                               extra=extra, **common))
+        except AuditUnavailable as exc:
+            log.error("tx=%s audit unavailable: %s", common["txid"], exc)
+            return f"451 4.3.0 Audit store unavailable, try again later ref={common['txid']}"
+        return reply
+
+    async def _relay(self, evaluation: Evaluation, tx: Transaction,
+                     common: dict[str, Any]) -> str:
+        gw = self.gateway
+        assert tx.downstream is not None
+        try:
+            await gw.audit.append(gw.event(evaluation, "intent", **common))
+        except AuditUnavailable as exc:
+            log.error("tx=%s audit intent failed, nothing relayed: %s", tx.txid, exc)
+            return f"451 4.3.0 Audit store unavailable, try again later ref={tx.txid}"
+        try:
+            reply = await tx.downstream.data(policy_headers(evaluation) + evaluation.raw)
+        except NextHopError as exc:
+            log.warning("tx=%s next hop failed at DATA: %s", tx.txid, exc)
+            reply = Reply(451, f"4.4.2 Next hop failed, try again later ref={tx.txid}")
+        if reply.ok:
+            event, answer = "delivered", f"250 2.0.0 Ok: queued ref={tx.txid}"
+        elif 400 <= reply.code < 500:
+            event, answer = "tempfailed", reply.line
+        else:
+            event, answer = "rejected", reply.line
+        try:
+            await gw.audit.append(gw.event(evaluation, event, reply=answer,
+                                           extra={"next_hop_reply": reply.line}, **common))
+        except AuditUnavailable as exc:
+            # The next hop already has it: a 4xx now would only cause a duplicate. The
+            # durable intent record is the audit of the decision; verify flags the gap.
+            log.error("tx=%s outcome record failed after relay: %s", tx.txid, exc)
+        return answer
+
+    async def _audit_best_effort(self, evaluation: Evaluation | None, event: str, reply: str,
+                                 common: dict[str, Any], extra: dict[str, Any]) -> None:
+        try:
+            await self.gateway.audit.append(self.gateway.event(evaluation, event, reply=reply,
+                                                               extra=extra, **common))
+        except AuditUnavailable as exc:
+            log.error("tx=%s audit unavailable: %s", common["txid"], exc)
+
+
+# aiosmtpd's own texts for these carry no enhanced status code; ours do (RFC 3463).
+_REPLY_REWRITES = {
+    "552 Error: Too much mail data": "552 5.3.4 Message too big",
+    "552 Error: message size exceeds fixed maximum message size": "552 5.3.4 Message too big",
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long",
+}
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's SMTP with connection limits, raw-argument capture and cleanup on drop."""
+
+    def __init__(self, handler: ProxyHandler, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._limits = limits
+        self._counted: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) else ""
+        if self._counted is None and getattr(self, "_original_transport", None) is None:
+            refusal = self._limits.admit(ip)
+            if refusal:
+                transport.write(refusal.encode() + b"\r\n")  # type: ignore[attr-defined]
+                transport.close()
+                self._refused = True
+                return
+            self._counted = ip
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if getattr(self, "_refused", False):
+            return
+        if self._counted is not None:
+            self._limits.release(self._counted)
+            self._counted = None
+        session = self.session
+        handler = self.event_handler
+        if session is not None and isinstance(handler, ProxyHandler):
+            tx = handler.detach(session)
+            if tx is not None and tx.downstream is not None:
+                asyncio.get_running_loop().create_task(tx.downstream.close())
+        super().connection_lost(error)
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str):
+            status = _REPLY_REWRITES.get(status, status)
+        await super().push(status)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self.skot_last_arg = arg or ""
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self.skot_last_arg = arg or ""
+        await super().smtp_RCPT(arg)
+
+
+class ConnectionLimits:
+    """Caps on concurrent connections, in total and per client address."""
+
+    def __init__(self, total: int, per_ip: int) -> None:
+        self.total, self.per_ip = total, per_ip
+        self.by_ip: Counter[str] = Counter()
+
+    def admit(self, ip: str) -> str | None:
+        if sum(self.by_ip.values()) >= self.total:
+            return "421 4.7.0 Too many connections, try again later"
+        if self.by_ip[ip] >= self.per_ip:
+            return "421 4.7.0 Too many connections from your address, try again later"
+        self.by_ip[ip] += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        self.by_ip[ip] -= 1
+        if self.by_ip[ip] <= 0:
+            del self.by_ip[ip]

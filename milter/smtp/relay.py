@@ -1,0 +1,194 @@
+"""The next hop: a real SMTP client session (aiosmtplib) or a Maildir.
+
+The SMTP session is opened at MAIL FROM and driven command by command, so each RCPT gets the
+next hop's own answer (no backscatter) and our 250 follows the next hop's 250 for the same
+bytes. Envelope commands are sent as raw bytes: a client library that "helpfully" re-quotes an
+address would relay a different address than the one we audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def line(self) -> str:
+        text = " ".join(self.text.split())
+        return f"{self.code} {text}" if text else str(self.code)
+
+
+class NextHopError(Exception):
+    """The next hop could not be reached or did not answer in time (client gets 451)."""
+
+
+class Session(Protocol):
+    async def mail(self, address: str, params: list[str]) -> Reply: ...
+
+    async def rcpt(self, address: str) -> Reply: ...
+
+    async def data(self, content: bytes) -> Reply: ...
+
+    async def reset(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class SMTPSession:
+    """One downstream SMTP session, driven in step with the client's."""
+
+    def __init__(self, host: str, port: int, helo: str, timeout: float) -> None:
+        self._smtp = aiosmtplib.SMTP(hostname=host, port=port, timeout=timeout,
+                                     local_hostname=helo, start_tls=False, use_tls=False)
+        self._timeout = timeout
+        self.esmtp: set[str] = set()
+
+    async def connect(self) -> None:
+        try:
+            await self._smtp.connect()
+            resp = await self._smtp.ehlo()
+            if resp.code != 250:
+                await self._smtp.helo()
+            self.esmtp = {k.upper() for k in self._smtp.esmtp_extensions}
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            await self.close()
+            raise NextHopError(f"next hop unavailable: {exc}") from exc
+
+    async def _command(self, *args: bytes) -> Reply:
+        try:
+            resp = await self._smtp.execute_command(*args)
+        except aiosmtplib.SMTPResponseException as exc:
+            return Reply(exc.code, exc.message)
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            raise NextHopError(f"next hop failed: {exc}") from exc
+        return Reply(resp.code, resp.message)
+
+    async def mail(self, address: str, params: list[str]) -> Reply:
+        keep = [p for p in params if p.split("=")[0].upper() in self.esmtp
+                or (p.upper().startswith("BODY=") and "8BITMIME" in self.esmtp)]
+        args = [b"MAIL", f"FROM:<{address}>".encode()] + [p.encode() for p in keep]
+        return await self._command(*args)
+
+    async def rcpt(self, address: str) -> Reply:
+        return await self._command(b"RCPT", f"TO:<{address}>".encode())
+
+    async def data(self, content: bytes) -> Reply:
+        try:
+            resp = await self._smtp.data(content)
+        except aiosmtplib.SMTPResponseException as exc:
+            return Reply(exc.code, exc.message)
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            raise NextHopError(f"next hop failed during DATA: {exc}") from exc
+        return Reply(resp.code, resp.message)
+
+    async def reset(self) -> None:
+        try:
+            await self._smtp.execute_command(b"RSET")
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
+            await self.close()
+
+    async def close(self) -> None:
+        try:
+            if self._smtp.is_connected:
+                await asyncio.wait_for(self._smtp.quit(), timeout=2)
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
+            pass
+        finally:
+            self._smtp.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def maildir_deliver(root: Path, content: bytes) -> str:
+    """Write one message durably into a Maildir (tmp/, fsync, rename into new/, fsync dir)."""
+    for sub in ("tmp", "new", "cur"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    name = f"{time.time_ns()}.{uuid.uuid4().hex[:12]}.{socket.gethostname()}"
+    tmp = root / "tmp" / name
+    with tmp.open("wb") as fh:
+        fh.write(content)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.rename(tmp, root / "new" / name)
+    _fsync_dir(root / "new")
+    return name
+
+
+class MaildirSession:
+    """A next hop that is a local Maildir (trials and demos): accepts everyone."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    async def mail(self, address: str, params: list[str]) -> Reply:
+        return Reply(250, "2.1.0 Ok")
+
+    async def rcpt(self, address: str) -> Reply:
+        return Reply(250, "2.1.5 Ok")
+
+    async def data(self, content: bytes) -> Reply:
+        try:
+            name = await asyncio.to_thread(maildir_deliver, self.root, content)
+        except OSError as exc:
+            raise NextHopError(f"maildir delivery failed: {exc}") from exc
+        return Reply(250, f"2.0.0 Ok: delivered as {name}")
+
+    async def reset(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def open_session(next_hop: str, helo: str, timeout: float) -> Session:
+    """Open a session to ``smtp://host:port`` or ``maildir:/abs/path``."""
+    if next_hop.startswith("maildir:"):
+        return MaildirSession(Path(next_hop[len("maildir:"):]))
+    hostport = next_hop[len("smtp://"):]
+    host, _, port = hostport.rpartition(":")
+    session = SMTPSession(host.strip("[]"), int(port), helo, timeout)
+    await session.connect()
+    return session
+
+
+async def send_message(next_hop: str, helo: str, timeout: float, mail_from: str,
+                       rcpts: list[str], content: bytes) -> Reply:
+    """One whole transaction (for releases and notices); returns the first failing reply."""
+    session = await open_session(next_hop, helo, timeout)
+    try:
+        reply = await session.mail(mail_from, [])
+        if not reply.ok:
+            return reply
+        accepted = 0
+        last = reply
+        for r in rcpts:
+            last = await session.rcpt(r)
+            accepted += last.ok
+        if not accepted:
+            return last
+        return await session.data(content)
+    finally:
+        await session.close()
