@@ -105,6 +105,7 @@ async def _serve(config_path: str | None) -> int:
 def run(config_path: str | None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command
     try:
         return asyncio.run(_serve(config_path))
     except ConfigError as exc:
