@@ -299,3 +299,40 @@ def test_command_line_over_512_bytes_gets_500(gateway: GatewayThread) -> None:
         c.send(b"NOOP " + b"x" * 600 + b"\r\n")
         assert c.getreply()[0] == 500
         assert c.noop()[0] == 250
+
+
+def test_tag_adds_policy_header_and_changes_nothing_else(make_gateway: Any, sink: Any,
+                                                         tmp_path: Path) -> None:
+    from tests.conftest import POLICY
+
+    policy = tmp_path / "tag.toml"
+    policy.write_text(POLICY.read_text().replace('action = "reject"', 'action = "tag"', 1))
+    gw = make_gateway(f"smtp://127.0.0.1:{sink[1]}", policy=policy)
+    raw = make_message(frm="me@gmail.example", to="ouder@example.org")
+    with gw.client() as c:
+        c.sendmail("me@gmail.example", ["ouder@example.org"], raw)
+    got = sink[0].messages[0].content
+    head, _, rest = got.partition(b"\r\n")
+    assert head.startswith(b"X-SKOT-Policy: B1.sender-domain; article=B1; action=tag; ref=")
+    assert rest == raw
+
+
+def test_check_command_matches_gateway(tmp_path: Path, capsys: Any) -> None:
+    import json
+
+    from tests.conftest import write_config
+
+    cfg = write_config(tmp_path)
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(make_message(frm="me@gmail.example"))
+    assert main(["check", "--config", str(cfg), "--json", str(eml)]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["action"] == "reject" and verdict["direction"] == "outbound"
+    assert verdict["rules"][0]["id"] == "B1.sender-domain"
+    assert verdict["smtp_reply"].startswith("550 5.7.1 [B1.sender-domain]")
+    # no side effects: nothing audited, nothing delivered
+    assert not (tmp_path / "audit.sqlite3").exists() and not (tmp_path / "maildir").exists()
+    assert main(["check", "--config", str(cfg), "--client-ip", "198.51.100.1",
+                 "--rcpt", "someone@school.example", str(eml)]) == 0
+    out = capsys.readouterr().out
+    assert "verdict:   accept (inbound)" in out
