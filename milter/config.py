@@ -156,6 +156,14 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
     "audit": {
         "url": (_audit_url, REQUIRED),
     },
+    "inspection": {
+        "max_depth": (_int(1), 3),
+        "max_members": (_int(1), 1000),
+        "max_expanded_bytes": (_int(1024), 200 * 2**20),
+        "max_ratio": (_int(2), 200),
+        "max_text_chars": (_int(1000), 2_000_000),
+        "time_budget": (_float(0.1), 15.0),
+    },
     "quarantine": {
         "directory": (_opt_str, ""),
         "retention_days": (_int(1), 30),

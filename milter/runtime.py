@@ -19,6 +19,7 @@ from milter.core.engine import Engine
 from milter.core.message import Message, Unparseable, normalize_line_endings, parse
 from milter.core.verdict import Verdict, unparseable
 from milter.directory import Directory, DirectoryError
+from milter.inspect import Limits
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class Runtime:
     def context(self, envelope: Envelope, now: datetime | None = None) -> Context:
         return Context(envelope=envelope, school_domains=self.config.school_domains,
                        internal_networks=self.config.internal_networks,
-                       directory=self.directory, now=now or datetime.now(UTC))
+                       directory=self.directory, now=now or datetime.now(UTC),
+                       limits=Limits(**self.config.sections["inspection"]))
 
     def evaluate(self, envelope: Envelope, raw: bytes, now: datetime | None = None) -> Evaluation:
         """Normalise, parse once, run the rules. Pure apart from reading the clock default.

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from milter.directory import EMPTY, Directory, Person
+from milter.inspect import Limits
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -35,6 +36,7 @@ class Context:
     internal_networks: tuple[Network, ...] = ()
     directory: Directory = EMPTY
     now: datetime = field(default_factory=lambda: datetime(1970, 1, 1, tzinfo=UTC))
+    limits: Limits = field(default_factory=Limits)
     extras: dict[str, object] = field(default_factory=dict)
 
     @property

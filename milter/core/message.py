@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from email.message import Message as StdMessage
 from email.parser import BytesParser
 from functools import cached_property
+from typing import Any
 
 MAX_DEPTH = 40          # MIME nesting deeper than this cannot be a real mail program's output
 MAX_PARTS = 2000
@@ -81,6 +82,12 @@ class Part:
     def size(self) -> int:
         return len(self.payload)
 
+    def text_charset(self) -> str | None:
+        try:
+            return self._msg.get_content_charset()
+        except Exception:  # noqa: BLE001
+            return None
+
     @cached_property
     def text(self) -> str:
         """Decoded text of a text/* part (lenient: undecodable bytes are replaced)."""
@@ -127,6 +134,9 @@ class Message:
     defects: tuple[str, ...]
     headers: tuple[tuple[str, str], ...]
     nested_messages: tuple[EmailMessage, ...]
+    # Results derived from this message (inspection, authentication), computed once and
+    # shared by every rule: one parse, one inspection per message.
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def attachments(self) -> tuple[Part, ...]:

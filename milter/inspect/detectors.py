@@ -1,0 +1,80 @@
+"""Detectors: counts and kinds of personal or confidential data, never the values.
+
+The audit store must not become a list of BSNs, so every detector returns a number.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+_BSN = re.compile(r"(?<![\d.,-])(\d{9}|\d{4}[. ]\d{2}[. ]\d{3}|\d{3}[. -]\d{3}[. -]\d{3})"
+                  r"(?![\d,]|\.\d)")
+_IBAN = re.compile(r"\b([A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?)\b")
+_DATE = re.compile(r"\b(\d{1,2}[-/.]\d{1,2}[-/.](?:19|20)\d{2}|(?:19|20)\d{2}-\d{2}-\d{2})\b")
+_POSTCODE = re.compile(r"\b\d{4} ?[A-Z]{2}\b")
+_PUPIL_NO = re.compile(r"^\d{4,8}$")
+_NAME = re.compile(r"^[A-Z][a-zà-ÿ'’-]+(?: (?:van|de|der|den|ter|te|het|'t|[A-Z][a-zà-ÿ'’-]+))*$")
+
+IBAN_LENGTHS = {"NL": 18, "BE": 16, "DE": 22, "FR": 27, "GB": 22, "ES": 24, "IT": 27, "LU": 20,
+                "AT": 20, "CH": 21, "PL": 28, "PT": 25, "IE": 22, "DK": 18, "SE": 24, "NO": 15,
+                "FI": 18}
+
+
+def bsn_valid(digits: str) -> bool:
+    """The 11-test: 9*d1 + 8*d2 + ... + 2*d8 - d9 is a multiple of 11 (and not all zeros)."""
+    if len(digits) != 9 or not digits.isdigit() or digits == "000000000":
+        return False
+    total = sum(int(d) * w for d, w in zip(digits[:8], range(9, 1, -1), strict=True))
+    return (total - int(digits[8])) % 11 == 0
+
+
+def count_bsn(text: str) -> int:
+    return sum(1 for m in _BSN.finditer(text) if bsn_valid(re.sub(r"\D", "", m.group(1))))
+
+
+def iban_valid(candidate: str) -> bool:
+    s = candidate.replace(" ", "").upper()
+    expected = IBAN_LENGTHS.get(s[:2])
+    if expected is not None and len(s) != expected:
+        return False
+    if not 15 <= len(s) <= 34:
+        return False
+    rearranged = s[4:] + s[:4]
+    digits = "".join(str(int(c, 36)) for c in rearranged)
+    return int(digits) % 97 == 1
+
+
+def count_iban(text: str) -> int:
+    return sum(1 for m in _IBAN.finditer(text.upper()) if iban_valid(m.group(1)))
+
+
+def markings(texts: Iterable[str], words: Sequence[str],
+             case_sensitive: Sequence[str]) -> list[str]:
+    """Which configured confidentiality markings occur (as words) in any of ``texts``."""
+    found: set[str] = set()
+    joined = "\n".join(texts)
+    lower = joined.lower()
+    for w in words:
+        if w in case_sensitive:
+            if re.search(rf"(?<![A-Za-z]){re.escape(w)}(?![A-Za-z])", joined):
+                found.add(w)
+        elif re.search(rf"(?<![a-z]){re.escape(w.lower())}", lower):
+            found.add(w)
+    return sorted(found)
+
+
+def pupil_rows(rows: Sequence[Sequence[str]]) -> int:
+    """Rows that look like a person record: a name plus a birth date, pupil number or
+    postcode. Many such rows make a pupil list."""
+    count = 0
+    for row in rows:
+        cells = [c.strip() for c in row if c and c.strip()]
+        if len(cells) < 2:
+            continue
+        has_name = any(_NAME.match(c) for c in cells)
+        has_id = any(_DATE.search(c) or _POSTCODE.search(c) or _PUPIL_NO.match(c)
+                     for c in cells)
+        if has_name and has_id:
+            count += 1
+    return count

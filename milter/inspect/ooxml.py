@@ -1,0 +1,114 @@
+"""Office Open XML (docx, xlsx, pptx): text, table rows and sensitivity labels.
+
+Office writes Microsoft Information Protection labels as ``MSIP_Label_<guid>_Name`` custom
+properties in ``docProps/custom.xml``; newer versions write ``docMetadata/LabelInfo.xml`` with
+label ids only. Both are read; the policy says which names and ids count as confidential.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+import zipfile
+
+from defusedxml import ElementTree
+
+from milter.inspect import Budget, Item
+
+_TEXT = {
+    "docx": re.compile(r"<w:t(?:\s[^>]*)?>([^<]*)</w:t>"),
+    "pptx": re.compile(r"<a:t(?:\s[^>]*)?>([^<]*)</a:t>"),
+}
+_ROW = re.compile(r"<w:tr[ >].*?</w:tr>", re.S)
+_CELL = re.compile(r"<w:tc[ >].*?</w:tc>", re.S)
+_XL_ROW = re.compile(r"<row[ >].*?</row>", re.S)
+_XL_CELL = re.compile(r"<c ([^>]*?)(?:/>|>(.*?)</c>)", re.S)
+_XL_V = re.compile(r"<v>([^<]*)</v>")
+_XL_IS = re.compile(r"<t(?:\s[^>]*)?>([^<]*)</t>")
+_LABEL_ID = re.compile(r"""\bid=["']\{?([0-9a-fA-F-]{36})\}?["']""")
+MAX_XML = 50 * 2**20  # one XML part larger than this is not a real document
+
+
+def _read(zf: zipfile.ZipFile, name: str, budget: Budget) -> str:
+    info = zf.getinfo(name)
+    if info.file_size > MAX_XML or not budget.take(info.file_size):
+        raise OverflowError(f"{name} too large")
+    return zf.read(name).decode("utf-8", errors="replace")
+
+
+def read_ooxml(item: Item, data: bytes, budget: Budget) -> None:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        names = set(zf.namelist())
+        if any(i.flag_bits & 0x1 for i in zf.infolist()):
+            item.uninspectable = "encrypted Office document"
+            return
+        item.labels = _labels(zf, names, budget)
+        limit = budget.limits.max_text_chars
+        texts: list[str] = []
+        if item.kind == "docx":
+            for n in sorted(n for n in names if re.match(r"word/(document|header\d*|footer\d*)"
+                                                          r"\.xml$", n)):
+                xml = _read(zf, n, budget)
+                texts.extend(_TEXT["docx"].findall(xml))
+                for row in _ROW.findall(xml):
+                    item.rows.append([html.unescape(" ".join(_TEXT["docx"].findall(c)))
+                                      for c in _CELL.findall(row)])
+        elif item.kind == "pptx":
+            for n in sorted(n for n in names if re.match(r"ppt/slides/slide\d+\.xml$", n)):
+                texts.extend(_TEXT["pptx"].findall(_read(zf, n, budget)))
+        elif item.kind == "xlsx":
+            shared: list[str] = []
+            if "xl/sharedStrings.xml" in names:
+                for si in re.findall(r"<si>(.*?)</si>", _read(zf, "xl/sharedStrings.xml",
+                                                               budget), re.S):
+                    shared.append(html.unescape("".join(_XL_IS.findall(si))))
+            for n in sorted(n for n in names if re.match(r"xl/worksheets/sheet\d+\.xml$", n)):
+                for row in _XL_ROW.findall(_read(zf, n, budget)):
+                    cells = []
+                    for attrs, body in _XL_CELL.findall(row):
+                        value = ""
+                        if 't="s"' in attrs:
+                            m = _XL_V.search(body or "")
+                            if m and m.group(1).isdigit() and int(m.group(1)) < len(shared):
+                                value = shared[int(m.group(1))]
+                        elif 't="inlineStr"' in attrs:
+                            value = html.unescape("".join(_XL_IS.findall(body or "")))
+                        else:
+                            m = _XL_V.search(body or "")
+                            value = m.group(1) if m else ""
+                        cells.append(value)
+                    item.rows.append(cells)
+                    if len(item.rows) > 100000:
+                        break
+            texts = [" ".join(r) for r in item.rows]
+        item.text = html.unescape(" ".join(texts))[:limit]
+        # document properties (title, subject, keywords) carry markings too
+        if "docProps/core.xml" in names:
+            core = _read(zf, "docProps/core.xml", budget)
+            item.text += " " + html.unescape(re.sub(r"<[^>]+>", " ", core))[:10000]
+
+
+def _labels(zf: zipfile.ZipFile, names: set[str], budget: Budget) -> list[str]:
+    labels: list[str] = []
+    if "docProps/custom.xml" in names:
+        root = ElementTree.fromstring(_read(zf, "docProps/custom.xml", budget))
+        enabled: dict[str, bool] = {}
+        found: dict[str, str] = {}
+        for prop in root:
+            pname = prop.get("name", "")
+            m = re.match(r"MSIP_Label_([0-9a-fA-F-]{36})_(\w+)$", pname)
+            if not m:
+                continue
+            value = "".join(prop.itertext()).strip()
+            if m.group(2) == "Name":
+                found[m.group(1).lower()] = value
+            elif m.group(2) == "Enabled":
+                enabled[m.group(1).lower()] = value.lower() == "true"
+        for guid, name in found.items():
+            if enabled.get(guid, True):
+                labels += [name, guid]
+    if "docMetadata/LabelInfo.xml" in names:
+        labels += [g.lower() for g in _LABEL_ID.findall(_read(zf, "docMetadata/LabelInfo.xml",
+                                                              budget))]
+    return labels

@@ -1,0 +1,182 @@
+"""Readers: real file type from the bytes, then text, tables, labels or a reason we cannot tell.
+
+Libraries do the parsing (zipfile, defusedxml, pypdf, olefile); this module only bounds them
+and turns their output into ``Item``s.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import io
+import re
+import zipfile
+from collections.abc import Iterator
+
+from milter.core.message import Part
+from milter.inspect import Budget, Item
+
+BASE64_DEFECTS = {"InvalidBase64PaddingDefect", "InvalidBase64CharactersDefect",
+                  "InvalidBase64LengthDefect"}
+
+_TAG = re.compile(r"<[^>]+>")
+_WS = re.compile(r"[ \t\r\f\v]+")
+
+
+def sniff(data: bytes, name: str = "") -> str:
+    """The real type of ``data`` from its first bytes (names and Content-Types can lie)."""
+    head = data[:64]
+    if head.startswith(b"%PDF"):
+        return "pdf"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return _zip_kind(data)
+    if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
+        return "ole"
+    if head.startswith(b"7z\xbc\xaf\x27\x1c"):
+        return "7z"
+    if head.startswith(b"Rar!\x1a\x07"):
+        return "rar"
+    if head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM",
+                        b"II*\x00", b"MM\x00*")):
+        return "image"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image"
+    if head[:4] == b"RIFF" and head[8:12] in (b"WAVE",):
+        return "audio"
+    if head[:4] == b"RIFF" and head[8:12] in (b"AVI ",):
+        return "video"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"mif1", b"avif", b"heis"):
+            return "image"
+        if brand in (b"M4A ", b"M4B "):
+            return "audio"
+        return "video"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video"
+    if head.startswith((b"ID3", b"OggS", b"fLaC")) or head[:2] in (b"\xff\xfb", b"\xff\xf3"):
+        return "audio"
+    if _looks_text(data):
+        lower = data[:2048].lower()
+        if b"<html" in lower or b"<!doctype html" in lower or name.lower().endswith(".html"):
+            return "html"
+        if name.lower().endswith(".csv"):
+            return "csv"
+        return "text"
+    return "binary"
+
+
+def _looks_text(data: bytes) -> bool:
+    sample = data[:4096]
+    if not sample:
+        return True
+    if b"\x00" in sample:
+        return False
+    try:
+        sample.decode("utf-8")
+        return True
+    except UnicodeDecodeError as exc:
+        if exc.start > len(sample) - 4:  # a multi-byte character cut at the sample's end
+            return True
+    bad = sum(1 for b in sample if b < 9 or 13 < b < 32)
+    return bad / len(sample) < 0.02
+
+
+def _zip_kind(data: bytes) -> str:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            names = set(zf.namelist())
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return "zip"
+    if "[Content_Types].xml" in names:
+        if any(n.startswith("word/") for n in names):
+            return "docx"
+        if any(n.startswith("xl/") for n in names):
+            return "xlsx"
+        if any(n.startswith("ppt/") for n in names):
+            return "pptx"
+    return "zip"
+
+
+def decode_text(data: bytes, charset: str | None = None) -> str:
+    if charset:
+        try:
+            return data.decode(charset, errors="replace")
+        except LookupError:
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")  # what Dutch Windows writes
+
+
+def read_part(part: Part, budget: Budget) -> list[Item]:
+    data = part.payload
+    name = part.filename or ("(body)" if not part.is_attachment else "(unnamed)")
+    items: list[Item] = []
+    item = read_bytes(name, data, budget, depth=0, items=items,
+                      charset=part.text_charset())
+    item.is_body = not part.is_attachment
+    if BASE64_DEFECTS & set(part.defects) and item.kind not in ("text", "html", "csv"):
+        item.uninspectable = item.uninspectable or "broken base64 transfer encoding"
+    return [item, *items]
+
+
+def read_bytes(name: str, data: bytes, budget: Budget, depth: int, items: list[Item],
+               charset: str | None = None) -> Item:
+    """Read one object; members of archives are appended to ``items``."""
+    kind = sniff(data, name)
+    item = Item(name=name, kind=kind, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                depth=depth)
+    limit = budget.limits.max_text_chars
+    if not budget.time_left():
+        item.uninspectable = "inspection time budget exhausted"
+        return item
+    try:
+        if kind in ("text", "csv"):
+            item.text = decode_text(data, charset)[:limit]
+            if kind == "csv" or _csv_like(item.text):
+                item.rows = _csv_rows(item.text)
+        elif kind == "html":
+            item.text = html.unescape(_TAG.sub(" ", decode_text(data, charset)))[:limit]
+        elif kind in ("docx", "xlsx", "pptx"):
+            from milter.inspect.ooxml import read_ooxml
+            read_ooxml(item, data, budget)
+        elif kind == "pdf":
+            from milter.inspect.pdf import read_pdf
+            read_pdf(item, data, budget)
+        elif kind == "ole":
+            from milter.inspect.ole import read_ole
+            read_ole(item, data)
+        elif kind == "zip":
+            from milter.inspect.archive import read_zip
+            read_zip(item, data, budget, depth, items)
+        elif kind in ("7z", "rar"):
+            item.uninspectable = f"{kind} archives cannot be inspected here"
+    except Exception as exc:  # noqa: BLE001 - a reader bug or a hostile file: cannot tell
+        item.uninspectable = f"{kind} could not be read ({type(exc).__name__})"
+    return item
+
+
+def _csv_like(text: str) -> bool:
+    lines = text.splitlines()[:5]
+    return len(lines) >= 2 and all(line.count(";") >= 2 or line.count(",") >= 2
+                                   for line in lines)
+
+
+def _csv_rows(text: str, max_rows: int = 20000) -> list[list[str]]:
+    first = text.split("\n", 1)[0]
+    delimiter = ";" if first.count(";") > first.count(",") else ","
+    rows: list[list[str]] = []
+    for row in csv.reader(io.StringIO(text), delimiter=delimiter):
+        rows.append(row)
+        if len(rows) >= max_rows:
+            break
+    return rows
+
+
+def iter_text(items: list[Item]) -> Iterator[str]:
+    for i in items:
+        if i.text:
+            yield i.text
