@@ -1,4 +1,7 @@
-"""``skot-milter quarantine``: list, show and delete held messages (release: see below)."""
+"""``skot-milter quarantine``: list, show, release, delete and purge held messages.
+
+Every release and delete is an audit record naming who did it.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +29,14 @@ def register(sub: Any) -> None:
     show.add_argument("--json", action="store_true")
     show.add_argument("--raw", action="store_true", help="print the message itself")
     show.set_defaults(func=run_show)
+    release = qsub.add_parser("release", help="deliver a held message unchanged (audited)")
+    add_config(release)
+    release.add_argument("id")
+    release.add_argument("--actor", default="", help="who releases it (default: the OS user)")
+    release.set_defaults(func=run_release)
+    purge = qsub.add_parser("purge", help="delete held messages past quarantine.retention_days")
+    add_config(purge)
+    purge.set_defaults(func=run_purge)
     delete = qsub.add_parser("delete", help="delete a held message (audited)")
     add_config(delete)
     delete.add_argument("id")
@@ -99,4 +110,48 @@ def run_delete(args: argparse.Namespace) -> int:
     audit_act(cfg, "quarantine-delete", entry, actor_name(args.actor))
     store.delete(entry.id)
     print(f"deleted {entry.id}")
+    return 0
+
+
+def release_entry(cfg: config_mod.Config, entry: Entry, actor: str) -> str:
+    """Relay the original bytes with the original envelope; audit; remove from quarantine.
+
+    Raises CommandError when the next hop does not accept it (nothing changes then)."""
+    import asyncio
+
+    from milter.smtp.relay import NextHopError, send_message
+
+    env = entry.meta.get("envelope", {})
+    try:
+        reply = asyncio.run(send_message(cfg.next_hop, cfg.get("gateway", "hostname"),
+                                         cfg.get("gateway", "next_hop_timeout"),
+                                         env.get("mail_from", ""), list(env.get("rcpt_tos", [])),
+                                         entry.raw))
+    except NextHopError as exc:
+        raise CommandError(f"next hop unavailable, nothing released: {exc}", code=1) from None
+    if not reply.ok:
+        raise CommandError(f"next hop refused the message: {reply.line}", code=1)
+    audit_act(cfg, "quarantine-release", entry, actor, reply=reply.line)
+    QuarantineStore(cfg.quarantine_dir).delete(entry.id)
+    return reply.line
+
+
+def run_release(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    entry = _entry(QuarantineStore(cfg.quarantine_dir), args.id)
+    line = release_entry(cfg, entry, actor_name(args.actor))
+    print(f"released {entry.id}: {line}")
+    return 0
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    store = QuarantineStore(cfg.quarantine_dir)
+    days = cfg.get("quarantine", "retention_days")
+    old = store.older_than(days * 86400)
+    for entry in old:
+        audit_act(cfg, "quarantine-delete", entry, "retention",
+                  reply=f"retention period of {days} days passed")
+        store.delete(entry.id)
+    print(f"purged {len(old)} message(s) older than {days} days")
     return 0
