@@ -164,15 +164,19 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "max_text_chars": (_int(1000), 2_000_000),
         "time_budget": (_float(0.1), 15.0),
     },
+    "notices": {
+        "enabled": (_bool, True),
+        "templates": (_opt_str, ""),       # default: notices/ beside the policy file
+        "rate_per_hour": (_int(1), 5),
+        "retries": (_int(1), 3),
+        "retry_delay": (_float(0.0), 30.0),
+    },
     "quarantine": {
         "directory": (_opt_str, ""),
         "retention_days": (_int(1), 30),
     },
 }
 
-# Sections that later subsystems add to SCHEMA register here so that config check knows them.
-PATH_KEYS = {("gateway", "policy"), ("gateway", "tls_cert"), ("gateway", "tls_key"),
-             ("gateway", "auth_users"), ("directory", "csv"), ("quarantine", "directory")}
 
 
 @dataclass(frozen=True)
@@ -231,14 +235,22 @@ class Config:
         return v
 
     @property
-    def quarantine_dir(self) -> Path:
-        v = self.get("quarantine", "directory")
-        if v:
-            return self.resolve(v)
+    def state_dir(self) -> Path:
+        """Where local state lives beside the audit store (or the config without SQLite)."""
         url = self.audit_url
         if url.startswith("sqlite:///"):
-            return Path(url[len("sqlite:///"):]).parent / "quarantine"
-        return self.resolve("quarantine")
+            return Path(url[len("sqlite:///"):]).parent
+        return self.base_dir
+
+    @property
+    def notice_templates(self) -> Path:
+        v = self.get("notices", "templates")
+        return self.resolve(v) if v else self.policy_path.parent / "notices"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        v = self.get("quarantine", "directory")
+        return self.resolve(v) if v else self.state_dir / "quarantine"
 
 
 def _default_for(default: Any, validator: Validator) -> Any:

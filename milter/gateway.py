@@ -17,6 +17,7 @@ from typing import Any
 
 from milter.audit.store import AuditEvent, AuditRecord, AuditStore, AuditUnavailable
 from milter.core.verdict import ascii_line
+from milter.notices import Notifier, request_for
 from milter.quarantine import QuarantineError, QuarantineStore
 from milter.runtime import Evaluation, Runtime
 
@@ -89,6 +90,17 @@ class Gateway:
     runtime: Runtime
     audit: AsyncAudit
     quarantine: QuarantineStore
+    notifier: Notifier | None = None
+
+    def notify(self, evaluation: Evaluation, txid: str, sender: str,
+               recipients: Sequence[str]) -> None:
+        """Queue notices for a decision that was carried out (after the client's answer)."""
+        if self.notifier is None:
+            return
+        req = request_for(txid, evaluation.verdict, self.runtime.policy, evaluation.message,
+                          sender, recipients, evaluation.summary)
+        if req is not None:
+            self.notifier.schedule(req)
 
     def event(self, evaluation: Evaluation | None, event: str, *, txid: str, client: str,
               sender: str, recipients: Sequence[str], auth_user: str = "", reply: str = "",

@@ -16,6 +16,7 @@ from typing import Any
 from milter.audit.store import AuditUnavailable, open_store
 from milter.config import ConfigError
 from milter.gateway import AsyncAudit, Gateway
+from milter.notices import Notifier, RateLimiter
 from milter.quarantine import QuarantineStore
 from milter.runtime import Runtime
 from milter.smtp.auth import load_authenticator
@@ -36,6 +37,8 @@ class Running:
 
     async def stop(self, grace: float = 30.0) -> None:
         self.server.close()
+        if self.gateway.notifier is not None:
+            await self.gateway.notifier.drain()
         try:
             await asyncio.wait_for(self.server.wait_closed(), timeout=grace)
         except TimeoutError:
@@ -56,11 +59,29 @@ def tls_context(runtime: Runtime) -> ssl.SSLContext | None:
     return ctx
 
 
+def make_notifier(runtime: Runtime, audit: AsyncAudit) -> Notifier | None:
+    cfg = runtime.config
+    if not cfg.get("notices", "enabled"):
+        return None
+    return Notifier(policy=runtime.policy, templates=cfg.notice_templates,
+                    school=cfg.get("school", "name"), postmaster=cfg.get("school", "postmaster"),
+                    language=cfg.get("school", "language"), hostname=cfg.get("gateway",
+                                                                             "hostname"),
+                    next_hop=cfg.next_hop, timeout=cfg.get("gateway", "next_hop_timeout"),
+                    limiter=RateLimiter(cfg.state_dir / "notices.sqlite3",
+                                        cfg.get("notices", "rate_per_hour")),
+                    directory=runtime.directory, school_domains=cfg.school_domains,
+                    audit=audit, retries=cfg.get("notices", "retries"),
+                    retry_delay=cfg.get("notices", "retry_delay"))
+
+
 async def start(runtime: Runtime, host: str | None = None, port: int | None = None) -> Running:
     """Open the store and listen; raises ConfigError or AuditUnavailable on bad set-up."""
     cfg = runtime.config
     store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
-    gateway = Gateway(runtime, AsyncAudit(store), QuarantineStore(cfg.quarantine_dir))
+    audit = AsyncAudit(store)
+    gateway = Gateway(runtime, audit, QuarantineStore(cfg.quarantine_dir),
+                      make_notifier(runtime, audit))
     handler = ProxyHandler(gateway)
     limits = ConnectionLimits(cfg.get("gateway", "max_connections"),
                               cfg.get("gateway", "max_connections_per_ip"))

@@ -46,8 +46,14 @@ def problems(path: str | None) -> list[str]:
     return errors
 
 
-# Subsystems (notice templates, DKIM keys, ...) append checks of the form cfg -> [problem].
-EXTRA_CHECKS: list[Any] = []
+def _notice_templates(cfg: config_mod.Config) -> list[str]:
+    from milter.notices import template_problems
+
+    return template_problems(cfg.notice_templates) if cfg.get("notices", "enabled") else []
+
+
+# Subsystems (notice templates, DKIM keys, ...) add checks of the form cfg -> [problem].
+EXTRA_CHECKS: list[Any] = [_notice_templates]
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -227,6 +227,7 @@ class ProxyHandler:
         except AuditUnavailable as exc:
             log.error("tx=%s audit unavailable: %s", common["txid"], exc)
             return f"451 4.3.0 Audit store unavailable, try again later ref={common['txid']}"
+        self.gateway.notify(evaluation, common["txid"], common["sender"], common["recipients"])
         return reply
 
     async def _relay(self, evaluation: Evaluation, tx: Transaction,
@@ -256,6 +257,8 @@ class ProxyHandler:
             # The next hop already has it: a 4xx now would only cause a duplicate. The
             # durable intent record is the audit of the decision; verify flags the gap.
             log.error("tx=%s outcome record failed after relay: %s", tx.txid, exc)
+        if reply.ok:
+            gw.notify(evaluation, tx.txid, common["sender"], tx.rcpt_tos)
         return answer
 
     async def _audit_best_effort(self, evaluation: Evaluation | None, event: str, reply: str,
