@@ -117,6 +117,19 @@ def _audit_url(v: Any) -> str:
                      "or \"postgresql://user@host/db\"")
 
 
+def _dkim_keys(v: Any) -> tuple[dict[str, str], ...]:
+    if not isinstance(v, list):
+        raise ValueError("expected a list of tables: [[dkim.keys]] domain, selector, key")
+    out = []
+    for i, item in enumerate(v):
+        if not isinstance(item, dict) or set(item) - {"domain", "selector", "key"} or not all(
+                isinstance(item.get(k), str) and item.get(k) for k in ("domain", "selector",
+                                                                         "key")):
+            raise ValueError(f"entry {i + 1}: expected domain, selector and key (a file)")
+        out.append({k: str(item[k]) for k in ("domain", "selector", "key")})
+    return tuple(out)
+
+
 def _language(v: Any) -> str:
     if v not in ("nl", "en"):
         raise ValueError("expected \"nl\" or \"en\"")
@@ -163,6 +176,16 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "max_ratio": (_int(2), 200),
         "max_text_chars": (_int(1000), 2_000_000),
         "time_budget": (_float(0.1), 15.0),
+    },
+    "dns": {
+        "authenticate": (_bool, True),      # SPF/DKIM/DMARC for inbound mail
+        "nameservers": (_str_list, ()),     # empty: the system's resolv.conf
+        "port": (_int(1), 53),
+        "timeout": (_float(0.1), 5.0),
+    },
+    "dkim": {
+        "sign": (_bool, True),
+        "keys": (_dkim_keys, ()),
     },
     "notices": {
         "enabled": (_bool, True),

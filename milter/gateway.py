@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from milter.audit.store import AuditEvent, AuditRecord, AuditStore, AuditUnavailable
+from milter.core.context import Envelope
 from milter.core.verdict import ascii_line
+from milter.dkimsign import Signer
 from milter.notices import Notifier, request_for
 from milter.quarantine import QuarantineError, QuarantineStore
-from milter.runtime import Evaluation, Runtime
+from milter.runtime import Authenticator, Evaluation, Runtime
 
 log = logging.getLogger("skot-milter")
 
@@ -91,11 +93,33 @@ class Gateway:
     audit: AsyncAudit
     quarantine: QuarantineStore
     notifier: Notifier | None = None
+    authenticator: Authenticator | None = None
+    signer: Signer | None = None
+
+    async def evaluate(self, envelope: Envelope, content: bytes) -> Evaluation:
+        """Evaluate; inbound mail is authenticated first, off the loop (DNS look-ups)."""
+        runtime = self.runtime  # a reload mid-transaction must not switch policies
+        if self.authenticator is not None and runtime.context(envelope).direction == "inbound":
+            return await asyncio.to_thread(runtime.evaluate, envelope, content, None,
+                                           self.authenticator)
+        return runtime.evaluate(envelope, content)
+
+    def outgoing(self, evaluation: Evaluation) -> bytes:
+        """The bytes for the next hop: our headers, the message, then a DKIM signature."""
+        data = policy_headers(evaluation, self.runtime.config.get("gateway", "hostname")) \
+            + evaluation.raw
+        message = evaluation.message
+        if self.signer is not None and message is not None and \
+                evaluation.verdict.direction == "outbound":
+            authors = [a.addr_spec for a in message.authors if a.valid]
+            if len(authors) == 1:
+                data = self.signer.sign(data, authors[0])
+        return data
 
     def notify(self, evaluation: Evaluation, txid: str, sender: str,
                recipients: Sequence[str]) -> None:
         """Queue notices for a decision that was carried out (after the client's answer)."""
-        if self.notifier is None:
+        if self.notifier is None or evaluation.verdict.action == "tempfail":
             return
         req = request_for(txid, evaluation.verdict, self.runtime.policy, evaluation.message,
                           sender, recipients, evaluation.summary)
@@ -132,9 +156,12 @@ class Gateway:
                                        evaluation.verdict.to_json())
 
 
-def policy_headers(evaluation: Evaluation) -> bytes:
-    """``X-SKOT-Policy:`` lines for enforced tag rules; values can carry no CR, LF or NUL."""
+def policy_headers(evaluation: Evaluation, authserv_id: str = "") -> bytes:
+    """``Authentication-Results:`` and ``X-SKOT-Policy:`` lines; no CR, LF or NUL in values."""
     lines = []
+    if evaluation.auth is not None and authserv_id:
+        value = ascii_line(evaluation.auth.header_value(authserv_id))
+        lines.append(f"Authentication-Results: {value}\r\n".encode("ascii"))
     for r in evaluation.verdict.rules:
         if r.mode != "enforce" or r.action != "tag":
             continue

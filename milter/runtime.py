@@ -6,7 +6,8 @@ started with (so a SIGHUP never changes the policy halfway through a message).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,10 @@ from milter.core.engine import Engine
 from milter.core.message import Message, Unparseable, normalize_line_endings, parse
 from milter.core.verdict import Verdict, unparseable
 from milter.directory import Directory, DirectoryError
+from milter.dnsauth import AuthResults, strip_our_results
 from milter.inspect import Limits
+
+Authenticator = Callable[[Message, Context], AuthResults]
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Evaluation:
     message: Message | None
     context: Context
     summary: dict[str, Any] = field(default_factory=dict)
+    auth: AuthResults | None = None
 
 
 @dataclass(frozen=True)
@@ -61,20 +66,32 @@ class Runtime:
                        directory=self.directory, now=now or datetime.now(UTC),
                        limits=Limits(**self.config.sections["inspection"]))
 
-    def evaluate(self, envelope: Envelope, raw: bytes, now: datetime | None = None) -> Evaluation:
-        """Normalise, parse once, run the rules. Pure apart from reading the clock default.
+    def evaluate(self, envelope: Envelope, raw: bytes, now: datetime | None = None,
+                 authenticator: Authenticator | None = None) -> Evaluation:
+        """Normalise, parse once, authenticate inbound mail, run the rules.
 
+        ``authenticator`` does the DNS work (SPF/DKIM/DMARC); without it the core stays pure.
         Raises ``milter.core.engine.RuleCrashed`` when a rule fails (the front tempfails)."""
         data = normalize_line_endings(raw)
         ctx = self.context(envelope, now)
+        if authenticator is not None:
+            # Remove look-alikes of our own results before anything reads the message.
+            data = strip_our_results(data, self.config.get("gateway", "hostname"))
         try:
             message = parse(data)
         except Unparseable as exc:
             verdict = unparseable(ctx.direction, str(exc), envelope.txid)
             return Evaluation(verdict, data, None, ctx,
                               {"parse_error": str(exc), "size": len(data)})
+        auth = None
+        if authenticator is not None and ctx.direction == "inbound":
+            auth = authenticator(message, ctx)
+            ctx = replace(ctx, extras={**ctx.extras, "auth": auth})
         verdict = self.engine.evaluate(message, ctx)
-        return Evaluation(verdict, data, message, ctx, self.summarize(message, data))
+        summary = self.summarize(message, data)
+        if auth is not None:
+            summary["authentication"] = auth.header_value(self.config.get("gateway", "hostname"))
+        return Evaluation(verdict, data, message, ctx, summary, auth)
 
     def summarize(self, message: Message, data: bytes) -> dict[str, Any]:
         summary: dict[str, Any] = {

@@ -15,10 +15,14 @@ from typing import Any
 
 from milter.audit.store import AuditUnavailable, open_store
 from milter.config import ConfigError
+from milter.core.context import Context
+from milter.core.message import Message
+from milter.dkimsign import Signer
+from milter.dnsauth import AuthResults, Resolver, authenticate
 from milter.gateway import AsyncAudit, Gateway
 from milter.notices import Notifier, RateLimiter
 from milter.quarantine import QuarantineStore
-from milter.runtime import Runtime
+from milter.runtime import Authenticator, Runtime
 from milter.smtp.auth import load_authenticator
 from milter.smtp.proxy import ConnectionLimits, GatewaySMTP, ProxyHandler
 
@@ -59,6 +63,21 @@ def tls_context(runtime: Runtime) -> ssl.SSLContext | None:
     return ctx
 
 
+def make_authenticator(runtime: Runtime) -> Authenticator | None:
+    cfg = runtime.config
+    if not cfg.get("dns", "authenticate"):
+        return None
+    resolver = Resolver(cfg.get("dns", "nameservers"), cfg.get("dns", "port"),
+                        cfg.get("dns", "timeout"))
+
+    def auth(message: Message, ctx: Context) -> AuthResults:
+        env = ctx.envelope
+        return authenticate(resolver, message.raw, env.client_ip, env.helo, env.mail_from,
+                            [a.domain for a in message.authors if a.valid])
+
+    return auth
+
+
 def make_notifier(runtime: Runtime, audit: AsyncAudit) -> Notifier | None:
     cfg = runtime.config
     if not cfg.get("notices", "enabled"):
@@ -81,7 +100,8 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
     audit = AsyncAudit(store)
     gateway = Gateway(runtime, audit, QuarantineStore(cfg.quarantine_dir),
-                      make_notifier(runtime, audit))
+                      make_notifier(runtime, audit), make_authenticator(runtime),
+                      Signer.from_config(cfg))
     handler = ProxyHandler(gateway)
     limits = ConnectionLimits(cfg.get("gateway", "max_connections"),
                               cfg.get("gateway", "max_connections_per_ip"))

@@ -20,7 +20,10 @@ pupil1@leerling.school.example;pupil;Pim Pupil;;
 
 
 def write_config(tmp: Path, gateway_extra: str = "", extra: str = "",
-                 next_hop: str = "maildir:maildir", policy: Path = POLICY) -> Path:
+                 next_hop: str = "maildir:maildir", policy: Path = POLICY,
+                 dns: str = "authenticate = false") -> Path:
+    """A config in ``tmp``. DNS authentication is off unless a test points it at its own
+    loopback DNS server (tests never query the internet)."""
     (tmp / "staff.csv").write_text(STAFF_CSV)
     cfg = tmp / "skot-milter.toml"
     cfg.write_text(f"""
@@ -42,6 +45,9 @@ csv = "staff.csv"
 
 [audit]
 url = "sqlite:///audit.sqlite3"
+
+[dns]
+{dns}
 {extra}
 """)
     return cfg

@@ -45,7 +45,9 @@ class Engine:
 
 def _fired(rp: RulePolicy, finding: Finding) -> FiredRule:
     action = rp.action
-    if finding.max_action is not None and STRENGTH[finding.max_action] < STRENGTH[action]:
+    if finding.transient:
+        action = "tempfail"
+    elif finding.max_action is not None and STRENGTH[finding.max_action] < STRENGTH[action]:
         action = finding.max_action
     return FiredRule(id=rp.id, article=rp.article, action=action, mode=rp.mode,
                      reason=finding.reason, evidence=finding.evidence, notice=rp.notice)
@@ -57,7 +59,11 @@ def combine(fired: list[tuple[RulePolicy, FiredRule]], ctx: Context) -> Verdict:
     for rp, fr in fired:
         if fr.mode == "enforce" and STRENGTH[fr.action] > STRENGTH[action]:
             action, decisive = fr.action, rp
-    if action == "reject" and decisive is not None:
+    if action == "tempfail" and decisive is not None:
+        reply = reply_line("451 4.4.3", f"[{decisive.id}] {decisive.article}: tijdelijke "
+                           "DNS-storing, probeer later opnieuw / temporary DNS failure, try "
+                           "again later" + (f" ref={ref}" if ref else ""))
+    elif action == "reject" and decisive is not None:
         reply = reply_line("550 5.7.1", f"[{decisive.id}] {decisive.article}: "
                            f"{decisive.text('reason', 'nl')} / {decisive.text('reason', 'en')}"
                            + (f" ref={ref}" if ref else ""))

@@ -25,6 +25,9 @@ class Finding:
     reason: str
     evidence: dict[str, Any] = field(default_factory=dict)
     max_action: str | None = None
+    # The rule could not decide because of a transient fault (a DNS time-out): the client
+    # must retry (451), never a pass and never a permanent refusal.
+    transient: bool = False
 
 
 RuleFn = Callable[[Message, Context, Mapping[str, Any]], Finding | None]

@@ -25,7 +25,7 @@ from milter.audit.store import AuditUnavailable
 from milter.core.context import Envelope, domain_in
 from milter.core.engine import RuleCrashed
 from milter.core.verdict import reply_line
-from milter.gateway import Gateway, QuarantineError, new_txid, policy_headers
+from milter.gateway import Gateway, QuarantineError, new_txid
 from milter.runtime import Evaluation
 from milter.smtp.relay import NextHopError, Reply, Session, open_session
 
@@ -193,7 +193,7 @@ class ProxyHandler:
         common: dict[str, Any] = {"txid": tx.txid, "client": client, "sender": sender,
                                   "recipients": tx.rcpt_tos, "auth_user": auth_user}
         try:
-            evaluation = gw.runtime.evaluate(env, content)
+            evaluation = await gw.evaluate(env, content)
         except RuleCrashed as exc:
             log.error("tx=%s policy evaluation failed: %s", tx.txid, exc)
             reply = f"451 4.3.0 Temporary policy failure, try again later ref={tx.txid}"
@@ -205,6 +205,8 @@ class ProxyHandler:
                  len(tx.rcpt_tos), verdict.action, ",".join(r.id for r in verdict.rules) or "-")
         if verdict.action == "reject":
             return await self._decided(evaluation, "rejected", verdict.smtp_reply, common)
+        if verdict.action == "tempfail":
+            return await self._decided(evaluation, "tempfailed", verdict.smtp_reply, common)
         if verdict.action == "quarantine":
             try:
                 qid = await gw.hold(evaluation, tx.txid, {"mail_from": sender,
@@ -240,7 +242,7 @@ class ProxyHandler:
             log.error("tx=%s audit intent failed, nothing relayed: %s", tx.txid, exc)
             return f"451 4.3.0 Audit store unavailable, try again later ref={tx.txid}"
         try:
-            reply = await tx.downstream.data(policy_headers(evaluation) + evaluation.raw)
+            reply = await tx.downstream.data(gw.outgoing(evaluation))
         except NextHopError as exc:
             log.warning("tx=%s next hop failed at DATA: %s", tx.txid, exc)
             reply = Reply(451, f"4.4.2 Next hop failed, try again later ref={tx.txid}")

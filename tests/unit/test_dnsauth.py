@@ -1,0 +1,181 @@
+"""SPF, DKIM and DMARC against a real DNS server on loopback; B1.spoofed-school-domain."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dkim
+import pytest
+
+from milter.core.context import Envelope
+from milter.dkimsign import Signer, keygen, read_key
+from milter.dnsauth import (
+    Resolver,
+    authenticate,
+    dkim_verify,
+    spf_check,
+    strip_our_results,
+)
+from milter.runtime import Runtime
+from milter.server import make_authenticator
+from tests.conftest import make_message, write_config
+from tests.dnsserver import DNSServer, running
+
+
+@pytest.fixture
+def dnsd() -> Iterator[DNSServer]:
+    with running() as server:
+        server.txt("school.example", "v=spf1 ip4:192.0.2.0/24 include:_spf.mailer.example -all")
+        server.txt("_spf.mailer.example", "v=spf1 ip4:198.51.100.10 ~all")
+        server.txt("soft.example", "v=spf1 ~all")
+        server.txt("_dmarc.school.example", "v=DMARC1; p=reject; adkim=r; aspf=r")
+        server.add("school.example", "A", "192.0.2.25")
+        server.silent.add("slow.example")
+        server.silent.add("_dmarc.slow.example")
+        yield server
+
+
+@pytest.fixture
+def resolver(dnsd: DNSServer) -> Resolver:
+    return Resolver(["127.0.0.1"], dnsd.port, timeout=0.5)
+
+
+@pytest.mark.parametrize("ip,sender,expected", [
+    ("192.0.2.7", "a@school.example", "pass"),
+    ("198.51.100.10", "a@school.example", "pass"),       # via include
+    ("203.0.113.9", "a@school.example", "fail"),
+    ("203.0.113.9", "a@soft.example", "softfail"),
+    ("203.0.113.9", "a@nospf.example", "none"),
+    ("203.0.113.9", "a@slow.example", "temperror"),
+])
+def test_spf(resolver: Resolver, ip: str, sender: str, expected: str) -> None:
+    assert spf_check(resolver, ip, sender, "helo.example") == expected
+
+
+def signed(tmp_path: Path, dnsd: DNSServer, domain: str = "school.example",
+           kind: str = "rsa", raw: bytes | None = None, length: bool = False) -> bytes:
+    path, record = keygen(domain, "sel1", tmp_path, kind)
+    dnsd.txt(f"sel1._domainkey.{domain}", record)
+    key = read_key(path, domain, "sel1")
+    message = raw or make_message(frm=f"someone@{domain}", to="ouder@example.org")
+    sig = dkim.sign(message, b"sel1", domain.encode(), key.private, length=length,
+                    signature_algorithm=key.algorithm, include_headers=[b"from", b"subject"])
+    return bytes(sig) + message
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_dkim_pass_and_tamper(tmp_path: Path, dnsd: DNSServer, resolver: Resolver,
+                              kind: str) -> None:
+    msg = signed(tmp_path, dnsd, kind=kind)
+    (res,) = dkim_verify(resolver, msg)
+    assert (res.result, res.domain, res.selector) == ("pass", "school.example", "sel1")
+    (bad,) = dkim_verify(resolver, msg.replace(b"Goedemorgen", b"Goedenavond"))
+    assert bad.result == "fail"
+
+
+def test_dkim_dns_timeout_is_temperror(tmp_path: Path, dnsd: DNSServer,
+                                       resolver: Resolver) -> None:
+    msg = signed(tmp_path, dnsd)
+    dnsd.silent.add("sel1._domainkey.school.example")
+    assert dkim_verify(resolver, msg)[0].result == "temperror"
+
+
+def test_dkim_l_tag_with_appended_text_not_aligned_pass(tmp_path: Path, dnsd: DNSServer,
+                                                        resolver: Resolver) -> None:
+    msg = signed(tmp_path, dnsd, length=True) + b"Klik hier: http://phish.example/\r\n"
+    (res,) = dkim_verify(resolver, msg)
+    assert res.result == "pass" and res.body_length is not None and not res.covers_body
+    result = authenticate(resolver, msg, "203.0.113.9", "evil.example", "x@evil.example",
+                          ["school.example"])
+    assert result.dmarc[0].result == "fail"
+    assert "unsigned text appended" in result.header_value("relay.school.example")
+
+
+def runtime_with_dns(tmp_path: Path, dnsd: DNSServer) -> Runtime:
+    cfg = write_config(tmp_path, dns=f'nameservers = ["127.0.0.1"]\nport = {dnsd.port}\n'
+                                     'timeout = 0.5')
+    return Runtime.load(str(cfg))
+
+
+def inbound(rt: Runtime, raw: bytes, ip: str = "203.0.113.9",
+            mail_from: str = "someone@school.example") -> Any:
+    env = Envelope(mail_from, ("teacher@school.example",), ip, helo="mx.example", txid="T")
+    return rt.evaluate(env, raw, authenticator=make_authenticator(rt))
+
+
+def test_spoofed_school_domain_rejected(tmp_path: Path, dnsd: DNSServer) -> None:
+    rt = runtime_with_dns(tmp_path, dnsd)
+    ev = inbound(rt, make_message(frm="director@school.example", to="teacher@school.example"))
+    v = ev.verdict.to_json()
+    assert v["action"] == "reject" and v["rules"][0]["id"] == "B1.spoofed-school-domain"
+    assert v["smtp_reply"].startswith("550 5.7.1 [B1.spoofed-school-domain]")
+
+
+def test_school_mail_via_authorised_server_passes(tmp_path: Path, dnsd: DNSServer) -> None:
+    rt = runtime_with_dns(tmp_path, dnsd)
+    ev = inbound(rt, make_message(frm="director@school.example"), ip="192.0.2.7")
+    assert ev.verdict.action == "accept" and ev.auth.dmarc[0].result == "pass"
+    assert "dmarc=pass (p=reject) header.from=school.example" in ev.summary["authentication"]
+
+
+def test_dkim_aligned_pass_from_elsewhere(tmp_path: Path, dnsd: DNSServer) -> None:
+    rt = runtime_with_dns(tmp_path, dnsd)
+    msg = signed(tmp_path, dnsd)
+    ev = inbound(rt, msg, mail_from="bounce@newsletter.example")
+    assert ev.verdict.action == "accept" and ev.auth.dmarc[0].aligned_by == "dkim"
+
+
+def test_dkim_replay_to_new_recipient_still_judged_on_alignment(tmp_path: Path,
+                                                                dnsd: DNSServer) -> None:
+    """HOSTILE 31: a DKIM-valid message replayed elsewhere: d=/s= logged, verdict unchanged."""
+    rt = runtime_with_dns(tmp_path, dnsd)
+    msg = signed(tmp_path, dnsd)
+    ev = inbound(rt, msg, ip="203.0.113.66", mail_from="x@replay.example")
+    assert ev.verdict.action == "accept"
+    assert "header.d=school.example header.s=sel1" in ev.summary["authentication"]
+
+
+def test_dns_timeout_tempfails_never_passes(tmp_path: Path, dnsd: DNSServer) -> None:
+    rt = runtime_with_dns(tmp_path, dnsd)
+    dnsd.silent.update({"school.example", "_dmarc.school.example"})
+    ev = inbound(rt, make_message(frm="director@school.example"))
+    assert ev.verdict.action == "tempfail"
+    assert ev.verdict.smtp_reply.startswith("451 4.4.3 [B1.spoofed-school-domain]")
+
+
+def test_two_authors_strictest_result(tmp_path: Path, dnsd: DNSServer) -> None:
+    rt = runtime_with_dns(tmp_path, dnsd)
+    raw = make_message(frm="a@example.org, director@school.example")
+    ev = inbound(rt, raw, ip="192.0.2.7", mail_from="a@example.org")
+    assert ev.verdict.action == "reject"
+
+
+def test_external_sender_not_judged_by_b1(tmp_path: Path, dnsd: DNSServer) -> None:
+    rt = runtime_with_dns(tmp_path, dnsd)
+    ev = inbound(rt, make_message(frm="parent@example.org"), mail_from="parent@example.org")
+    assert ev.verdict.action == "accept"
+
+
+def test_forged_results_claiming_our_id_are_removed() -> None:
+    raw = (b"Authentication-Results: relay.school.example; dmarc=pass\r\n"
+           b"Authentication-Results: other.example; spf=pass\r\n"
+           b"From: a@b.example\r\n\r\nbody\r\n")
+    out = strip_our_results(raw, "relay.school.example")
+    assert b"relay.school.example; dmarc=pass" not in out
+    assert b"other.example; spf=pass" in out and out.endswith(b"\r\n\r\nbody\r\n")
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_outbound_signature_verifies_with_published_record(tmp_path: Path, dnsd: DNSServer,
+                                                           resolver: Resolver,
+                                                           kind: str) -> None:
+    path, record = keygen("school.example", "out1", tmp_path, kind)
+    dnsd.txt("out1._domainkey.school.example", record)
+    signer = Signer((read_key(path, "school.example", "out1"),))
+    body = b"X-SKOT-Policy: A5.media-external; article=A5\r\n" + make_message()
+    signed_msg = signer.sign(body, "someone@school.example")
+    (res,) = dkim_verify(resolver, signed_msg)
+    assert res.result == "pass" and res.domain == "school.example"
+    assert signer.sign(body, "someone@other.example") == body  # not our domain: unsigned
