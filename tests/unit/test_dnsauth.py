@@ -179,3 +179,24 @@ def test_outbound_signature_verifies_with_published_record(tmp_path: Path, dnsd:
     (res,) = dkim_verify(resolver, signed_msg)
     assert res.result == "pass" and res.domain == "school.example"
     assert signer.sign(body, "someone@other.example") == body  # not our domain: unsigned
+
+
+def test_keygen_command_prints_record_that_verifies(tmp_path: Path, dnsd: DNSServer,
+                                                    resolver: Resolver,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    from milter.cli import main
+
+    assert main(["dkim", "keygen", "School.Example", "k2", "--type", "ed25519",
+                 "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "k2._domainkey.school.example. IN TXT" in out
+    record = "".join(re.findall(r'"([^"]*)"', out))
+    assert record.startswith("v=DKIM1; k=ed25519; p=")
+    key_file = tmp_path / "school.example.k2.ed25519.key"
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    dnsd.txt("k2._domainkey.school.example", record)
+    signer = Signer((read_key(key_file, "school.example", "k2"),))
+    (res,) = dkim_verify(resolver, signer.sign(make_message(), "someone@school.example"))
+    assert res.result == "pass"
