@@ -168,6 +168,12 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
     },
     "audit": {
         "url": (_audit_url, REQUIRED),
+        "retention_days": (_int(0), 0),        # 0: keep forever; else `audit purge` purges
+        "checkpoint_key": (_opt_str, ""),      # Ed25519 key file (outside the database)
+        "checkpoint_dir": (_opt_str, ""),      # where signed checkpoints are exported
+        "checkpoint_every": (_int(1), 1000),   # records
+        "checkpoint_minutes": (_float(0.1), 60.0),
+        "trusted_keys": (_opt_str, ""),        # directory of epoch-N.pub files for verify
     },
     "inspection": {
         "max_depth": (_int(1), 3),
@@ -256,6 +262,10 @@ class Config:
         if v.startswith("sqlite:////"):
             return "sqlite:///" + v[len("sqlite:////") - 1:]
         return v
+
+    def optional_path(self, section: str, key: str) -> Path | None:
+        v = self.get(section, key)
+        return self.resolve(v) if v else None
 
     @property
     def state_dir(self) -> Path:

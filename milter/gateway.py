@@ -13,8 +13,11 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from milter.audit import checkpoint
+from milter.audit.checkpoint import SigningKey
 from milter.audit.store import AuditEvent, AuditRecord, AuditStore, AuditUnavailable
 from milter.core.context import Envelope
 from milter.core.verdict import ascii_line
@@ -42,8 +45,9 @@ class AsyncAudit:
     commit); each caller still returns only once its own record is durable.
     """
 
-    def __init__(self, store: AuditStore) -> None:
+    def __init__(self, store: AuditStore, checkpointer: Checkpointer | None = None) -> None:
         self.store = store
+        self.checkpointer = checkpointer
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
         self._pending: list[tuple[AuditEvent, asyncio.Future[AuditRecord]]] = []
         self._running = False
@@ -79,12 +83,35 @@ class AsyncAudit:
                 for (_, fut), rec in zip(batch, records, strict=True):
                     if not fut.done():
                         fut.set_result(rec)
+                if self.checkpointer is not None and records:
+                    await loop.run_in_executor(self._executor, self.checkpointer.seen,
+                                               records[-1], len(records))
         finally:
             self._running = False
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.store.close()
+
+
+class Checkpointer:
+    """Signs and exports the chain head every N records or minutes (``[audit] checkpoint_*``)."""
+
+    def __init__(self, key: SigningKey, directory: Path, every: int, minutes: float) -> None:
+        self.key, self.directory, self.every, self.seconds = key, directory, every, minutes * 60
+        self.count = 0
+        self.last = time.monotonic()
+
+    def seen(self, record: AuditRecord, n: int) -> None:
+        self.count += n
+        if self.count >= self.every or time.monotonic() - self.last >= self.seconds:
+            try:
+                checkpoint.write(checkpoint.sign(self.key, record.chain, record.seq,
+                                                 record.hash), self.directory)
+            except OSError as exc:  # the records are durable; the next checkpoint covers them
+                log.error("cannot write audit checkpoint: %s", exc)
+                return
+            self.count, self.last = 0, time.monotonic()
 
 
 @dataclass

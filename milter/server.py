@@ -13,13 +13,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from milter.audit.checkpoint import load_signing_key
 from milter.audit.store import AuditUnavailable, open_store
 from milter.config import ConfigError
 from milter.core.context import Context
 from milter.core.message import Message
 from milter.dkimsign import Signer
 from milter.dnsauth import AuthResults, Resolver, authenticate
-from milter.gateway import AsyncAudit, Gateway
+from milter.gateway import AsyncAudit, Checkpointer, Gateway
 from milter.notices import Notifier, RateLimiter
 from milter.quarantine import QuarantineStore
 from milter.runtime import Authenticator, Runtime
@@ -63,6 +64,20 @@ def tls_context(runtime: Runtime) -> ssl.SSLContext | None:
     return ctx
 
 
+def make_checkpointer(runtime: Runtime) -> Checkpointer | None:
+    cfg = runtime.config
+    key_path = cfg.optional_path("audit", "checkpoint_key")
+    directory = cfg.optional_path("audit", "checkpoint_dir")
+    if key_path is None or directory is None:
+        return None
+    try:
+        key = load_signing_key(key_path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(cfg.path, "audit.checkpoint_key", f"cannot load key: {exc}") from None
+    return Checkpointer(key, directory, cfg.get("audit", "checkpoint_every"),
+                        cfg.get("audit", "checkpoint_minutes"))
+
+
 def make_authenticator(runtime: Runtime) -> Authenticator | None:
     cfg = runtime.config
     if not cfg.get("dns", "authenticate"):
@@ -98,7 +113,7 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     """Open the store and listen; raises ConfigError or AuditUnavailable on bad set-up."""
     cfg = runtime.config
     store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
-    audit = AsyncAudit(store)
+    audit = AsyncAudit(store, make_checkpointer(runtime))
     gateway = Gateway(runtime, audit, QuarantineStore(cfg.quarantine_dir),
                       make_notifier(runtime, audit), make_authenticator(runtime),
                       Signer.from_config(cfg))

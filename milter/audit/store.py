@@ -1,8 +1,9 @@
 """The audit store interface and its hash chain.
 
 Records are append-only and chained per gateway node: ``hash = H(chain, seq, prev_hash,
-content_hash)`` and ``content_hash = H(every other field)``. Chaining over the content hash
-(not the content) lets retention purge personal fields later while the chain still verifies.
+content_hash)``, ``content_hash = H(public_hash, personal_hash)``. The personal fields are
+hashed apart, so retention can purge them (keeping ``personal_hash``) while the chain, the
+public fields and every later record still verify.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ class AuditRecord(AuditEvent):
     seq: int = 0
     ts: str = ""
     prev_hash: str = ""
+    personal_hash: str = ""
     content_hash: str = ""
     hash: str = ""
+    purged: int = 0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -57,6 +60,12 @@ class AuditRecord(AuditEvent):
 
 
 CONTENT_FIELDS = tuple(f.name for f in fields(AuditEvent)) + ("ts",)
+PUBLIC_FIELDS = ("event", "txid", "direction", "action", "ts")
+PERSONAL_FIELDS = tuple(f for f in CONTENT_FIELDS if f not in PUBLIC_FIELDS)
+EMPTY_PERSONAL: dict[str, Any] = {"message_id": "", "client": "", "sender": "",
+                                  "recipients": (), "auth_user": "", "rules": (), "reply": "",
+                                  "evidence": {}, "subject": "", "actor": ""}
+assert set(EMPTY_PERSONAL) == set(PERSONAL_FIELDS)
 
 
 def canonical(obj: Any) -> bytes:
@@ -64,11 +73,19 @@ def canonical(obj: Any) -> bytes:
                       default=list).encode("utf-8")
 
 
-def content_hash(values: dict[str, Any]) -> str:
-    payload = {k: values[k] for k in CONTENT_FIELDS}
-    payload["recipients"] = list(payload["recipients"])
-    payload["rules"] = list(payload["rules"])
+def _digest(values: dict[str, Any], names: tuple[str, ...]) -> str:
+    payload = {k: list(values[k]) if isinstance(values[k], tuple) else values[k] for k in names}
     return hashlib.sha256(canonical(payload)).hexdigest()
+
+
+def personal_hash(values: dict[str, Any]) -> str:
+    return _digest(values, PERSONAL_FIELDS)
+
+
+def content_hash(values: dict[str, Any], p_hash: str | None = None) -> str:
+    """H(public fields, personal hash); pass ``p_hash`` for a purged record."""
+    p = p_hash if p_hash is not None else personal_hash(values)
+    return hashlib.sha256(f"{_digest(values, PUBLIC_FIELDS)}\n{p}".encode()).hexdigest()
 
 
 def chain_hash(chain: str, seq: int, prev_hash: str, c_hash: str) -> str:
@@ -93,6 +110,7 @@ class VerifyResult:
     records: int
     chains: dict[str, int]
     problems: list[str]   # first broken record per chain, in words
+    warnings: list[str] = field(default_factory=list)  # e.g. an intent without its outcome
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +126,13 @@ class AuditStore(Protocol):
 
     def verify(self) -> VerifyResult: ...
 
+    def at(self, chain: str, seq: int) -> AuditRecord | None: ...
+
+    def last(self, chain: str) -> AuditRecord | None: ...
+
+    def purge(self, cutoff: str, held_people: set[str], held_records: set[int],
+              actor: str) -> int: ...
+
     def close(self) -> None: ...
 
 
@@ -120,27 +145,51 @@ def verify_rows(rows: Sequence[AuditRecord] | Iterator[AuditRecord]) -> VerifyRe
     heads: dict[str, tuple[int, str]] = {}
     broken: dict[str, str] = {}
     counts: dict[str, int] = {}
+    open_intents: dict[tuple[str, str], int] = {}
     total = 0
     for r in rows:
         total += 1
+        if r.event == "intent":
+            open_intents[(r.chain, r.txid)] = r.id
+        elif r.event in OUTCOMES:
+            open_intents.pop((r.chain, r.txid), None)
         counts[r.chain] = counts.get(r.chain, 0) + 1
         if r.chain in broken:
             continue
         seq, prev = heads.get(r.chain, (0, GENESIS))
         where = f"chain {r.chain!r} record id={r.id} seq={r.seq}"
         values = {k: getattr(r, k) for k in CONTENT_FIELDS}
+        personal_ok = (all(_empty(values[k]) for k in PERSONAL_FIELDS) if r.purged
+                       else personal_hash(values) == r.personal_hash)
         if r.seq != seq + 1:
             broken[r.chain] = (f"{where}: sequence jumps from {seq} to {r.seq} "
                                f"(records removed or inserted)")
         elif r.prev_hash != prev:
             broken[r.chain] = f"{where}: prev_hash does not match the previous record"
-        elif content_hash(values) != r.content_hash:
+        elif not personal_ok or content_hash(values, r.personal_hash) != r.content_hash:
             broken[r.chain] = f"{where}: content altered (content hash mismatch)"
         elif chain_hash(r.chain, r.seq, r.prev_hash, r.content_hash) != r.hash:
             broken[r.chain] = f"{where}: record hash mismatch"
         heads[r.chain] = (r.seq, r.hash)
+    warnings = [f"record id={rid}: intent for ref={tx} has no outcome (a crash between the "
+                f"next hop's answer and ours?)" for (_, tx), rid in sorted(open_intents.items(),
+                                                                          key=lambda i: i[1])]
     return VerifyResult(ok=not broken, records=total, chains=counts,
-                        problems=[broken[c] for c in sorted(broken)])
+                        problems=[broken[c] for c in sorted(broken)], warnings=warnings)
+
+
+def _empty(v: Any) -> bool:
+    return v in ("", (), [], {}, None)
+
+
+def seal(event: AuditEvent, chain: str, seq: int, prev: str, ts: str) -> AuditRecord:
+    """The record for ``event`` at position ``seq`` of ``chain``, with its hashes."""
+    base = {k: getattr(event, k) for k in AuditEvent.__dataclass_fields__}
+    base["ts"] = ts
+    p_hash = personal_hash(base)
+    c_hash = content_hash(base, p_hash)
+    return AuditRecord(**base, chain=chain, seq=seq, prev_hash=prev, personal_hash=p_hash,
+                       content_hash=c_hash, hash=chain_hash(chain, seq, prev, c_hash))
 
 
 def open_store(url: str, chain: str) -> AuditStore:
@@ -148,4 +197,7 @@ def open_store(url: str, chain: str) -> AuditStore:
     if url.startswith("sqlite:///"):
         from milter.audit.sqlite import SQLiteStore
         return SQLiteStore(url[len("sqlite:///"):], chain)
+    if url.startswith(("postgresql://", "postgres://")):
+        from milter.audit.postgres import PostgresStore
+        return PostgresStore(url, chain)
     raise AuditUnavailable(f"unsupported audit url: {url.split(':', 1)[0]}")

@@ -1,20 +1,32 @@
-"""``skot-milter audit``: list, show, export and verify the audit store."""
+"""``skot-milter audit``: read, export, report, verify, checkpoint and purge the audit store.
+
+Reading is itself audited: every list, show, export and report adds a record naming who
+looked at which records (the protocol's files are about people).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from milter import config as config_mod
-from milter.audit.store import AuditRecord, AuditStore, AuditUnavailable, Filters, open_store
+from milter.audit.sql import COLUMNS
+from milter.audit.store import (
+    AuditEvent,
+    AuditRecord,
+    AuditStore,
+    AuditUnavailable,
+    Filters,
+    open_store,
+)
 from milter.commands import CommandError, add_config, print_json
 
-CSV_FIELDS = ("id", "chain", "seq", "ts", "event", "txid", "message_id", "client", "direction",
-              "sender", "recipients", "auth_user", "rules", "action", "reply", "evidence",
-              "subject", "actor", "prev_hash", "content_hash", "hash")
+CSV_FIELDS = COLUMNS
 
 
 def register(sub: Any) -> None:
@@ -52,7 +64,74 @@ def register(sub: Any) -> None:
     verify = asub.add_parser("verify", help="recompute the hash chains; exit 1 on tampering")
     add_config(verify)
     verify.add_argument("--json", action="store_true")
+    verify.add_argument("--checkpoint", metavar="FILE", action="append", default=[],
+                        help="also prove the store still holds everything up to this exported "
+                             "checkpoint (repeatable)")
     verify.set_defaults(func=run_verify)
+
+    report = asub.add_parser("report", help="one person's violations, for a personnel file")
+    add_config(report)
+    report.add_argument("--person", required=True, help="the staff member's address")
+    report.add_argument("--since", default="")
+    report.add_argument("--until", default="")
+    report.add_argument("--format", choices=("html", "csv"), default="html")
+    report.add_argument("--output", "-o", default="-")
+    report.set_defaults(func=run_report)
+
+    migrate = asub.add_parser("migrate", help="create or upgrade the store's schema")
+    add_config(migrate)
+    migrate.set_defaults(func=run_migrate)
+
+    cp = asub.add_parser("checkpoint", help="sign and export the chain head now")
+    add_config(cp)
+    cp.set_defaults(func=run_checkpoint)
+
+    kg = asub.add_parser("keygen", help="a new Ed25519 checkpoint key for an epoch")
+    add_config(kg)
+    kg.add_argument("--epoch", type=int, required=True)
+    kg.add_argument("--dir", required=True, help="where to write epoch-N.key and epoch-N.pub")
+    kg.set_defaults(func=run_keygen)
+
+    purge = asub.add_parser("purge", help="remove personal fields past audit.retention_days")
+    add_config(purge)
+    purge.add_argument("--before", default="", help="purge records before this UTC date "
+                       "instead of the retention period")
+    purge.set_defaults(func=run_purge)
+
+    hold = asub.add_parser("hold", help="a legal hold on a person or record (purge skips it)")
+    add_config(hold)
+    target = hold.add_mutually_exclusive_group(required=True)
+    target.add_argument("--person", default="")
+    target.add_argument("--record", type=int, default=0)
+    hold.add_argument("--release", action="store_true", help="lift the hold")
+    hold.add_argument("--reason", default="")
+    hold.set_defaults(func=run_hold)
+
+    for q in (ls, show, export, report, purge, hold):
+        q.add_argument("--actor", default="", help="who does this (default: the OS user)")
+
+
+def _cfg(args: argparse.Namespace) -> config_mod.Config:
+    try:
+        return config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def actor(args: argparse.Namespace) -> str:
+    import getpass
+
+    return getattr(args, "actor", "") or f"cli:{getpass.getuser()}"
+
+
+def audit_view(store: AuditStore, args: argparse.Namespace, event: str,
+               what: dict[str, Any]) -> None:
+    """Record that someone looked at or exported records (who, what, when)."""
+    try:
+        store.append(AuditEvent(event=event, action=event, actor=actor(args),
+                                evidence={k: v for k, v in what.items() if v}))
+    except AuditUnavailable as exc:
+        raise CommandError(f"cannot record this {event} in the audit store: {exc}") from None
 
 
 def open_from_args(args: argparse.Namespace) -> AuditStore:
@@ -70,6 +149,11 @@ def _filters(args: argparse.Namespace) -> Filters:
                    person=args.person, event=args.event, limit=getattr(args, "limit", 0))
 
 
+def _filters_json(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k, "") for k in ("since", "until", "rule", "sender", "person",
+                                               "event")}
+
+
 def _line(r: AuditRecord) -> str:
     rules = ",".join(f"{x.get('id')}{'(monitor)' if x.get('mode') == 'monitor' else ''}"
                      for x in r.rules) or "-"
@@ -80,6 +164,8 @@ def _line(r: AuditRecord) -> str:
 def run_list(args: argparse.Namespace) -> int:
     store = open_from_args(args)
     rows = list(store.records(_filters(args)))
+    audit_view(store, args, "viewed", {"command": "list", "records": len(rows),
+                                       **_filters_json(args)})
     if args.json:
         print_json([r.to_json() for r in rows])
     else:
@@ -97,6 +183,7 @@ def run_show(args: argparse.Namespace) -> int:
         rows = list(store.records(Filters(txid=args.id)))
     if not rows:
         raise CommandError(f"no audit record {args.id}", code=1)
+    audit_view(store, args, "viewed", {"command": "show", "ids": [r.id for r in rows]})
     if args.json:
         print_json([r.to_json() for r in rows] if len(rows) > 1 else rows[0].to_json())
         return 0
@@ -111,6 +198,8 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     store = open_from_args(args)
+    audit_view(store, args, "exported", {"command": "export", "format": args.format,
+                                         **_filters_json(args)})
     if args.output == "-":
         _export(store, args, sys.stdout)
     else:
@@ -132,14 +221,199 @@ def _export(store: AuditStore, args: argparse.Namespace, out: Any) -> None:
                         else json.dumps(row[k], ensure_ascii=False) for k in CSV_FIELDS})
 
 
+def checkpoint_problems(cfg: config_mod.Config, store: AuditStore,
+                        files: list[str]) -> tuple[list[str], int]:
+    """Check exported checkpoints: authentic, and still held by the store."""
+    from milter.audit import checkpoint
+
+    paths = [Path(f) for f in files]
+    auto = cfg.optional_path("audit", "checkpoint_dir")
+    if not paths and auto is not None and auto.is_dir():
+        paths = sorted(auto.glob("checkpoint-*.json"))
+    if not paths:
+        return [], 0
+    trusted_dir = cfg.optional_path("audit", "trusted_keys")
+    if trusted_dir is None:
+        return ["audit.trusted_keys is not configured: cannot check checkpoint signatures"], 0
+    trusted = checkpoint.load_trusted(trusted_dir)
+    problems: list[str] = []
+    last: dict[str, int] = {}
+    for p in paths:
+        try:
+            cp = json.loads(p.read_text())
+        except (OSError, ValueError) as exc:
+            problems.append(f"{p}: unreadable checkpoint: {exc}")
+            continue
+        why = checkpoint.check(cp, trusted)
+        if why:
+            problems.append(f"{p}: {why}")
+            continue
+        rec = store.at(str(cp["chain"]), int(cp["seq"]))
+        if rec is None or rec.hash != cp["head"]:
+            problems.append(f"{p}: the store no longer holds chain {cp['chain']!r} up to "
+                            f"seq={cp['seq']} as signed at {cp['time']} (rewritten or removed)")
+        if int(cp["seq"]) < last.get(str(cp["chain"]), 0):
+            problems.append(f"{p}: sequence goes backwards")
+        last[str(cp["chain"])] = int(cp["seq"])
+    return problems, len(paths)
+
+
 def run_verify(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
     store = open_from_args(args)
     result = store.verify()
+    cp_problems, cp_count = checkpoint_problems(cfg, store, args.checkpoint)
+    ok = result.ok and not cp_problems
     if args.json:
-        print_json(result.to_json())
+        print_json({**result.to_json(), "ok": ok, "checkpoints": cp_count,
+                    "checkpoint_problems": cp_problems})
     else:
         chains = ", ".join(f"{c}: {n}" for c, n in sorted(result.chains.items())) or "none"
-        print(f"{'intact' if result.ok else 'BROKEN'}: {result.records} records (chains {chains})")
+        print(f"{'intact' if ok else 'BROKEN'}: {result.records} records (chains {chains})"
+              + (f"; {cp_count} checkpoint(s) checked" if cp_count else ""))
         for p in result.problems:
             print(f"first broken record: {p}")
-    return 0 if result.ok else 1
+        for p in cp_problems:
+            print(f"checkpoint: {p}")
+        for w in result.warnings:
+            print(f"warning: {w}")
+    return 0 if ok else 1
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    store = open_from_args(args)  # opening creates or upgrades the schema
+    print(f"schema up to date ({type(store).__name__}, version "
+          f"{getattr(store, 'version', 1)})")
+    store.close()
+    return 0
+
+
+def run_checkpoint(args: argparse.Namespace) -> int:
+    from milter.audit import checkpoint
+
+    cfg = _cfg(args)
+    key_path = cfg.optional_path("audit", "checkpoint_key")
+    directory = cfg.optional_path("audit", "checkpoint_dir")
+    if key_path is None or directory is None:
+        raise CommandError("set audit.checkpoint_key and audit.checkpoint_dir first")
+    key = checkpoint.load_signing_key(key_path)
+    store = open_from_args(args)
+    node = cfg.get("gateway", "node")
+    last = store.last(node)
+    if last is None:
+        raise CommandError(f"chain {node!r} has no records yet", code=1)
+    path = checkpoint.write(checkpoint.sign(key, node, last.seq, last.hash), directory)
+    print(f"checkpoint {path} (chain {node}, seq {last.seq})")
+    return 0
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    from milter.audit import checkpoint
+
+    priv, pub = checkpoint.generate(Path(args.dir), args.epoch)
+    print(f"private key: {priv} (keep it off the database server)\npublic key:  {pub} "
+          f"(give it to the auditors; put it in audit.trusted_keys)")
+    return 0
+
+
+def _holds(store: AuditStore) -> tuple[set[str], set[int]]:
+    people: set[str] = set()
+    records: set[int] = set()
+    for r in store.records(Filters()):
+        if r.event not in ("legal-hold", "legal-hold-release"):
+            continue
+        person = str(r.evidence.get("person", "")).lower()
+        record = int(r.evidence.get("record", 0) or 0)
+        add = r.event == "legal-hold"
+        if person:
+            (people.add if add else people.discard)(person)
+        if record:
+            (records.add if add else records.discard)(record)
+    return people, records
+
+
+def run_hold(args: argparse.Namespace) -> int:
+    store = open_from_args(args)
+    event = "legal-hold-release" if args.release else "legal-hold"
+    target = {"person": args.person.lower()} if args.person else {"record": args.record}
+    rec = store.append(AuditEvent(event=event, action=event, actor=actor(args),
+                                  evidence={**target, "reason": args.reason}))
+    print(f"{event} recorded as audit record {rec.id}")
+    return 0
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    cfg = _cfg(args)
+    store = open_from_args(args)
+    if args.before:
+        cutoff = args.before
+    else:
+        days = cfg.get("audit", "retention_days")
+        if not days:
+            raise CommandError("audit.retention_days is 0 (keep forever); use --before DATE")
+        cutoff = (datetime.now(UTC) - timedelta(days=days)).isoformat().replace("+00:00", "Z")
+    people, records = _holds(store)
+    count = store.purge(cutoff, people, records, actor(args))
+    print(f"purged personal fields of {count} record(s) before {cutoff}; "
+          f"{len(people)} person(s) and {len(records)} record(s) on legal hold")
+    return 0
+
+
+VIOLATION_EVENTS = ("rejected", "quarantined", "delivered", "tempfailed")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    import html as html_mod
+
+    store = open_from_args(args)
+    rows = [r for r in store.records(Filters(person=args.person, since=args.since,
+                                             until=args.until))
+            if r.event in VIOLATION_EVENTS and r.rules]
+    result = store.verify()
+    audit_view(store, args, "exported", {"command": "report", "person": args.person,
+                                         "format": args.format, "records": len(rows)})
+    status = (f"intact ({result.records} records)" if result.ok else
+              "BROKEN: " + "; ".join(result.problems))
+    lines = []
+    for r in rows:
+        for rule in r.rules:
+            lines.append({"date": r.ts[:19].replace("T", " "), "rule": rule.get("id", ""),
+                          "article": rule.get("article", ""), "mode": rule.get("mode", ""),
+                          "action": rule.get("action", ""), "outcome": r.event,
+                          "recipients": ", ".join(r.recipients), "subject": r.subject,
+                          "reference": r.txid, "record": str(r.id)})
+    fields = ["date", "rule", "article", "mode", "action", "outcome", "recipients", "subject",
+              "reference", "record"]
+    target = (contextlib.nullcontext(sys.stdout) if args.output == "-"
+              else open(args.output, "w", encoding="utf-8", newline=""))  # noqa: SIM115
+    with target as out:
+        if args.format == "csv":
+            w = csv.DictWriter(out, fieldnames=fields)
+            w.writeheader()
+            w.writerows(lines)
+            out.write(f"# chain verification at {_stamp()}: {status}\n")
+        else:
+            e = html_mod.escape
+            body = "".join("<tr>" + "".join(f"<td>{e(line[f])}</td>" for f in fields)
+                           + "</tr>\n" for line in lines)
+            out.write(f"""<!DOCTYPE html><html lang="nl"><head><meta charset="utf-8">
+<title>Overtredingen / violations: {e(args.person)}</title>
+<style>body{{font-family:sans-serif}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #999;padding:2px 6px;text-align:left}}</style></head><body>
+<h1>Overtredingen van het protocol / protocol violations</h1>
+<p>Medewerker / staff member: <strong>{e(args.person)}</strong><br>
+Periode / period: {e(args.since or "-")} .. {e(args.until or "-")}<br>
+Opgesteld / made: {e(_stamp())}<br>
+Controle audit-keten / audit chain verification: <strong>{e(status)}</strong></p>
+<table><tr>{"".join(f"<th>{e(f)}</th>" for f in fields)}</tr>
+{body}</table></body></html>
+""")
+    return 0
+
+
+def _stamp() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -102,13 +102,19 @@ def test_audit_cli_list_show_export_verify(tmp_path: Path,
     assert [i["txid"] for i in items] == ["tx1", "tx3"] and all("id" in i for i in items)
     assert main(["audit", "show", "--config", cfg, "tx3"]) == 0
     assert "B1.sender-domain" in capsys.readouterr().out
-    assert main(["audit", "export", "--config", cfg, "--format", "csv"]) == 0
+    assert main(["audit", "export", "--config", cfg, "--format", "csv", "--actor",
+                 "auditor@school.example"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("id,chain,seq,ts,event") and len(lines) == 6
-    assert main(["audit", "export", "--config", cfg, "--format", "jsonl"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 5
+    assert lines[0].startswith("id,chain,seq,ts,event")
+    # 5 records, plus one for each time someone looked: list, show, and this export
+    assert [line.split(",")[4] for line in lines[1:]] == ["delivered", "rejected"] * 2 + [
+        "delivered", "viewed", "viewed", "exported"]
+    assert "auditor@school.example" in lines[-1]
+    assert main(["audit", "export", "--config", cfg, "--format", "jsonl", "--event",
+                 "rejected"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
     assert main(["audit", "verify", "--config", cfg]) == 0
-    assert "intact: 5 records" in capsys.readouterr().out
+    assert "intact: 9 records" in capsys.readouterr().out
     tamper(tmp_path / "audit.sqlite3", "UPDATE records SET recipients='[]' WHERE seq=4")
     assert main(["audit", "verify", "--config", cfg]) == 1
     assert "seq=4" in capsys.readouterr().out

@@ -1,0 +1,134 @@
+"""Signed checkpoints: proof, kept outside the database, of what the chain held and when.
+
+A hash chain alone does not stop whoever owns the database from rewriting it consistently.
+Every N records or minutes the gateway signs (Ed25519) its chain head with a key kept outside
+the database and exports the checkpoint. Keys have epochs: a checkpoint names its epoch and
+must be signed by that epoch's key and dated inside that key's validity, so a key stolen
+later cannot re-sign history (the journald CVE-2023-31439 lesson).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from milter.audit.store import canonical
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    key_id: str
+    epoch: int
+    valid_from: str
+    private: Ed25519PrivateKey
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    key_id: str
+    epoch: int
+    valid_from: str
+    public: Ed25519PublicKey
+
+
+def _key_id(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def generate(directory: Path, epoch: int, valid_from: str | None = None) -> tuple[Path, Path]:
+    """Write ``epoch-N.key`` (private, mode 600) and ``epoch-N.pub`` (for the auditors)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    pub = key.public_key()
+    meta = {"key_id": _key_id(pub), "epoch": epoch, "valid_from": valid_from or _now()}
+    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                             serialization.NoEncryption())
+    raw_pub = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    priv_path, pub_path = directory / f"epoch-{epoch}.key", directory / f"epoch-{epoch}.pub"
+    _write_file(priv_path, json.dumps({**meta, "private": base64.b64encode(seed).decode()})
+                .encode(), 0o600)
+    _write_file(pub_path, json.dumps({**meta, "public": base64.b64encode(raw_pub).decode()})
+                .encode())
+    return priv_path, pub_path
+
+
+def load_signing_key(path: Path) -> SigningKey:
+    d = json.loads(path.read_text())
+    key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(d["private"]))
+    if _key_id(key.public_key()) != d["key_id"]:
+        raise ValueError(f"{path}: key_id does not match the key")
+    return SigningKey(d["key_id"], int(d["epoch"]), d["valid_from"], key)
+
+
+def load_trusted(directory: Path) -> dict[str, TrustedKey]:
+    keys: dict[str, TrustedKey] = {}
+    for p in sorted(directory.glob("*.pub")):
+        d = json.loads(p.read_text())
+        pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(d["public"]))
+        if _key_id(pub) != d["key_id"]:
+            raise ValueError(f"{p}: key_id does not match the key")
+        keys[d["key_id"]] = TrustedKey(d["key_id"], int(d["epoch"]), d["valid_from"], pub)
+    return keys
+
+
+def _body(cp: dict[str, Any]) -> bytes:
+    return canonical({k: v for k, v in cp.items() if k != "signature"})
+
+
+def sign(key: SigningKey, chain: str, seq: int, head: str, time: str | None = None
+         ) -> dict[str, Any]:
+    cp: dict[str, Any] = {"version": 1, "chain": chain, "seq": seq, "head": head,
+                          "time": time or _now(), "epoch": key.epoch, "key_id": key.key_id}
+    cp["signature"] = base64.b64encode(key.private.sign(_body(cp))).decode()
+    return cp
+
+
+def write(cp: dict[str, Any], directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"checkpoint-{cp['chain']}-{cp['seq']:012d}.json"
+    _write_file(path, json.dumps(cp, sort_keys=True, indent=1).encode())
+    return path
+
+
+def check(cp: dict[str, Any], trusted: dict[str, TrustedKey]) -> str | None:
+    """None if the checkpoint is authentic, else why not."""
+    key = trusted.get(str(cp.get("key_id", "")))
+    if key is None:
+        return f"signed by unknown key {cp.get('key_id')!r}"
+    try:
+        key.public.verify(base64.b64decode(cp["signature"]), _body(cp))
+    except (InvalidSignature, KeyError, ValueError):
+        return "signature does not verify"
+    if int(cp.get("epoch", -1)) != key.epoch:
+        return f"claims epoch {cp.get('epoch')} but is signed with the epoch-{key.epoch} key"
+    later = [k for k in trusted.values() if k.epoch > key.epoch]
+    until = min((k.valid_from for k in later), default="")
+    if str(cp["time"]) < key.valid_from or (until and str(cp["time"]) >= until):
+        return (f"dated {cp['time']}, outside the validity of the epoch-{key.epoch} key "
+                f"(re-signed with a later key?)")
+    return None

@@ -1,0 +1,220 @@
+"""What the SQL backends share: columns, JSON encoding, filters, purge and verification.
+
+SQL is written with ``?`` placeholders; a backend that uses another style converts them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from milter.audit.store import (
+    EMPTY_PERSONAL,
+    GENESIS,
+    AuditEvent,
+    AuditRecord,
+    Filters,
+    VerifyResult,
+    seal,
+    verify_rows,
+)
+
+COLUMNS = ("id", "chain", "seq", "ts", "event", "txid", "message_id", "client", "direction",
+           "sender", "recipients", "auth_user", "rules", "action", "reply", "evidence",
+           "subject", "actor", "prev_hash", "personal_hash", "content_hash", "hash", "purged")
+JSON_COLUMNS = {"recipients", "rules", "evidence"}
+SELECT = f"SELECT {', '.join(COLUMNS)} FROM records"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def encode(rec: AuditRecord) -> dict[str, Any]:
+    values = asdict(rec)
+    del values["id"]
+    for k in JSON_COLUMNS:
+        v = values[k]
+        values[k] = json.dumps(list(v) if isinstance(v, list | tuple) else v,
+                               ensure_ascii=False, sort_keys=True, default=list)
+    return values
+
+
+def decode(row: Sequence[Any]) -> AuditRecord:
+    values = dict(zip(COLUMNS, row, strict=True))
+    for k in JSON_COLUMNS:
+        values[k] = json.loads(values[k])
+    values["recipients"] = tuple(values["recipients"])
+    values["rules"] = tuple(values["rules"])
+    return AuditRecord(**values)
+
+
+def where(filters: Filters) -> tuple[str, list[Any]]:
+    clauses, args = [], []
+    if filters.since:
+        clauses.append("ts >= ?")
+        args.append(filters.since)
+    if filters.until:
+        clauses.append("ts < ?")
+        args.append(filters.until)
+    if filters.rule:
+        clauses.append("rules LIKE ?")
+        args.append(f'%"id": "{filters.rule}"%')
+    if filters.sender:
+        clauses.append("lower(sender) = lower(?)")
+        args.append(filters.sender)
+    if filters.person:
+        clauses.append("(lower(sender) = lower(?) OR lower(auth_user) = lower(?) "
+                       "OR lower(recipients) LIKE lower(?) OR lower(rules) LIKE lower(?))")
+        args += [filters.person, filters.person, f'%"{filters.person}"%',
+                 f'%"{filters.person}"%']
+    if filters.event:
+        clauses.append("event = ?")
+        args.append(filters.event)
+    if filters.txid:
+        clauses.append("txid = ?")
+        args.append(filters.txid)
+    sql = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    sql += " ORDER BY id"
+    if filters.limit:
+        sql += f" LIMIT {int(filters.limit)}"
+    return sql, args
+
+
+class SQLStore:
+    """The logic of an append-only, hash-chained store over a DB-API connection."""
+
+    chain: str
+    placeholder = "?"
+
+    # -- what a backend provides -----------------------------------------------------------
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        raise NotImplementedError
+
+    def _write(self, work: Any) -> Any:
+        """Run ``work(execute)`` in one durable transaction holding the chain head lock."""
+        raise NotImplementedError
+
+    def _head(self, execute: Any) -> tuple[int, str]:
+        raise NotImplementedError
+
+    def _set_head(self, execute: Any, seq: int, head: str) -> None:
+        return None
+
+    # -- the store ---------------------------------------------------------------------------
+    def _sql(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def append(self, event: AuditEvent) -> AuditRecord:
+        return self.append_many([event])[0]
+
+    def append_many(self, events: list[AuditEvent]) -> list[AuditRecord]:
+        """Append several records in one transaction: one commit (fsync) for all."""
+
+        def work(execute: Any) -> list[AuditRecord]:
+            seq, prev = self._head(execute)
+            out = []
+            for ev in events:
+                seq += 1
+                rec = seal(ev, self.chain, seq, prev, now_iso())
+                values = encode(rec)
+                cols = ", ".join(values)
+                marks = ", ".join([self.placeholder] * len(values))
+                new_id = execute(f"INSERT INTO records ({cols}) VALUES ({marks}) RETURNING id",
+                                 tuple(values.values()))
+                out.append(AuditRecord(**{**asdict(rec), "id": int(new_id),
+                                          "recipients": rec.recipients, "rules": rec.rules}))
+                prev = rec.hash
+            self._set_head(execute, seq, prev)
+            return out
+
+        result: list[AuditRecord] = self._write(work)
+        return result
+
+    def records(self, filters: Filters | None = None) -> Iterator[AuditRecord]:
+        sql, args = where(filters or Filters())
+        return (decode(r) for r in self._query(self._sql(SELECT + sql), args))
+
+    def get(self, record_id: int) -> AuditRecord | None:
+        rows = self._query(self._sql(SELECT + " WHERE id = ?"), (record_id,))
+        return decode(rows[0]) if rows else None
+
+    def at(self, chain: str, seq: int) -> AuditRecord | None:
+        rows = self._query(self._sql(SELECT + " WHERE chain = ? AND seq = ?"), (chain, seq))
+        return decode(rows[0]) if rows else None
+
+    def last(self, chain: str) -> AuditRecord | None:
+        rows = self._query(self._sql(SELECT + " WHERE chain = ? ORDER BY seq DESC LIMIT 1"),
+                           (chain,))
+        return decode(rows[0]) if rows else None
+
+    def ordered(self) -> Iterator[AuditRecord]:
+        return (decode(r) for r in self._query(SELECT + " ORDER BY chain, seq"))
+
+    def verify(self) -> VerifyResult:
+        result = verify_rows(self.ordered())
+        # A purged record must be covered by a purge record (purge is the only sanctioned
+        # change); the heads table, where a backend keeps one, must match the last record.
+        problems = list(result.problems)
+        problems += self._check_purges()
+        problems += self._check_heads(result.chains)
+        return VerifyResult(ok=not problems, records=result.records, chains=result.chains,
+                            problems=problems, warnings=result.warnings)
+
+    def _check_heads(self, counts: dict[str, int]) -> list[str]:
+        return []
+
+    def _check_purges(self) -> list[str]:
+        cutoffs = [json.loads(r[0]).get("cutoff", "") for r in self._query(
+            "SELECT evidence FROM records WHERE event = 'purge'")]
+        latest = max(cutoffs, default="")
+        bad = self._query(self._sql("SELECT id, chain, seq, ts FROM records WHERE purged = 1 "
+                                    "AND ts >= ? ORDER BY id LIMIT 1"), (latest,))
+        return [f"chain {b[1]!r} record id={b[0]} seq={b[2]}: personal fields removed without "
+                f"a purge covering it" for b in bad]
+
+    def purge(self, cutoff: str, held_people: set[str], held_records: set[int],
+              actor: str) -> int:
+        """Remove personal fields of records older than ``cutoff`` (hashes stay); audited."""
+        rows = self._query(self._sql(SELECT + " WHERE ts < ? AND purged = 0 AND event NOT IN "
+                                     "('purge', 'legal-hold', 'legal-hold-release')"),
+                           (cutoff,))
+        victims = []
+        for row in rows:
+            rec = decode(row)
+            people = {rec.sender.lower(), rec.auth_user.lower(), *(r.lower() for r in
+                                                                   rec.recipients)}
+            if rec.id in held_records or people & held_people:
+                continue
+            victims.append(rec.id)
+        empty = encode_personal()
+        sets = ", ".join(f"{k} = {self.placeholder}" for k in empty)
+
+        def work(execute: Any) -> int:
+            for rid in victims:
+                execute(f"UPDATE records SET {sets}, purged = 1 WHERE id = {self.placeholder}",
+                        (*empty.values(), rid), fetch=False)
+            return len(victims)
+
+        count: int = self._write_purge(work)
+        self.append(AuditEvent(event="purge", action="purge", actor=actor,
+                               evidence={"cutoff": cutoff, "records": count,
+                                         "held_people": len(held_people),
+                                         "held_records": len(held_records)}))
+        return count
+
+    def _write_purge(self, work: Any) -> int:
+        raise NotImplementedError
+
+
+def encode_personal() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in EMPTY_PERSONAL.items():
+        out[k] = json.dumps(list(v) if isinstance(v, tuple) else v) if k in JSON_COLUMNS else v
+    return out
+
+
+__all__ = ["GENESIS", "SQLStore", "decode", "encode", "now_iso"]
