@@ -200,6 +200,12 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "retries": (_int(1), 3),
         "retry_delay": (_float(0.0), 30.0),
     },
+    "web": {
+        "listen": (_hostport, "127.0.0.1:8080"),
+        "users": (_opt_str, "web-users.txt"),   # managed with `skot-milter web adduser`
+        "secure_cookies": (_bool, True),
+        "session_minutes": (_int(1), 60),
+    },
     "quarantine": {
         "directory": (_opt_str, ""),
         "retention_days": (_int(1), 30),

@@ -77,10 +77,21 @@ def where(filters: Filters) -> tuple[str, list[Any]]:
     if filters.txid:
         clauses.append("txid = ?")
         args.append(filters.txid)
+    if filters.article:
+        clauses.append("rules LIKE ?")
+        args.append(f'%"article": "{filters.article}"%')
+    if filters.action:
+        clauses.append("action = ?")
+        args.append(filters.action)
+    if filters.direction:
+        clauses.append("direction = ?")
+        args.append(filters.direction)
     sql = (" WHERE " + " AND ".join(clauses)) if clauses else ""
     sql += " ORDER BY id"
     if filters.limit:
         sql += f" LIMIT {int(filters.limit)}"
+        if filters.offset:
+            sql += f" OFFSET {int(filters.offset)}"
     return sql, args
 
 

@@ -101,7 +101,11 @@ class Filters:
     person: str = ""  # sender, auth user or recipient
     event: str = ""
     txid: str = ""
+    article: str = ""
+    action: str = ""
+    direction: str = ""
     limit: int = 0
+    offset: int = 0
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from milter import config as config_mod
+from milter.audit.report import REPORT_FIELDS, violations
 from milter.audit.sql import COLUMNS
 from milter.audit.store import (
     AuditEvent,
@@ -361,31 +362,17 @@ def run_purge(args: argparse.Namespace) -> int:
     return 0
 
 
-VIOLATION_EVENTS = ("rejected", "quarantined", "delivered", "tempfailed")
-
-
 def run_report(args: argparse.Namespace) -> int:
     import html as html_mod
 
     store = open_from_args(args)
-    rows = [r for r in store.records(Filters(person=args.person, since=args.since,
-                                             until=args.until))
-            if r.event in VIOLATION_EVENTS and r.rules]
+    lines = violations(store, args.person, args.since, args.until)
     result = store.verify()
     audit_view(store, args, "exported", {"command": "report", "person": args.person,
-                                         "format": args.format, "records": len(rows)})
+                                         "format": args.format, "records": len(lines)})
     status = (f"intact ({result.records} records)" if result.ok else
               "BROKEN: " + "; ".join(result.problems))
-    lines = []
-    for r in rows:
-        for rule in r.rules:
-            lines.append({"date": r.ts[:19].replace("T", " "), "rule": rule.get("id", ""),
-                          "article": rule.get("article", ""), "mode": rule.get("mode", ""),
-                          "action": rule.get("action", ""), "outcome": r.event,
-                          "recipients": ", ".join(r.recipients), "subject": r.subject,
-                          "reference": r.txid, "record": str(r.id)})
-    fields = ["date", "rule", "article", "mode", "action", "outcome", "recipients", "subject",
-              "reference", "record"]
+    fields = list(REPORT_FIELDS)
     target = (contextlib.nullcontext(sys.stdout) if args.output == "-"
               else open(args.output, "w", encoding="utf-8", newline=""))  # noqa: SIM115
     with target as out:

@@ -1,0 +1,85 @@
+"""``skot-milter web``: the auditors' view; ``web adduser`` manages its users."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from typing import Any
+
+from milter import config as config_mod
+from milter.commands import CommandError, add_config
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("web", help="the auditors' web view")
+    add_config(p)
+    p.add_argument("--listen", default="", help="HOST:PORT (default: web.listen)")
+    p.set_defaults(func=run_web)
+    wsub = p.add_subparsers(dest="web_command", metavar="SUBCOMMAND")
+    add = wsub.add_parser("adduser", help="add or change a web user")
+    add_config(add)
+    add.add_argument("name")
+    add.add_argument("--role", choices=("auditor", "admin"), required=True)
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from standard input instead of a prompt")
+    add.set_defaults(func=run_adduser)
+
+
+def _cfg(args: argparse.Namespace) -> config_mod.Config:
+    try:
+        return config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def run_adduser(args: argparse.Namespace) -> int:
+    from milter.web import users
+
+    cfg = _cfg(args)
+    password = (sys.stdin.readline().rstrip("\n") if args.password_stdin
+                else getpass.getpass("password: "))
+    try:
+        users.add(cfg.resolve(cfg.get("web", "users")), args.name, args.role, password)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"user {args.name} ({args.role}) saved")
+    return 0
+
+
+def build_app(cfg: config_mod.Config) -> Any:
+    from milter.audit.store import AuditUnavailable, open_store
+    from milter.commands.quarantine import release_entry
+    from milter.quarantine import QuarantineStore
+    from milter.web.app import WebApp
+
+    try:
+        store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
+    except AuditUnavailable as exc:
+        raise CommandError(str(exc)) from None
+    quarantine = QuarantineStore(cfg.quarantine_dir)
+
+    def release(qid: str, actor: str) -> str:
+        entry = quarantine.get(qid)
+        if entry is None:
+            raise CommandError(f"no quarantined message {qid}")
+        return release_entry(cfg, entry, actor)
+
+    return WebApp(cfg, store, quarantine, cfg.resolve(cfg.get("web", "users")), release)
+
+
+def run_web(args: argparse.Namespace) -> int:
+    from milter.web.app import make_server
+
+    cfg = _cfg(args)
+    listen = args.listen or cfg.get("web", "listen")
+    host, _, port = listen.rpartition(":")
+    server = make_server(build_app(cfg), host.strip("[]"), int(port))
+    print(f"skot-milter web on http://{listen}/", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,57 @@
+"""Web users: ``name:role:argon2-hash`` per line, managed with ``skot-milter web adduser``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+ROLES = ("auditor", "admin")
+_HASHER = PasswordHasher()
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+
+
+def read(path: Path) -> dict[str, tuple[str, str]]:
+    users: dict[str, tuple[str, str]] = {}
+    if not path.exists():
+        return users
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, role, digest = line.split(":", 2)
+        users[name] = (role, digest)
+    return users
+
+
+def add(path: Path, name: str, role: str, password: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if not name or ":" in name or len(password) < 10:
+        raise ValueError("a name without ':' and a password of at least 10 characters")
+    users = read(path)
+    users[name] = (role, _HASHER.hash(password))
+    text = "".join(f"{n}:{r}:{d}\n" for n, (r, d) in sorted(users.items()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def authenticate(path: Path, name: str, password: str) -> User | None:
+    entry = read(path).get(name)
+    if entry is None:
+        _HASHER.hash(password)  # same work for unknown names: no user enumeration by timing
+        return None
+    try:
+        _HASHER.verify(entry[1], password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return None
+    return User(name, entry[0])
