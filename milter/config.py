@@ -99,6 +99,10 @@ def _hostport(v: Any) -> str:
     return s
 
 
+def _opt_hostport(v: Any) -> str:
+    return "" if v == "" else _hostport(v)
+
+
 def _next_hop(v: Any) -> str:
     s = _str(v)
     if s.startswith("maildir:") and len(s) > len("maildir:"):
@@ -140,7 +144,7 @@ def _language(v: Any) -> str:
 REQUIRED = object()
 SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
     "gateway": {
-        "listen": (_hostport, "127.0.0.1:10025"),
+        "listen": (_opt_hostport, "127.0.0.1:10025"),   # "" = no SMTP front (milter only)
         "next_hop": (_next_hop, REQUIRED),
         "hostname": (_str, "localhost"),
         "node": (_str, "node1"),
@@ -199,6 +203,10 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "rate_per_hour": (_int(1), 5),
         "retries": (_int(1), 3),
         "retry_delay": (_float(0.0), 30.0),
+    },
+    "milter": {
+        "listen": (_opt_hostport, ""),          # "127.0.0.1:8894" or "unix:/path"; "" = off
+        "idle_timeout": (_float(1.0), 300.0),
     },
     "web": {
         "listen": (_hostport, "127.0.0.1:8080"),

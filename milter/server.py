@@ -36,16 +36,19 @@ class Running:
 
     gateway: Gateway
     handler: ProxyHandler
-    server: asyncio.AbstractServer
-    port: int
+    servers: list[asyncio.AbstractServer]
+    port: int                 # the SMTP front's port (0 without one)
+    milter_port: int = 0
     extras: list[Any] = field(default_factory=list)
 
     async def stop(self, grace: float = 30.0) -> None:
-        self.server.close()
+        for server in self.servers:
+            server.close()
         if self.gateway.notifier is not None:
             await self.gateway.notifier.drain()
         try:
-            await asyncio.wait_for(self.server.wait_closed(), timeout=grace)
+            await asyncio.wait_for(asyncio.gather(*(s.wait_closed() for s in self.servers)),
+                                   timeout=grace)
         except TimeoutError:
             log.warning("stopping with transactions still in flight after %.0fs", grace)
         self.gateway.audit.close()
@@ -109,7 +112,8 @@ def make_notifier(runtime: Runtime, audit: AsyncAudit) -> Notifier | None:
                     retry_delay=cfg.get("notices", "retry_delay"))
 
 
-async def start(runtime: Runtime, host: str | None = None, port: int | None = None) -> Running:
+async def start(runtime: Runtime, host: str | None = None, port: int | None = None,
+                milter_override: str | None = None) -> Running:
     """Open the store and listen; raises ConfigError or AuditUnavailable on bad set-up."""
     cfg = runtime.config
     store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
@@ -124,7 +128,7 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     authenticator = load_authenticator(cfg)
     listen_host, _, listen_port = cfg.get("gateway", "listen").rpartition(":")
     host = host if host is not None else listen_host.strip("[]")
-    port = port if port is not None else int(listen_port)
+    port = port if port is not None else int(listen_port or 0)
 
     def factory() -> GatewaySMTP:
         return GatewaySMTP(handler, limits=limits,
@@ -138,11 +142,26 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
                            command_call_limit={"NOOP": 20, "RSET": 50, "*": 500})
 
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(factory, host=host, port=port)
-    bound = server.sockets[0].getsockname()[1]
-    log.info("skot-milter listening on %s:%s, next hop %s, policy %s", host, bound,
-             cfg.next_hop, runtime.policy.path)
-    return Running(gateway, handler, server, bound)
+    servers: list[asyncio.AbstractServer] = []
+    bound = 0
+    if cfg.get("gateway", "listen") or port:
+        server = await loop.create_server(factory, host=host, port=port)
+        servers.append(server)
+        bound = server.sockets[0].getsockname()[1]
+        log.info("SMTP front on %s:%s, next hop %s, policy %s", host, bound, cfg.next_hop,
+                 runtime.policy.path)
+    milter_port = 0
+    milter_listen = milter_override if milter_override is not None else cfg.get("milter",
+                                                                                 "listen")
+    if milter_listen:
+        from milter.miltr import server as milter_server
+
+        msrv = await milter_server.start(lambda: gateway, milter_listen)
+        servers.append(msrv)
+        sock = msrv.sockets[0].getsockname()
+        milter_port = sock[1] if isinstance(sock, tuple) else 0
+        log.info("milter front on %s", milter_listen)
+    return Running(gateway, handler, servers, bound, milter_port)
 
 
 async def _serve(config_path: str | None) -> int:

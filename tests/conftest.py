@@ -21,14 +21,14 @@ pupil1@leerling.school.example;pupil;Pim Pupil;;
 
 def write_config(tmp: Path, gateway_extra: str = "", extra: str = "",
                  next_hop: str = "maildir:maildir", policy: Path = POLICY,
-                 dns: str = "authenticate = false") -> Path:
+                 dns: str = "authenticate = false", listen: str = "127.0.0.1:0") -> Path:
     """A config in ``tmp``. DNS authentication is off unless a test points it at its own
     loopback DNS server (tests never query the internet)."""
     (tmp / "staff.csv").write_text(STAFF_CSV)
     cfg = tmp / "skot-milter.toml"
     cfg.write_text(f"""
 [gateway]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 next_hop = "{next_hop}"
 hostname = "relay.school.example"
 node = "test"

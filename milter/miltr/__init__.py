@@ -1,0 +1,1 @@
+"""The milter front: sans-I/O codec and asyncio server."""

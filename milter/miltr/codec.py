@@ -1,0 +1,346 @@
+"""The Sendmail/Postfix milter protocol (version 6) as a sans-I/O codec.
+
+Bytes in, events out (``Decoder.feed``); replies in, bytes out (the ``encode_*`` functions).
+No sockets, no clock: a server loop of any kind drives it, and tests feed it bytes directly.
+Every packet is ``uint32 length`` (big-endian, counting the command byte) + command + data.
+Anything malformed raises ``ProtocolError``; the caller answers by closing the connection.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+VERSION = 6
+MAX_PACKET = 1 << 20          # Postfix sends body chunks of at most 64 KiB
+
+# Commands from the MTA (libmilter mfdef.h)
+SMFIC_ABORT, SMFIC_BODY, SMFIC_CONNECT, SMFIC_MACRO = b"A", b"B", b"C", b"D"
+SMFIC_BODYEOB, SMFIC_HELO, SMFIC_QUIT_NC, SMFIC_HEADER = b"E", b"H", b"K", b"L"
+SMFIC_MAIL, SMFIC_EOH, SMFIC_OPTNEG, SMFIC_QUIT = b"M", b"N", b"O", b"Q"
+SMFIC_RCPT, SMFIC_DATA, SMFIC_UNKNOWN = b"R", b"T", b"U"
+
+# Replies to the MTA
+SMFIR_ADDRCPT, SMFIR_DELRCPT, SMFIR_ACCEPT, SMFIR_REPLBODY = b"+", b"-", b"a", b"b"
+SMFIR_CONTINUE, SMFIR_DISCARD, SMFIR_CHGFROM, SMFIR_CONN_FAIL = b"c", b"d", b"e", b"f"
+SMFIR_ADDHEADER, SMFIR_INSHEADER, SMFIR_SETSYMLIST, SMFIR_CHGHEADER = b"h", b"i", b"l", b"m"
+SMFIR_PROGRESS, SMFIR_QUARANTINE, SMFIR_REJECT, SMFIR_SKIP = b"p", b"q", b"r", b"s"
+SMFIR_TEMPFAIL, SMFIR_REPLYCODE = b"t", b"y"
+
+# Actions a filter may take (SMFIF_*) and protocol steps it may skip (SMFIP_*)
+SMFIF_ADDHDRS, SMFIF_CHGBODY, SMFIF_ADDRCPT, SMFIF_DELRCPT = 0x01, 0x02, 0x04, 0x08
+SMFIF_CHGHDRS, SMFIF_QUARANTINE, SMFIF_CHGFROM = 0x10, 0x20, 0x40
+SMFIP_NOCONNECT, SMFIP_NOHELO, SMFIP_NOMAIL, SMFIP_NORCPT = 0x01, 0x02, 0x04, 0x08
+SMFIP_NOBODY, SMFIP_NOHDRS, SMFIP_NOEOH, SMFIP_NR_HDR = 0x10, 0x20, 0x40, 0x80
+SMFIP_NOUNKNOWN, SMFIP_NODATA, SMFIP_SKIP, SMFIP_RCPT_REJ = 0x100, 0x200, 0x400, 0x800
+SMFIP_HDR_LEADSPC = 0x100000
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol: close the connection (never crash, never guess)."""
+
+
+@dataclass(frozen=True)
+class OptNeg:
+    version: int
+    actions: int
+    protocol: int
+
+
+@dataclass(frozen=True)
+class Macro:
+    for_command: bytes
+    macros: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Connect:
+    hostname: str
+    family: str        # '4', '6', 'L' (unix), 'U' (unknown)
+    port: int
+    address: str
+
+
+@dataclass(frozen=True)
+class Helo:
+    name: str
+
+
+@dataclass(frozen=True)
+class Mail:
+    args: tuple[str, ...]   # sender first ("<a@b>"), then ESMTP parameters
+
+    @property
+    def address(self) -> str:
+        return strip_angle(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class Rcpt:
+    args: tuple[str, ...]
+
+    @property
+    def address(self) -> str:
+        return strip_angle(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class Header:
+    name: str
+    value: bytes
+
+
+@dataclass(frozen=True)
+class EndOfHeaders:
+    pass
+
+
+@dataclass(frozen=True)
+class Body:
+    chunk: bytes
+
+
+@dataclass(frozen=True)
+class EndOfMessage:
+    chunk: bytes
+
+
+@dataclass(frozen=True)
+class Abort:
+    pass
+
+
+@dataclass(frozen=True)
+class Quit:
+    new_connection: bool = False
+
+
+@dataclass(frozen=True)
+class Data:
+    pass
+
+
+@dataclass(frozen=True)
+class Unknown:
+    command: bytes
+
+
+Event = (OptNeg | Macro | Connect | Helo | Mail | Rcpt | Header | EndOfHeaders | Body
+         | EndOfMessage | Abort | Quit | Data | Unknown)
+
+
+def strip_angle(s: str) -> str:
+    s = s.strip()
+    return s[1:-1] if s.startswith("<") and s.endswith(">") else s
+
+
+def _strings(data: bytes) -> list[str]:
+    if data and not data.endswith(b"\0"):
+        raise ProtocolError("string argument not NUL-terminated")
+    return [p.decode("utf-8", "surrogateescape") for p in data[:-1].split(b"\0")] if data else []
+
+
+class Decoder:
+    """Accumulates bytes; ``feed`` returns every complete event, in order."""
+
+    def __init__(self, max_packet: int = MAX_PACKET) -> None:
+        self.max_packet = max_packet
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Event]:
+        self._buf += data
+        events: list[Event] = []
+        while len(self._buf) >= 4:
+            (length,) = struct.unpack(">I", self._buf[:4])
+            if length == 0:
+                raise ProtocolError("empty packet")
+            if length > self.max_packet:
+                raise ProtocolError(f"packet of {length} bytes exceeds {self.max_packet}")
+            if len(self._buf) < 4 + length:
+                break
+            cmd = bytes(self._buf[4:5])
+            payload = bytes(self._buf[5:4 + length])
+            del self._buf[:4 + length]
+            events.append(decode_packet(cmd, payload))
+        return events
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+def decode_packet(cmd: bytes, data: bytes) -> Event:
+    if cmd == SMFIC_OPTNEG:
+        if len(data) < 12:
+            raise ProtocolError("short option negotiation")
+        return OptNeg(*struct.unpack(">III", data[:12]))
+    if cmd == SMFIC_MACRO:
+        if not data:
+            raise ProtocolError("macro packet without command")
+        parts = _strings(data[1:])
+        if len(parts) % 2:
+            raise ProtocolError("odd number of macro strings")
+        return Macro(data[:1], dict(zip(parts[::2], parts[1::2], strict=True)))
+    if cmd == SMFIC_CONNECT:
+        host, sep, rest = data.partition(b"\0")
+        if not sep or not rest:
+            raise ProtocolError("malformed connect")
+        family = rest[:1].decode("ascii", "replace")
+        if family in ("4", "6"):
+            if len(rest) < 4:
+                raise ProtocolError("malformed connect address")
+            (port,) = struct.unpack(">H", rest[1:3])
+            address = _strings(rest[3:])
+            return Connect(host.decode("utf-8", "replace"), family, port,
+                           address[0] if address else "")
+        if family == "L":
+            (port,) = struct.unpack(">H", rest[1:3]) if len(rest) >= 3 else (0,)
+            address = _strings(rest[3:]) if len(rest) > 3 else [""]
+            return Connect(host.decode("utf-8", "replace"), family, port, address[0])
+        return Connect(host.decode("utf-8", "replace"), "U", 0, "")
+    if cmd == SMFIC_HELO:
+        parts = _strings(data)
+        return Helo(parts[0] if parts else "")
+    if cmd == SMFIC_MAIL:
+        return Mail(tuple(_strings(data)))
+    if cmd == SMFIC_RCPT:
+        return Rcpt(tuple(_strings(data)))
+    if cmd == SMFIC_HEADER:
+        name, sep, rest = data.partition(b"\0")
+        if not sep or not rest.endswith(b"\0"):
+            raise ProtocolError("malformed header")
+        return Header(name.decode("utf-8", "replace"), rest[:-1])
+    if cmd == SMFIC_EOH:
+        return EndOfHeaders()
+    if cmd == SMFIC_BODY:
+        return Body(data)
+    if cmd == SMFIC_BODYEOB:
+        return EndOfMessage(data)
+    if cmd == SMFIC_ABORT:
+        return Abort()
+    if cmd == SMFIC_QUIT:
+        return Quit()
+    if cmd == SMFIC_QUIT_NC:
+        return Quit(new_connection=True)
+    if cmd == SMFIC_DATA:
+        return Data()
+    if cmd == SMFIC_UNKNOWN:
+        return Unknown(data.rstrip(b"\0"))
+    raise ProtocolError(f"unknown command {cmd!r}")
+
+
+# -- encoding replies --------------------------------------------------------------------
+
+def packet(cmd: bytes, data: bytes = b"") -> bytes:
+    return struct.pack(">I", len(data) + 1) + cmd + data
+
+
+def _cstr(s: str) -> bytes:
+    b = s.encode("utf-8")
+    if b"\0" in b:
+        raise ValueError("NUL in a milter string")
+    return b + b"\0"
+
+
+def encode_optneg(version: int, actions: int, protocol: int) -> bytes:
+    return packet(SMFIC_OPTNEG, struct.pack(">III", version, actions, protocol))
+
+
+def encode_continue() -> bytes:
+    return packet(SMFIR_CONTINUE)
+
+
+def encode_accept() -> bytes:
+    return packet(SMFIR_ACCEPT)
+
+
+def encode_tempfail() -> bytes:
+    return packet(SMFIR_TEMPFAIL)
+
+
+def encode_reject() -> bytes:
+    return packet(SMFIR_REJECT)
+
+
+def encode_replycode(line: str) -> bytes:
+    """A full SMTP reply (``550 5.7.1 text``); '%' must be doubled for the MTA's printf."""
+    code = line[:3]
+    if not (code.isdigit() and code[0] in "45" and line[3:4] == " "):
+        raise ValueError(f"not a 4xx/5xx reply line: {line!r}")
+    return packet(SMFIR_REPLYCODE, _cstr(line.replace("%", "%%").replace("\r", " ")
+                                          .replace("\n", " ")))
+
+
+def encode_addheader(name: str, value: str) -> bytes:
+    return packet(SMFIR_ADDHEADER, _cstr(name) + _cstr(value))
+
+
+def encode_insheader(index: int, name: str, value: str) -> bytes:
+    return packet(SMFIR_INSHEADER, struct.pack(">I", index) + _cstr(name) + _cstr(value))
+
+
+def encode_chgheader(index: int, name: str, value: str) -> bytes:
+    """Change the ``index``-th (1-based) header called ``name``; an empty value deletes it."""
+    return packet(SMFIR_CHGHEADER, struct.pack(">I", index) + _cstr(name) + _cstr(value))
+
+
+def encode_quarantine(reason: str) -> bytes:
+    return packet(SMFIR_QUARANTINE, _cstr(reason))
+
+
+def encode_progress() -> bytes:
+    return packet(SMFIR_PROGRESS)
+
+
+# -- encoding commands (what an MTA sends; used by tests and tools) ------------------------
+
+def encode_command(event: Event) -> bytes:
+    if isinstance(event, OptNeg):
+        return packet(SMFIC_OPTNEG, struct.pack(">III", event.version, event.actions,
+                                                event.protocol))
+    if isinstance(event, Macro):
+        return packet(SMFIC_MACRO, event.for_command + b"".join(
+            _cstr(k) + _cstr(v) for k, v in event.macros.items()))
+    if isinstance(event, Connect):
+        return packet(SMFIC_CONNECT, _cstr(event.hostname) + event.family.encode()
+                      + struct.pack(">H", event.port) + _cstr(event.address))
+    if isinstance(event, Helo):
+        return packet(SMFIC_HELO, _cstr(event.name))
+    if isinstance(event, Mail):
+        return packet(SMFIC_MAIL, b"".join(_cstr(a) for a in event.args))
+    if isinstance(event, Rcpt):
+        return packet(SMFIC_RCPT, b"".join(_cstr(a) for a in event.args))
+    if isinstance(event, Header):
+        return packet(SMFIC_HEADER, _cstr(event.name) + event.value + b"\0")
+    if isinstance(event, EndOfHeaders):
+        return packet(SMFIC_EOH)
+    if isinstance(event, Body):
+        return packet(SMFIC_BODY, event.chunk)
+    if isinstance(event, EndOfMessage):
+        return packet(SMFIC_BODYEOB, event.chunk)
+    if isinstance(event, Abort):
+        return packet(SMFIC_ABORT)
+    if isinstance(event, Quit):
+        return packet(SMFIC_QUIT_NC if event.new_connection else SMFIC_QUIT)
+    if isinstance(event, Data):
+        return packet(SMFIC_DATA)
+    return packet(SMFIC_UNKNOWN, event.command + b"\0")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A decoded reply from a filter (for tests and an MTA-side client)."""
+
+    cmd: bytes
+    data: bytes
+
+
+def decode_replies(data: bytes) -> list[Reply]:
+    out = []
+    while len(data) >= 4:
+        (length,) = struct.unpack(">I", data[:4])
+        if len(data) < 4 + length or length == 0:
+            break
+        out.append(Reply(data[4:5], data[5:4 + length]))
+        data = data[4 + length:]
+    return out

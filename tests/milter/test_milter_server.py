@@ -1,0 +1,222 @@
+"""The milter front over a real socket, driven by a small MTA-side client speaking the codec."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from milter.audit.sqlite import SQLiteStore
+from milter.miltr import codec
+from tests.conftest import make_message, write_config
+from tests.e2e.conftest import GatewayThread, free_port
+from tests.fixtures import files
+
+DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+
+
+class MTA:
+    """What Postfix does, reduced to the commands a test needs."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.decoder_buf = b""
+
+    def send(self, *events: codec.Event) -> None:
+        self.sock.sendall(b"".join(codec.encode_command(e) for e in events))
+
+    def replies(self, final: bool = True) -> list[codec.Reply]:
+        """Read replies up to (and including) one that ends the step."""
+        out: list[codec.Reply] = []
+        while True:
+            while len(self.decoder_buf) < 4 or len(self.decoder_buf) < 4 + struct.unpack(
+                    ">I", self.decoder_buf[:4])[0]:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return out
+                self.decoder_buf += chunk
+            (n,) = struct.unpack(">I", self.decoder_buf[:4])
+            reply = codec.Reply(self.decoder_buf[4:5], self.decoder_buf[5:4 + n])
+            self.decoder_buf = self.decoder_buf[4 + n:]
+            out.append(reply)
+            if reply.cmd in (b"c", b"a", b"r", b"t", b"y", b"O", b"d"):
+                return out
+
+    def negotiate(self) -> codec.Reply:
+        self.send(codec.OptNeg(6, 0x1FF, 0x1FFFFF))
+        return self.replies()[-1]
+
+    def message(self, raw: bytes, mail_from: str, rcpts: list[str],
+                client: str = "127.0.0.1", auth: str = "") -> list[codec.Reply]:
+        self.send(codec.Macro(b"C", {"j": "mx"}), codec.Connect("c.example", "4", 4000, client))
+        self.replies()
+        self.send(codec.Helo("c.example"))
+        self.replies()
+        self.send(codec.Macro(b"M", {"i": "4AbCdE", **({"{auth_authen}": auth} if auth else {})}),
+                  codec.Mail((f"<{mail_from}>",)))
+        self.replies()
+        for r in rcpts:
+            self.send(codec.Rcpt((f"<{r}>",)))
+            self.replies()
+        msg = BytesParser().parsebytes(raw)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        for name, value in msg.items():
+            self.send(codec.Header(name, str(value).encode()))
+            self.replies()
+        self.send(codec.EndOfHeaders())
+        self.replies()
+        for i in range(0, len(body), 65535):
+            self.send(codec.Body(body[i:i + 65535]))
+            self.replies()
+        self.send(codec.EndOfMessage(b""))
+        return self.replies()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[GatewayThread]:
+    cfg = write_config(tmp_path, listen="",
+                       extra=f'[milter]\nlisten = "127.0.0.1:{free_port()}"\n')
+    g = GatewayThread(cfg)
+    yield g
+    g.stop()
+
+
+def records(tmp_path: Path) -> list[Any]:
+    store = SQLiteStore(tmp_path / "audit.sqlite3", "test")
+    return list(store.records())
+
+
+def test_negotiation(gw: GatewayThread) -> None:
+    mta = MTA(gw.running.milter_port)
+    reply = mta.negotiate()
+    version, actions, protocol = struct.unpack(">III", reply.data)
+    assert reply.cmd == b"O" and version == 6 and protocol == 0
+    assert actions & codec.SMFIF_ADDHDRS and actions & codec.SMFIF_QUARANTINE
+    mta.close()
+
+
+def test_clean_message_continues_and_is_audited(gw: GatewayThread, tmp_path: Path) -> None:
+    mta = MTA(gw.running.milter_port)
+    mta.negotiate()
+    replies = mta.message(make_message(), "someone@school.example", ["ouder@example.org"])
+    assert [r.cmd for r in replies] == [b"c"]
+    (rec,) = records(tmp_path)
+    assert rec.event == "delivered" and rec.evidence["front"] == "milter"
+    assert rec.evidence["queue_id"] == "4AbCdE"
+    mta.close()
+
+
+def test_b1_violation_gets_our_reply_code(gw: GatewayThread, tmp_path: Path) -> None:
+    mta = MTA(gw.running.milter_port)
+    mta.negotiate()
+    replies = mta.message(make_message(frm="me@gmail.example"), "me@gmail.example",
+                          ["ouder@example.org"])
+    assert replies[-1].cmd == b"y"
+    assert replies[-1].data.startswith(b"550 5.7.1 [B1.sender-domain] B1:")
+    assert records(tmp_path)[0].event == "rejected"
+    # the same connection carries on with the next message
+    assert mta.message(make_message(), "someone@school.example", ["o@example.org"])[-1].cmd \
+        == b"c"
+    mta.close()
+
+
+def test_confidential_attachment_is_quarantined(gw: GatewayThread, tmp_path: Path) -> None:
+    raw = files.mail_with([("verslag.docx", files.docx(["x"], label="Vertrouwelijk"), DOCX)])
+    mta = MTA(gw.running.milter_port)
+    mta.negotiate()
+    replies = mta.message(raw, "someone@school.example", ["ouder@example.org"])
+    assert [r.cmd for r in replies] == [b"q", b"c"]
+    assert b"A1.confidential-attachment" in replies[0].data
+    (entry,) = gw.running.gateway.quarantine.entries()
+    assert entry.meta["envelope"]["rcpt_tos"] == ["ouder@example.org"]
+    assert [r.event for r in records(tmp_path)] == ["quarantined"]
+    mta.close()
+
+
+def test_auth_user_from_macro_drives_auth_identity(gw: GatewayThread) -> None:
+    mta = MTA(gw.running.milter_port)
+    mta.negotiate()
+    replies = mta.message(make_message(frm="director@school.example"),
+                          "director@school.example", ["o@example.org"], client="203.0.113.5",
+                          auth="teacher")
+    assert replies[-1].data.startswith(b"550 5.7.1 [B1.auth-identity]")
+    mta.close()
+
+
+def test_tag_adds_header(tmp_path: Path) -> None:
+    from tests.conftest import POLICY
+
+    pol = tmp_path / "tag.toml"
+    pol.write_text(POLICY.read_text().replace('action = "reject"', 'action = "tag"', 1))
+    cfg = write_config(tmp_path, listen="", policy=pol,
+                       extra=f'[milter]\nlisten = "127.0.0.1:{free_port()}"\n')
+    g = GatewayThread(cfg)
+    try:
+        mta = MTA(g.running.milter_port)
+        mta.negotiate()
+        replies = mta.message(make_message(frm="me@gmail.example"), "me@gmail.example",
+                              ["o@example.org"])
+        assert [r.cmd for r in replies] == [b"h", b"c"]
+        assert replies[0].data.startswith(b"X-SKOT-Policy\0B1.sender-domain; article=B1")
+        mta.close()
+    finally:
+        g.stop()
+
+
+@pytest.mark.parametrize("garbage", [
+    struct.pack(">I", 50_000_000) + b"B",          # oversized packet
+    codec.packet(b"Z", b"what"),                    # unknown command
+    b"\x00\x00\x00\x00",                            # empty packet
+    codec.packet(b"L", b"no-nul"),                  # malformed header
+])
+def test_garbage_closes_connection_server_survives(gw: GatewayThread, garbage: bytes,
+                                                   tmp_path: Path) -> None:
+    mta = MTA(gw.running.milter_port)
+    mta.negotiate()
+    mta.sock.sendall(garbage)
+    assert mta.sock.recv(100) == b""  # closed cleanly
+    mta.close()
+    again = MTA(gw.running.milter_port)
+    assert again.negotiate().cmd == b"O"
+    assert again.message(make_message(), "someone@school.example", ["o@example.org"])[-1].cmd \
+        == b"c"
+    again.close()
+
+
+def test_connection_cut_mid_message_applies_nothing(gw: GatewayThread, tmp_path: Path) -> None:
+    mta = MTA(gw.running.milter_port)
+    mta.negotiate()
+    mta.send(codec.Mail(("<someone@school.example>",)))
+    mta.replies()
+    mta.send(codec.Header("Subject", b"half"))
+    mta.replies()
+    mta.close()
+    assert records(tmp_path) == []
+    again = MTA(gw.running.milter_port)
+    assert again.negotiate().cmd == b"O"
+    again.close()
+
+
+def test_body_over_size_limit_refused(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, listen="", gateway_extra="max_message_size = 4096",
+                       extra=f'[milter]\nlisten = "127.0.0.1:{free_port()}"\n')
+    g = GatewayThread(cfg)
+    try:
+        mta = MTA(g.running.milter_port)
+        mta.negotiate()
+        big = make_message(body=("x" * 70 + "\r\n") * 200)
+        replies = mta.message(big, "someone@school.example", ["o@example.org"])
+        assert replies[-1].cmd == b"y" and replies[-1].data.startswith(b"552 5.3.4")
+        mta.close()
+    finally:
+        g.stop()
+
+
