@@ -21,7 +21,8 @@ pupil1@leerling.school.example;pupil;Pim Pupil;;
 
 def write_config(tmp: Path, gateway_extra: str = "", extra: str = "",
                  next_hop: str = "maildir:maildir", policy: Path = POLICY,
-                 dns: str = "authenticate = false", listen: str = "127.0.0.1:0") -> Path:
+                 dns: str = "authenticate = false", listen: str = "127.0.0.1:0",
+                 internal: str = '["127.0.0.0/8", "::1/128"]') -> Path:
     """A config in ``tmp``. DNS authentication is off unless a test points it at its own
     loopback DNS server (tests never query the internet)."""
     (tmp / "staff.csv").write_text(STAFF_CSV)
@@ -32,7 +33,7 @@ listen = "{listen}"
 next_hop = "{next_hop}"
 hostname = "relay.school.example"
 node = "test"
-internal_networks = ["127.0.0.0/8", "::1/128"]
+internal_networks = {internal}
 policy = "{policy}"
 {gateway_extra}
 

@@ -9,6 +9,7 @@ same bytes, like Postfix's ``smtpd_proxy_filter``.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 from collections import Counter
@@ -63,6 +64,8 @@ class ProxyHandler:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._txs: WeakKeyDictionary[SMTPSession, Transaction] = WeakKeyDictionary()
+        # Postfix's smtpd_proxy_filter tells us the real client with XFORWARD (trusted peers).
+        self.xforward: WeakKeyDictionary[SMTPSession, dict[str, str]] = WeakKeyDictionary()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -77,12 +80,26 @@ class ProxyHandler:
         if tx is not None and tx.downstream is not None:
             await tx.downstream.close()
 
-    def _client(self, session: SMTPSession) -> str:
+    @staticmethod
+    def peer_ip(session: SMTPSession) -> str:
         peer = session.peer
         return str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
 
-    @staticmethod
-    def _auth_user(session: SMTPSession) -> str:
+    def _client(self, session: SMTPSession) -> str:
+        return self.xforward.get(session, {}).get("ADDR") or self.peer_ip(session)
+
+    def trusts_xforward(self, session: SMTPSession) -> bool:
+        nets = self.gateway.runtime.config.get("gateway", "xforward_from")
+        try:
+            ip = ipaddress.ip_address(self.peer_ip(session))
+        except ValueError:
+            return False
+        return any(ip in n for n in nets)
+
+    def _auth_user(self, session: SMTPSession) -> str:
+        login = self.xforward.get(session, {}).get("LOGIN", "")
+        if login:
+            return login
         if not session.authenticated:
             return ""
         data = session.auth_data
@@ -96,6 +113,14 @@ class ProxyHandler:
         return ctx.direction == "outbound"
 
     # -- hooks ---------------------------------------------------------------------------
+
+    async def handle_EHLO(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.trusts_xforward(session):
+            responses.insert(len(responses) - 1, "250-XFORWARD NAME ADDR PORT PROTO HELO "
+                                                 "IDENT SOURCE LOGIN")
+        return responses
 
     async def handle_MAIL(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope,
                           address: str, mail_options: list[str]) -> str:
@@ -189,7 +214,8 @@ class ProxyHandler:
         sender = "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
         auth_user = self._auth_user(session)
         env = Envelope(mail_from=sender, rcpt_tos=tuple(tx.rcpt_tos), client_ip=client,
-                       helo=str(session.host_name or ""), auth_user=auth_user, txid=tx.txid)
+                       helo=self.xforward.get(session, {}).get("HELO")
+                       or str(session.host_name or ""), auth_user=auth_user, txid=tx.txid)
         common: dict[str, Any] = {"txid": tx.txid, "client": client, "sender": sender,
                                   "recipients": tx.rcpt_tos, "auth_user": auth_user}
         try:
@@ -320,6 +346,31 @@ class GatewaySMTP(SMTP):
             status = _REPLY_REWRITES.get(status, status)
         await super().push(status)
 
+    async def smtp_XFORWARD(self, arg: str | None) -> None:
+        """Postfix's XFORWARD: the real client behind a before-queue proxy filter."""
+        handler = self.event_handler
+        session = self.session
+        if not isinstance(handler, ProxyHandler) or session is None \
+                or not handler.trusts_xforward(session):
+            await self.push("550 5.7.0 XFORWARD not allowed from your address")
+            return
+        if self.envelope is not None and self.envelope.mail_from:
+            await self.push("503 5.5.1 XFORWARD not allowed inside a transaction")
+            return
+        attrs = handler.xforward.setdefault(session, {})
+        for item in (arg or "").split():
+            name, sep, value = item.partition("=")
+            name = name.upper()
+            if not sep or name not in XFORWARD_ATTRS:
+                await self.push(f"501 5.5.4 Bad XFORWARD attribute {name[:20]}")
+                return
+            value = _xtext_decode(value)
+            if value in ("[UNAVAILABLE]", "[TEMPUNAVAIL]"):
+                attrs.pop(name, None)
+            else:
+                attrs[name] = value.removeprefix("IPV6:").removeprefix("IPv6:")
+        await self.push("250 2.0.0 Ok")
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         self.skot_last_arg = arg or ""
         await super().smtp_MAIL(arg)
@@ -327,6 +378,14 @@ class GatewaySMTP(SMTP):
     async def smtp_RCPT(self, arg: str | None) -> None:
         self.skot_last_arg = arg or ""
         await super().smtp_RCPT(arg)
+
+
+XFORWARD_ATTRS = frozenset({"NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE",
+                            "LOGIN"})
+
+
+def _xtext_decode(value: str) -> str:
+    return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
 
 
 class ConnectionLimits:
