@@ -106,10 +106,9 @@ def test_postfix_in_front(mode: str, tmp_path: Path, sink: tuple[SinkHandler, in
     finally:
         gw.stop()
     # 5. with skot-milter stopped, Postfix tempfails: never unfiltered mail
-    with smtplib.SMTP("127.0.0.1", port, timeout=60) as c:
-        with pytest.raises((smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused,
-                            smtplib.SMTPSenderRefused)) as down:
-            c.sendmail("someone@school.example", ["ouder@example.org"], clean)
+    refused = (smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused)
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as c, pytest.raises(refused) as down:
+        c.sendmail("someone@school.example", ["ouder@example.org"], clean)
     err_any: Any = down.value
     codes = ([v[0] for v in err_any.recipients.values()]
              if isinstance(err_any, smtplib.SMTPRecipientsRefused) else [err_any.smtp_code])
