@@ -134,6 +134,15 @@ def _dkim_keys(v: Any) -> tuple[dict[str, str], ...]:
     return tuple(out)
 
 
+def _choice(*allowed: str) -> Validator:
+    def check(v: Any) -> str:
+        if v not in allowed:
+            raise ValueError("expected one of " + ", ".join(f'"{a}"' for a in allowed))
+        return str(v)
+
+    return check
+
+
 def _language(v: Any) -> str:
     if v not in ("nl", "en"):
         raise ValueError("expected \"nl\" or \"en\"")
@@ -160,6 +169,14 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "tls_key": (_opt_str, ""),
         "auth_users": (_opt_str, ""),
         "xforward_from": (_networks, ()),
+        "proxy_protocol_from": (_networks, ()),  # HAProxy PROXY v1/v2 from these only
+    },
+    "logging": {
+        "format": (_choice("text", "json"), "text"),
+        "level": (_choice("debug", "info", "warning", "error"), "info"),
+    },
+    "metrics": {
+        "listen": (_opt_hostport, ""),          # Prometheus /metrics, e.g. "127.0.0.1:9125"
     },
     "school": {
         "domains": (_domains, REQUIRED),

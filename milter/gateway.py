@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from milter import metrics
 from milter.audit import checkpoint
 from milter.audit.checkpoint import SigningKey
 from milter.audit.store import AuditEvent, AuditRecord, AuditStore, AuditUnavailable
@@ -67,6 +68,7 @@ class AsyncAudit:
             while self._pending:
                 batch, self._pending = self._pending, []
                 events = [e for e, _ in batch]
+                started = time.perf_counter()
                 try:
                     many = getattr(self.store, "append_many", None)
                     if many is not None:
@@ -80,6 +82,7 @@ class AsyncAudit:
                         if not fut.done():
                             fut.set_exception(err)
                     continue
+                metrics.AUDIT_WRITE_SECONDS.observe(time.perf_counter() - started)
                 for (_, fut), rec in zip(batch, records, strict=True):
                     if not fut.done():
                         fut.set_result(rec)
@@ -123,9 +126,21 @@ class Gateway:
     authenticator: Authenticator | None = None
     signer: Signer | None = None
 
-    async def evaluate(self, envelope: Envelope, content: bytes) -> Evaluation:
-        """Evaluate; inbound mail is authenticated first, off the loop (DNS look-ups)."""
-        runtime = self.runtime  # a reload mid-transaction must not switch policies
+    async def evaluate(self, envelope: Envelope, content: bytes,
+                       runtime: Runtime | None = None) -> Evaluation:
+        """Evaluate; inbound mail is authenticated first, off the loop (DNS look-ups).
+
+        ``runtime`` is the one the transaction started with: a reload never switches the
+        policy halfway through a message."""
+        runtime = runtime or self.runtime
+        started = time.perf_counter()
+        try:
+            return await self._evaluate(envelope, content, runtime)
+        finally:
+            metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
+
+    async def _evaluate(self, envelope: Envelope, content: bytes,
+                        runtime: Runtime) -> Evaluation:
         if self.authenticator is not None and runtime.context(envelope).direction == "inbound":
             return await asyncio.to_thread(runtime.evaluate, envelope, content, None,
                                            self.authenticator)
@@ -179,8 +194,10 @@ class Gateway:
 
     async def hold(self, evaluation: Evaluation, txid: str, envelope_json: dict[str, Any]) -> str:
         """Quarantine durably (raises QuarantineError: the client must get 451)."""
-        return await asyncio.to_thread(self.quarantine.put, txid, evaluation.raw, envelope_json,
-                                       evaluation.verdict.to_json())
+        qid = await asyncio.to_thread(self.quarantine.put, txid, evaluation.raw, envelope_json,
+                                      evaluation.verdict.to_json())
+        metrics.QUARANTINE_MESSAGES.inc()
+        return qid
 
 
 def policy_headers(evaluation: Evaluation, authserv_id: str = "") -> bytes:

@@ -6,13 +6,16 @@ SIGTERM/SIGINT stop accepting, let transactions in flight finish (bounded), then
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import signal
 import ssl
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from milter import metrics
 from milter.audit.checkpoint import load_signing_key
 from milter.audit.store import AuditUnavailable, open_store
 from milter.config import ConfigError
@@ -139,7 +142,9 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
                            auth_require_tls=True, authenticator=authenticator,
                            auth_exclude_mechanism=[] if authenticator else ["LOGIN", "PLAIN"],
                            timeout=cfg.get("gateway", "session_timeout"),
-                           command_call_limit={"NOOP": 20, "RSET": 50, "*": 500})
+                           command_call_limit={"NOOP": 20, "RSET": 50, "*": 500},
+                           proxy_protocol_timeout=5.0 if cfg.get("gateway",
+                                                                 "proxy_protocol_from") else None)
 
     loop = asyncio.get_running_loop()
     servers: list[asyncio.AbstractServer] = []
@@ -164,23 +169,75 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     return Running(gateway, handler, servers, bound, milter_port)
 
 
+def reload(running: Running, config_path: str | None) -> bool:
+    """SIGHUP: load config, policy, directory and templates anew; keep the old on any error.
+
+    Transactions in flight keep the runtime they started with; new ones get the new one."""
+    try:
+        runtime = Runtime.load(config_path)
+        notifier = make_notifier(runtime, running.gateway.audit)
+        authenticator = make_authenticator(runtime)
+        signer = Signer.from_config(runtime.config)
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running configuration: %s", exc)
+        return False
+    gw = running.gateway
+    gw.runtime, gw.notifier, gw.authenticator, gw.signer = (runtime, notifier or gw.notifier,
+                                                            authenticator, signer)
+    log.info("reloaded %s (policy %s)", runtime.config.path, runtime.policy.path)
+    return True
+
+
 async def _serve(config_path: str | None) -> int:
     runtime = Runtime.load(config_path)
+    configure_logging(runtime)
+    if runtime.config.get("metrics", "listen"):
+        metrics.serve(runtime.config.get("metrics", "listen"))
     running = await start(runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload, running, config_path)
+    print(f"skot-milter: ready (SMTP port {running.port or '-'}, milter port "
+          f"{running.milter_port or '-'})", file=sys.stderr, flush=True)
     await stop.wait()
     log.info("stopping: no new connections, finishing transactions in flight")
     await running.stop()
     return 0
 
 
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line; the transaction id gets its own field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+               "logger": record.name, "msg": message}
+        m = re.search(r"\btx=(\S+)", message)
+        if m:
+            out["txid"] = m.group(1)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def configure_logging(runtime: Runtime) -> None:
+    cfg = runtime.config
+    handler = logging.StreamHandler(sys.stderr)
+    if cfg.get("logging", "format") == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(cfg.get("logging", "level").upper())
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command
+
+
 def run(config_path: str | None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command
     try:
         return asyncio.run(_serve(config_path))
     except ConfigError as exc:

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from milter import metrics
 from milter.audit.store import AuditUnavailable
 from milter.core.context import Envelope
 from milter.core.engine import RuleCrashed
@@ -134,6 +135,8 @@ class MilterSession:
             log.error("tx=%s policy evaluation failed: %s", tx.txid, exc)
             return codec.encode_replycode(f"451 4.3.0 Temporary policy failure ref={tx.txid}")
         verdict = evaluation.verdict
+        metrics.record_verdict("milter", verdict.direction, verdict.action,
+                               [(r.id, r.mode) for r in verdict.rules])
         log.info("tx=%s milter from=<%s> rcpts=%d action=%s rules=%s", tx.txid, tx.mail_from,
                  len(tx.rcpts), verdict.action, ",".join(r.id for r in verdict.rules) or "-")
         out = b""

@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import logging
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from aiosmtpd.smtp import Session as SMTPSession
 from email_validator import EmailNotValidError, validate_email
 
+from milter import metrics
 from milter.audit.store import AuditUnavailable
 from milter.core.context import Envelope, domain_in
 from milter.core.engine import RuleCrashed
@@ -42,6 +44,7 @@ class Transaction:
     txid: str
     downstream: Session | None = None
     rcpt_tos: list[str] = field(default_factory=list)
+    runtime: Any = None  # the policy the transaction started with (a reload waits for it)
 
 
 def check_address(address: str, *, allow_empty: bool) -> str | None:
@@ -114,6 +117,22 @@ class ProxyHandler:
 
     # -- hooks ---------------------------------------------------------------------------
 
+    async def handle_PROXY(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope,
+                           proxy_data: Any) -> bool:
+        """HAProxy PROXY v1/v2: the real client, believed only from configured balancers."""
+        nets = self.gateway.runtime.config.get("gateway", "proxy_protocol_from")
+        try:
+            peer = ipaddress.ip_address(self.peer_ip(session))
+        except ValueError:
+            return False
+        if not any(peer in n for n in nets):
+            log.warning("PROXY header from untrusted %s refused", peer)
+            return False
+        src = getattr(proxy_data, "src_addr", None)
+        if src is not None:
+            self.xforward.setdefault(session, {})["ADDR"] = str(src)
+        return True
+
     async def handle_EHLO(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
@@ -136,12 +155,13 @@ class ProxyHandler:
             return "553 5.1.7 Sender address would be rewritten; send it in plain form"
         await self._drop(session)
         cfg = self.gateway.runtime.config
-        tx = Transaction(new_txid())
+        tx = Transaction(new_txid(), runtime=self.gateway.runtime)
         try:
             tx.downstream = await open_session(cfg.next_hop, cfg.get("gateway", "hostname"),
                                                cfg.get("gateway", "next_hop_timeout"))
             reply = await tx.downstream.mail(sender, mail_options)
         except NextHopError as exc:
+            metrics.NEXT_HOP_ERRORS.labels("mail").inc()
             log.warning("tx=%s next hop unavailable at MAIL: %s", tx.txid, exc)
             if tx.downstream is not None:
                 await tx.downstream.close()
@@ -176,6 +196,7 @@ class ProxyHandler:
         try:
             reply = await tx.downstream.rcpt(address)
         except NextHopError as exc:
+            metrics.NEXT_HOP_ERRORS.labels("rcpt").inc()
             log.warning("tx=%s next hop failed at RCPT: %s", tx.txid, exc)
             await self._drop(session)
             return f"451 4.4.1 Next hop unavailable, try again later ref={tx.txid}"
@@ -199,9 +220,11 @@ class ProxyHandler:
         tx = self._tx(session)
         if tx is None or tx.downstream is None:
             return "503 5.5.1 Need MAIL command"
+        started = time.perf_counter()
         try:
             return await self._finish(session, envelope, tx)
         finally:
+            metrics.LATENCY_SECONDS.observe(time.perf_counter() - started)
             # The next transaction on this connection opens a fresh next-hop session.
             await self._drop(session)
 
@@ -219,7 +242,7 @@ class ProxyHandler:
         common: dict[str, Any] = {"txid": tx.txid, "client": client, "sender": sender,
                                   "recipients": tx.rcpt_tos, "auth_user": auth_user}
         try:
-            evaluation = await gw.evaluate(env, content)
+            evaluation = await gw.evaluate(env, content, tx.runtime)
         except RuleCrashed as exc:
             log.error("tx=%s policy evaluation failed: %s", tx.txid, exc)
             reply = f"451 4.3.0 Temporary policy failure, try again later ref={tx.txid}"
@@ -227,6 +250,8 @@ class ProxyHandler:
                                           {"error": str(exc)})
             return reply
         verdict = evaluation.verdict
+        metrics.record_verdict("smtp", verdict.direction, verdict.action,
+                               [(r.id, r.mode) for r in verdict.rules])
         log.info("tx=%s from=<%s> rcpts=%d action=%s rules=%s", tx.txid, sender,
                  len(tx.rcpt_tos), verdict.action, ",".join(r.id for r in verdict.rules) or "-")
         if verdict.action == "reject":
@@ -270,6 +295,7 @@ class ProxyHandler:
         try:
             reply = await tx.downstream.data(gw.outgoing(evaluation))
         except NextHopError as exc:
+            metrics.NEXT_HOP_ERRORS.labels("data").inc()
             log.warning("tx=%s next hop failed at DATA: %s", tx.txid, exc)
             reply = Reply(451, f"4.4.2 Next hop failed, try again later ref={tx.txid}")
         if reply.ok:

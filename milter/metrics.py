@@ -1,0 +1,35 @@
+"""Prometheus metrics (``[metrics] listen``), with prometheus_client.
+
+Counters and histograms are module-level, as prometheus_client intends; recording them is a
+few nanoseconds, and nothing is exported unless a listen address is configured.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+TRANSACTIONS = Counter("skot_transactions_total", "Messages decided, by direction and action",
+                       ["front", "direction", "action"])
+RULE_HITS = Counter("skot_rule_hits_total", "Rules that fired, by rule id and mode",
+                    ["rule", "mode"])
+NEXT_HOP_ERRORS = Counter("skot_next_hop_errors_total", "Next hop unavailable or failing",
+                          ["stage"])
+EVALUATION_SECONDS = Histogram("skot_evaluation_seconds",
+                               "Parse, inspection and policy time per message")
+LATENCY_SECONDS = Histogram("skot_transaction_seconds",
+                            "End of DATA to our answer, per message (SMTP front)")
+AUDIT_WRITE_SECONDS = Histogram("skot_audit_write_seconds",
+                                "Durable audit append (one commit per batch)")
+QUARANTINE_MESSAGES = Gauge("skot_quarantine_messages", "Messages held in quarantine")
+
+
+def record_verdict(front: str, direction: str, action: str,
+                   rules: list[tuple[str, str]]) -> None:
+    TRANSACTIONS.labels(front, direction or "unknown", action).inc()
+    for rule_id, mode in rules:
+        RULE_HITS.labels(rule_id, mode).inc()
+
+
+def serve(listen: str) -> None:
+    host, _, port = listen.rpartition(":")
+    start_http_server(int(port), addr=host.strip("[]"))
