@@ -1,0 +1,25 @@
+"""The shipped example production config stays valid (an admin copies it first)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from milter.cli import main
+from tests.conftest import POLICY, ROOT
+
+
+def test_example_config_passes_config_check(tmp_path: Path) -> None:
+    example = ROOT / "deploy" / "example" / "skot-milter.toml"
+    text = example.read_text().replace("/opt/skot-milter/policies/skot.toml", str(POLICY))
+    text = text.replace("/var/lib/skot-milter", str(tmp_path / "state"))
+    (tmp_path / "skot-milter.toml").write_text(text)
+    shutil.copy(ROOT / "deploy" / "example" / "staff.csv", tmp_path / "staff.csv")
+    assert main(["config", "check", "--config", str(tmp_path / "skot-milter.toml")]) == 0
+
+
+def test_systemd_unit_reloads_with_sighup_and_is_hardened() -> None:
+    unit = (ROOT / "deploy" / "systemd" / "skot-milter.service").read_text()
+    for line in ("ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes",
+                 "ProtectSystem=strict", "User=skot-milter", "StateDirectory=skot-milter"):
+        assert line in unit
