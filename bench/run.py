@@ -88,7 +88,8 @@ def rss_kib(pids: list[int]) -> int:
     return total
 
 
-def gateway_config(tmp: Path, port: int, sink: int, audit_url: str) -> Path:
+def gateway_config(tmp: Path, port: int, sink: int, audit_url: str,
+                   workers: int = os.cpu_count() or 1) -> Path:
     shutil.copy(ROOT / "deploy" / "default" / "staff.csv", tmp / "staff.csv")
     cfg = tmp / f"gw-{port}.toml"
     cfg.write_text(f"""
@@ -100,6 +101,7 @@ node = "bench"
 internal_networks = ["127.0.0.0/8"]
 max_message_size = 67108864
 max_connections_per_ip = 500
+workers = {workers}
 policy = "{ROOT / 'policies' / 'skot.toml'}"
 [school]
 domains = ["school.example"]

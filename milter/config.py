@@ -164,6 +164,9 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "next_hop_timeout": (_float(0.1), 100.0),
         "session_timeout": (_float(1.0), 300.0),
         "max_connections": (_int(1), 500),
+        # Worker processes sharing the listening ports (SO_REUSEPORT): one per core uses the
+        # whole machine. Metrics then come from worker 1 only.
+        "workers": (_int(1), 1),
         "max_connections_per_ip": (_int(1), 50),
         "tls_cert": (_opt_str, ""),
         "tls_key": (_opt_str, ""),

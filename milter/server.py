@@ -6,15 +6,19 @@ SIGTERM/SIGINT stop accepting, let transactions in flight finish (bounded), then
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import re
 import signal
 import ssl
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from milter import config as config_mod
 from milter import metrics
 from milter.audit.checkpoint import load_signing_key
 from milter.audit.store import AuditUnavailable, open_store
@@ -116,7 +120,7 @@ def make_notifier(runtime: Runtime, audit: AsyncAudit) -> Notifier | None:
 
 
 async def start(runtime: Runtime, host: str | None = None, port: int | None = None,
-                milter_override: str | None = None) -> Running:
+                milter_override: str | None = None, reuse_port: bool = False) -> Running:
     """Open the store and listen; raises ConfigError or AuditUnavailable on bad set-up."""
     cfg = runtime.config
     store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
@@ -125,8 +129,9 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
                       make_notifier(runtime, audit), make_authenticator(runtime),
                       Signer.from_config(cfg))
     handler = ProxyHandler(gateway)
-    limits = ConnectionLimits(cfg.get("gateway", "max_connections"),
-                              cfg.get("gateway", "max_connections_per_ip"))
+    workers = cfg.get("gateway", "workers") if reuse_port else 1
+    limits = ConnectionLimits(-(-cfg.get("gateway", "max_connections") // workers),
+                              -(-cfg.get("gateway", "max_connections_per_ip") // workers))
     tls = tls_context(runtime)
     authenticator = load_authenticator(cfg)
     listen_host, _, listen_port = cfg.get("gateway", "listen").rpartition(":")
@@ -150,7 +155,8 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     servers: list[asyncio.AbstractServer] = []
     bound = 0
     if cfg.get("gateway", "listen") or port:
-        server = await loop.create_server(factory, host=host, port=port)
+        server = await loop.create_server(factory, host=host, port=port,
+                                          reuse_port=reuse_port or None)
         servers.append(server)
         bound = server.sockets[0].getsockname()[1]
         log.info("SMTP front on %s:%s, next hop %s, policy %s", host, bound, cfg.next_hop,
@@ -161,7 +167,7 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     if milter_listen:
         from milter.miltr import server as milter_server
 
-        msrv = await milter_server.start(lambda: gateway, milter_listen)
+        msrv = await milter_server.start(lambda: gateway, milter_listen, reuse_port)
         servers.append(msrv)
         sock = msrv.sockets[0].getsockname()
         milter_port = sock[1] if isinstance(sock, tuple) else 0
@@ -188,12 +194,12 @@ def reload(running: Running, config_path: str | None) -> bool:
     return True
 
 
-async def _serve(config_path: str | None) -> int:
+async def _serve(config_path: str | None, worker: int = 0, reuse_port: bool = False) -> int:
     runtime = Runtime.load(config_path)
     configure_logging(runtime)
-    if runtime.config.get("metrics", "listen"):
+    if runtime.config.get("metrics", "listen") and worker == 0:
         metrics.serve(runtime.config.get("metrics", "listen"))
-    running = await start(runtime)
+    running = await start(runtime, reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -235,10 +241,62 @@ def configure_logging(runtime: Runtime) -> None:
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command
 
 
+def _supervise(config_path: str | None, workers: int) -> int:
+    """Fork ``workers`` processes that share the ports; forward signals; replace a worker that
+    dies unexpectedly; exit when all have stopped after SIGTERM."""
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 1
+            try:
+                code = asyncio.run(_serve(config_path, worker=index, reuse_port=True))
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for i in range(workers):
+        spawn(i)
+    worst = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        index = children.pop(pid, None)
+        code = os.waitstatus_to_exitcode(status)
+        if index is not None and not stopping:
+            log.error("worker %d exited with %d; starting a new one", index, code)
+            time.sleep(0.5)
+            spawn(index)
+        else:
+            worst = max(worst, code if code > 0 else 0)
+    return worst
+
+
 def run(config_path: str | None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        workers = config_mod.load(config_path).get("gateway", "workers")
+        if workers > 1:
+            return _supervise(config_path, workers)
         return asyncio.run(_serve(config_path))
     except ConfigError as exc:
         print(f"skot-milter: {exc}", file=sys.stderr)

@@ -234,11 +234,12 @@ async def serve_connection(gateway_ref: Any, reader: asyncio.StreamReader,
             await writer.wait_closed()
 
 
-async def start(gateway_ref: Any, listen: str) -> asyncio.Server:
+async def start(gateway_ref: Any, listen: str, reuse_port: bool = False) -> asyncio.Server:
     def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Any:
         return serve_connection(gateway_ref, r, w)
 
     if listen.startswith("unix:"):
         return await asyncio.start_unix_server(handler, path=listen[len("unix:"):])
     host, _, port = listen.rpartition(":")
-    return await asyncio.start_server(handler, host.strip("[]"), int(port))
+    return await asyncio.start_server(handler, host.strip("[]"), int(port),
+                                      reuse_port=reuse_port or None)

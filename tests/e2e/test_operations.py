@@ -158,3 +158,19 @@ def test_proxy_protocol_required_when_configured(served: Any) -> None:
     sock.close()
 
 
+
+
+def test_worker_processes_share_the_port_and_one_chain(served: Any, tmp_path: Path,
+                                                       capsys: Any) -> None:
+    from milter.cli import main
+
+    proc, port = served(gateway_extra="workers = 2")
+    codes = [send(port, make_message(), "someone@school.example") for _ in range(12)]
+    assert codes == [250] * 12
+    proc.signal(signal.SIGHUP)
+    proc.wait_log("reloaded")
+    proc.signal(signal.SIGTERM)
+    assert proc.proc.wait(timeout=30) == 0
+    assert proc.log.read_text().count("ready") == 2
+    assert main(["audit", "verify", "--config", str(proc.cfg)]) == 0
+    assert "intact: 24 records" in capsys.readouterr().out
