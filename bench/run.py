@@ -61,7 +61,7 @@ def mixes() -> dict[str, list[Message]]:
 
     def mix(good: list[bytes]) -> list[Message]:
         # 10 % violations (B1: another domain), the rest from the school address
-        return [("someone@school.example", g) for g in good] * 9 + bad
+        return [("someone@school.example", good[i % len(good)]) for i in range(9)] + bad
 
     return {"2KB": mix([small]), "50KB": mix([medium]), "1MB": mix([large]),
             "mix": mix([small, small, medium, large])}
