@@ -162,7 +162,12 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "max_recipients": (_int(1), 1000),
         "policy": (_str, REQUIRED),
         "next_hop_timeout": (_float(0.1), 100.0),
-        "session_timeout": (_float(1.0), 300.0),
+        "session_timeout": (_float(0.1), 300.0),
+        # Total time a client may take to send DATA: a slow-drip sender is cut off.
+        "data_timeout": (_float(0.1), 600.0),
+        # Seconds to wait before the greeting; a client that talks first gets 554 (as
+        # Postfix's postscreen does). 0: early talkers are tolerated.
+        "greet_pause": (_float(0.0), 0.0),
         "max_connections": (_int(1), 500),
         # Worker processes sharing the listening ports (SO_REUSEPORT): one per core uses the
         # whole machine. Metrics then come from worker 1 only.

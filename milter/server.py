@@ -140,6 +140,8 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
 
     def factory() -> GatewaySMTP:
         return GatewaySMTP(handler, limits=limits,
+                           data_timeout=cfg.get("gateway", "data_timeout"),
+                           greet_pause=cfg.get("gateway", "greet_pause"),
                            data_size_limit=cfg.get("gateway", "max_message_size"),
                            enable_SMTPUTF8=True, decode_data=False,
                            hostname=cfg.get("gateway", "hostname"), ident="skot-milter",

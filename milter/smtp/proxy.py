@@ -9,6 +9,7 @@ same bytes, like Postfix's ``smtpd_proxy_filter``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import re
@@ -335,10 +336,29 @@ _REPLY_REWRITES = {
 class GatewaySMTP(SMTP):
     """aiosmtpd's SMTP with connection limits, raw-argument capture and cleanup on drop."""
 
-    def __init__(self, handler: ProxyHandler, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+    def __init__(self, handler: ProxyHandler, *, limits: ConnectionLimits,
+                 data_timeout: float = 600.0, greet_pause: float = 0.0, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._limits = limits
         self._counted: str | None = None
+        self._data_timeout = data_timeout
+        self._greet_pause = greet_pause
+
+    async def _handle_client(self) -> None:
+        """With ``gateway.greet_pause`` set, a client that talks before our greeting is an
+        early talker (HOSTILE-INPUTS 9): 554 and disconnect. Without it, early talkers are
+        tolerated: every command is still answered in order."""
+        if self._greet_pause > 0 and self._proxy_timeout is None:
+            await asyncio.sleep(self._greet_pause)
+            if getattr(self._reader, "_buffer", b""):
+                log.warning("early talker %s refused", self.session.peer if self.session
+                            else "?")
+                with contextlib.suppress(Exception):
+                    await super().push("554 5.5.0 Protocol error: talking before the greeting")
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        await super()._handle_client()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -371,6 +391,19 @@ class GatewaySMTP(SMTP):
         if isinstance(status, str):
             status = _REPLY_REWRITES.get(status, status)
         await super().push(status)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA within a total deadline: a client dripping a line every few
+        seconds would otherwise hold a worker for ever (HOSTILE-INPUTS 14)."""
+        try:
+            await asyncio.wait_for(super().smtp_DATA(arg), timeout=self._data_timeout)
+        except TimeoutError:
+            log.warning("DATA from %s exceeded %.0fs; closing", self.session.peer
+                        if self.session else "?", self._data_timeout)
+            with contextlib.suppress(Exception):
+                await super().push("421 4.4.2 DATA took too long, closing connection")
+            if self.transport is not None:
+                self.transport.close()
 
     async def smtp_XFORWARD(self, arg: str | None) -> None:
         """Postfix's XFORWARD: the real client behind a before-queue proxy filter."""
