@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import re
 from dataclasses import dataclass, field
-from email import policy
+from email.policy import EmailPolicy, compat32
 from email.message import EmailMessage
 from email.message import Message as StdMessage
 from email.parser import BytesParser
@@ -23,6 +23,21 @@ MAX_DEPTH = 40          # MIME nesting deeper than this cannot be a real mail pr
 MAX_PARTS = 2000
 
 _BARE = re.compile(rb"\r\n|\r|\n")
+# Headers read through the rich header registry (decoded words, parsed addresses); every
+# other header is handed out as the unfolded raw string, as compat32 does: parsing each
+# Content-Type again for every get_param call cost more than the rest of the policy together.
+_RICH = frozenset({"from", "subject", "to", "cc", "reply-to", "sender", "resent-from"})
+
+
+class _Policy(EmailPolicy):
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        if name.lower() in _RICH or _SURROGATE.search(value):
+            return super().header_fetch_parse(name, value)
+        return compat32.header_fetch_parse(name, value)
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+POLICY = _Policy()
 _CTL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -83,6 +98,10 @@ class Part:
         return len(self.payload)
 
     def text_charset(self) -> str | None:
+        return self._charset
+
+    @cached_property
+    def _charset(self) -> str | None:
         try:
             return self._msg.get_content_charset()
         except Exception:  # noqa: BLE001
@@ -91,7 +110,7 @@ class Part:
     @cached_property
     def text(self) -> str:
         """Decoded text of a text/* part (lenient: undecodable bytes are replaced)."""
-        charset = self._msg.get_content_charset() or "utf-8"
+        charset = self._charset or "utf-8"
         try:
             return self.payload.decode(charset, errors="replace")
         except LookupError:
@@ -192,7 +211,7 @@ def _authors(msg: EmailMessage) -> tuple[tuple[Author, ...], int]:
 def parse(raw: bytes) -> Message:
     """Parse normalised bytes once. Raises Unparseable for a message no retry will fix."""
     try:
-        msg = BytesParser(policy=policy.default).parsebytes(raw)
+        msg = BytesParser(policy=POLICY).parsebytes(raw)
         assert isinstance(msg, EmailMessage)
         parts: list[Part] = []
         nested: list[EmailMessage] = []
@@ -207,7 +226,7 @@ def parse(raw: bytes) -> Message:
                 raise Unparseable(f"MIME nesting deeper than {MAX_DEPTH} levels")
             if count > MAX_PARTS:
                 raise Unparseable(f"more than {MAX_PARTS} MIME parts")
-            if len(node.get_all("Content-Type") or []) > 1:
+            if sum(1 for k in node.keys() if k.lower() == "content-type") > 1:
                 defects.append("DuplicateContentType")
             if node is not msg:
                 defects.extend(type(d).__name__ for d in node.defects)
