@@ -12,10 +12,10 @@ import contextlib
 import hashlib
 import re
 from dataclasses import dataclass, field
-from email.policy import EmailPolicy, compat32
 from email.message import EmailMessage
 from email.message import Message as StdMessage
 from email.parser import BytesParser
+from email.policy import EmailPolicy, compat32
 from functools import cached_property
 from typing import Any
 
@@ -226,7 +226,7 @@ def parse(raw: bytes) -> Message:
                 raise Unparseable(f"MIME nesting deeper than {MAX_DEPTH} levels")
             if count > MAX_PARTS:
                 raise Unparseable(f"more than {MAX_PARTS} MIME parts")
-            if sum(1 for k in node.keys() if k.lower() == "content-type") > 1:
+            if sum(1 for k in node if k.lower() == "content-type") > 1:
                 defects.append("DuplicateContentType")
             if node is not msg:
                 defects.extend(type(d).__name__ for d in node.defects)

@@ -30,8 +30,21 @@ def bsn_valid(digits: str) -> bool:
     return (total - int(digits[8])) % 11 == 0
 
 
+# Candidate runs start with a digit, so the regex engine skips ahead to digits instead of
+# trying a look-behind at every position of a long document.
+_DIGIT_RUN = re.compile(r"\d[\d. -]{7,11}\d")
+
+
 def count_bsn(text: str) -> int:
-    return sum(1 for m in _BSN.finditer(text) if bsn_valid(re.sub(r"\D", "", m.group(1))))
+    count, last_end = 0, -1
+    for run in _DIGIT_RUN.finditer(text):
+        # re-check the exact BSN shapes, with their boundaries, around the candidate run
+        lo = max(0, run.start() - 1)
+        for m in _BSN.finditer(text, lo, min(len(text), run.end() + 2)):
+            if m.start(1) >= last_end and bsn_valid(re.sub(r"\D", "", m.group(1))):
+                count += 1
+                last_end = m.end(1)
+    return count
 
 
 def iban_valid(candidate: str) -> bool:
@@ -46,8 +59,21 @@ def iban_valid(candidate: str) -> bool:
     return int(digits) % 97 == 1
 
 
+_IBAN_START = re.compile(r"[A-Z]{2}\d{2}")
+
+
 def count_iban(text: str) -> int:
-    return sum(1 for m in _IBAN.finditer(text.upper()) if iban_valid(m.group(1)))
+    upper = text.upper()
+    count, last_end = 0, -1
+    for start in _IBAN_START.finditer(upper):
+        pos = start.start()
+        if pos < last_end or (pos and upper[pos - 1].isalnum()):
+            continue
+        m = _IBAN.match(upper, pos)
+        if m and iban_valid(m.group(1)):
+            count += 1
+            last_end = m.end(1)
+    return count
 
 
 @functools.lru_cache(maxsize=32)

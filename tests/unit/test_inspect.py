@@ -262,3 +262,11 @@ def test_photo_internal_only_not_flagged(rt: Runtime) -> None:
 def test_plain_attachment_passes(rt: Runtime) -> None:
     raw = files.mail_with([("rooster.docx", files.docx(["Rooster week 12"]), DOCX)])
     assert verdict(rt, raw)["action"] == "accept"
+
+
+def test_detectors_count_every_occurrence_once() -> None:
+    text = ("Leerlingen: 111222333 en 123456782; opnieuw 111222333.\n"
+            "1112.22.333 staat er ook. Rekeningen NL91ABNA0417164300 en DE89370400440532013000")
+    assert count_bsn(text) == 4
+    assert count_iban(text) == 2
+    assert count_bsn("x" * 50_000 + " 123456782") == 1
