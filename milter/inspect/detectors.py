@@ -85,8 +85,8 @@ def _marking_patterns(words: tuple[str, ...], case_sensitive: tuple[str, ...]
     case-sensitive acronyms (OPP) must stand alone."""
     folded = [w for w in words if w not in case_sensitive]
     exact = [w for w in words if w in case_sensitive]
-    ci = (re.compile(r"(?<![a-z])(" + "|".join(re.escape(w.lower()) for w in folded) + ")")
-          if folded else None)
+    ci = (re.compile("(" + "|".join(re.escape(w.lower()) for w in folded) + ")")
+          if folded else None)  # the word-start check is done on the few hits, not here
     cs = (re.compile(r"(?<![A-Za-z])(" + "|".join(re.escape(w) for w in exact)
                      + r")(?![A-Za-z])") if exact else None)
     return ci, cs
@@ -100,7 +100,10 @@ def markings(texts: Iterable[str], words: Sequence[str],
     by_lower = {w.lower(): w for w in words if w not in case_sensitive}
     found: set[str] = set()
     if ci is not None:
-        found |= {by_lower[m] for m in ci.findall(joined.lower()) if m in by_lower}
+        lower = joined.lower()
+        for m in ci.finditer(lower):
+            if m.start() == 0 or not ("a" <= lower[m.start() - 1] <= "z"):
+                found.add(by_lower[m.group(1)])
     if cs is not None:
         found |= set(cs.findall(joined))
     return sorted(found)
