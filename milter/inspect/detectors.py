@@ -5,7 +5,6 @@ The audit store must not become a list of BSNs, so every detector returns a numb
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -62,7 +61,12 @@ def iban_valid(candidate: str) -> bool:
 _IBAN_START = re.compile(r"[A-Z]{2}\d{2}")
 
 
+_TWO_DIGITS = re.compile(r"\d\d")
+
+
 def count_iban(text: str) -> int:
+    if not _TWO_DIGITS.search(text):  # most prose has no IBAN-shaped digits at all
+        return 0
     upper = text.upper()
     count, last_end = 0, -1
     for start in _IBAN_START.finditer(upper):
@@ -76,36 +80,31 @@ def count_iban(text: str) -> int:
     return count
 
 
-@functools.lru_cache(maxsize=32)
-def _marking_patterns(words: tuple[str, ...], case_sensitive: tuple[str, ...]
-                      ) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
-    """One alternation per kind, compiled once: a single pass over the text, not one per word.
+def _occurs(haystack: str, needle: str, whole_word: bool) -> bool:
+    """``needle`` at a word start (and, if ``whole_word``, a word end) in ``haystack``.
 
-    Case-insensitive words match at a word start (Dutch inflects: vertrouwelijke); the
-    case-sensitive acronyms (OPP) must stand alone."""
-    folded = [w for w in words if w not in case_sensitive]
-    exact = [w for w in words if w in case_sensitive]
-    ci = (re.compile("(" + "|".join(re.escape(w.lower()) for w in folded) + ")")
-          if folded else None)  # the word-start check is done on the few hits, not here
-    cs = (re.compile(r"(?<![A-Za-z])(" + "|".join(re.escape(w) for w in exact)
-                     + r")(?![A-Za-z])") if exact else None)
-    return ci, cs
+    str.find is a C-speed substring search; the boundary checks run only on its hits, which
+    is many times faster than a regex look-behind tried at every position of a document."""
+    pos = haystack.find(needle)
+    while pos >= 0:
+        before = haystack[pos - 1] if pos else " "
+        after = haystack[pos + len(needle):pos + len(needle) + 1] or " "
+        if not before.isalpha() and (not whole_word or not after.isalpha()):
+            return True
+        pos = haystack.find(needle, pos + 1)
+    return False
 
 
 def markings(texts: Iterable[str], words: Sequence[str],
              case_sensitive: Sequence[str]) -> list[str]:
-    """Which configured confidentiality markings occur (as words) in any of ``texts``."""
-    ci, cs = _marking_patterns(tuple(words), tuple(case_sensitive))
+    """Which configured confidentiality markings occur in any of ``texts``.
+
+    Words match at a word start (Dutch inflects: vertrouwelijke), case-insensitively; the
+    case-sensitive ones (acronyms such as OPP) must stand alone."""
     joined = "\n".join(texts)
-    by_lower = {w.lower(): w for w in words if w not in case_sensitive}
-    found: set[str] = set()
-    if ci is not None:
-        lower = joined.lower()
-        for m in ci.finditer(lower):
-            if m.start() == 0 or not ("a" <= lower[m.start() - 1] <= "z"):
-                found.add(by_lower[m.group(1)])
-    if cs is not None:
-        found |= set(cs.findall(joined))
+    lower = joined.lower()
+    found = {w for w in words if (_occurs(joined, w, True) if w in case_sensitive
+                                  else _occurs(lower, w.lower(), False))}
     return sorted(found)
 
 

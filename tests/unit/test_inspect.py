@@ -270,3 +270,12 @@ def test_detectors_count_every_occurrence_once() -> None:
     assert count_bsn(text) == 4
     assert count_iban(text) == 2
     assert count_bsn("x" * 50_000 + " 123456782") == 1
+
+
+def test_markings_word_starts_and_acronyms() -> None:
+    from milter.inspect.detectors import markings
+
+    words, cs = ["vertrouwelijk", "OPP"], ["OPP"]
+    assert markings(["Een vertrouwelijke brief"], words, cs) == ["vertrouwelijk"]
+    assert markings(["onvertrouwelijk", "OPPERVLAKTE", "opp"], words, cs) == []
+    assert markings(["Het OPP van Jan", "(OPP)"], words, cs) == ["OPP"]
