@@ -53,6 +53,7 @@ class Running:
             server.close()
         if self.gateway.notifier is not None:
             await self.gateway.notifier.drain()
+        await self.handler.pool.close()
         try:
             await asyncio.wait_for(asyncio.gather(*(s.wait_closed() for s in self.servers)),
                                    timeout=grace)

@@ -31,7 +31,7 @@ from milter.core.engine import RuleCrashed
 from milter.core.verdict import reply_line
 from milter.gateway import Gateway, QuarantineError, new_txid
 from milter.runtime import Evaluation
-from milter.smtp.relay import NextHopError, Reply, Session, open_session
+from milter.smtp.relay import NextHopError, Reply, Session, SessionPool, open_session
 
 log = logging.getLogger("skot-milter.smtp")
 
@@ -46,6 +46,7 @@ class Transaction:
     downstream: Session | None = None
     rcpt_tos: list[str] = field(default_factory=list)
     runtime: Any = None  # the policy the transaction started with (a reload waits for it)
+    next_hop: str = ""
 
 
 def check_address(address: str, *, allow_empty: bool) -> str | None:
@@ -67,6 +68,7 @@ class ProxyHandler:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.pool = SessionPool()
         self._txs: WeakKeyDictionary[SMTPSession, Transaction] = WeakKeyDictionary()
         # Postfix's smtpd_proxy_filter tells us the real client with XFORWARD (trusted peers).
         self.xforward: WeakKeyDictionary[SMTPSession, dict[str, str]] = WeakKeyDictionary()
@@ -80,9 +82,10 @@ class ProxyHandler:
         return self._txs.pop(session, None)
 
     async def _drop(self, session: SMTPSession) -> None:
+        """End the transaction's next-hop session: back to the pool for the next one."""
         tx = self.detach(session)
         if tx is not None and tx.downstream is not None:
-            await tx.downstream.close()
+            await self.pool.release(tx.next_hop, tx.downstream)
 
     @staticmethod
     def peer_ip(session: SMTPSession) -> str:
@@ -156,11 +159,18 @@ class ProxyHandler:
             return "553 5.1.7 Sender address would be rewritten; send it in plain form"
         await self._drop(session)
         cfg = self.gateway.runtime.config
-        tx = Transaction(new_txid(), runtime=self.gateway.runtime)
+        tx = Transaction(new_txid(), runtime=self.gateway.runtime, next_hop=cfg.next_hop)
+        helo, timeout = cfg.get("gateway", "hostname"), cfg.get("gateway", "next_hop_timeout")
         try:
-            tx.downstream = await open_session(cfg.next_hop, cfg.get("gateway", "hostname"),
-                                               cfg.get("gateway", "next_hop_timeout"))
-            reply = await tx.downstream.mail(sender, mail_options)
+            tx.downstream, reused = await self.pool.get(cfg.next_hop, helo, timeout)
+            try:
+                reply = await tx.downstream.mail(sender, mail_options)
+            except NextHopError:
+                if not reused:
+                    raise
+                await tx.downstream.close()  # a kept session died meanwhile: a fresh one
+                tx.downstream = await open_session(cfg.next_hop, helo, timeout)
+                reply = await tx.downstream.mail(sender, mail_options)
         except NextHopError as exc:
             metrics.NEXT_HOP_ERRORS.labels("mail").inc()
             log.warning("tx=%s next hop unavailable at MAIL: %s", tx.txid, exc)
@@ -168,7 +178,7 @@ class ProxyHandler:
                 await tx.downstream.close()
             return f"451 4.4.1 Next hop unavailable, try again later ref={tx.txid}"
         if not reply.ok:
-            await tx.downstream.close()
+            await self.pool.release(tx.next_hop, tx.downstream)
             return reply.line
         self._txs[session] = tx
         envelope.mail_from = address
@@ -296,6 +306,7 @@ class ProxyHandler:
         try:
             reply = await tx.downstream.data(gw.outgoing(evaluation))
         except NextHopError as exc:
+            await tx.downstream.close()  # state unknown mid-DATA: never reuse this session
             metrics.NEXT_HOP_ERRORS.labels("data").inc()
             log.warning("tx=%s next hop failed at DATA: %s", tx.txid, exc)
             reply = Reply(451, f"4.4.2 Next hop failed, try again later ref={tx.txid}")

@@ -98,11 +98,21 @@ class SMTPSession:
             raise NextHopError(f"next hop failed during DATA: {exc}") from exc
         return Reply(resp.code, resp.message)
 
-    async def reset(self) -> None:
+    @property
+    def alive(self) -> bool:
+        return bool(self._smtp.is_connected)
+
+    async def rset(self) -> bool:
+        """RSET; True when the session is ready for another transaction."""
         try:
-            await self._smtp.execute_command(b"RSET")
+            resp = await self._smtp.execute_command(b"RSET")
         except (TimeoutError, aiosmtplib.SMTPException, OSError):
             await self.close()
+            return False
+        return resp.code == 250
+
+    async def reset(self) -> None:
+        await self.rset()
 
     async def close(self) -> None:
         try:
@@ -192,3 +202,43 @@ async def send_message(next_hop: str, helo: str, timeout: float, mail_from: str,
         return await session.data(content)
     finally:
         await session.close()
+
+
+class SessionPool:
+    """Open next-hop SMTP sessions kept for the next transaction (RSET between them).
+
+    Connecting and greeting once per message costs the next hop and us more than most of
+    the policy; a reused session that turns out dead is replaced once, transparently."""
+
+    def __init__(self, max_idle: int = 32, idle_seconds: float = 30.0) -> None:
+        self.max_idle = max_idle
+        self.idle_seconds = idle_seconds
+        self._idle: dict[str, list[tuple[float, SMTPSession]]] = {}
+
+    async def get(self, next_hop: str, helo: str, timeout: float) -> tuple[Session, bool]:
+        """A session and whether it was reused (a reused one may have died meanwhile)."""
+        idle = self._idle.get(next_hop, [])
+        now = time.monotonic()
+        while idle:
+            since, session = idle.pop()
+            if now - since < self.idle_seconds and session.alive:
+                return session, True
+            await session.close()
+        return await open_session(next_hop, helo, timeout), False
+
+    async def release(self, next_hop: str, session: Session) -> None:
+        """Keep a session whose transaction ended cleanly; close anything else."""
+        if not isinstance(session, SMTPSession) or not session.alive:
+            await session.close()
+            return
+        idle = self._idle.setdefault(next_hop, [])
+        if len(idle) >= self.max_idle or not await session.rset():
+            await session.close()
+            return
+        idle.append((time.monotonic(), session))
+
+    async def close(self) -> None:
+        for idle in self._idle.values():
+            for _, session in idle:
+                await session.close()
+        self._idle.clear()

@@ -336,3 +336,16 @@ def test_check_command_matches_gateway(tmp_path: Path, capsys: Any) -> None:
                  "--rcpt", "someone@school.example", str(eml)]) == 0
     out = capsys.readouterr().out
     assert "verdict:   accept (inbound)" in out
+
+
+def test_next_hop_sessions_are_reused(gateway: GatewayThread, sink: Any) -> None:
+    for _ in range(5):
+        with gateway.client() as c:
+            c.sendmail("someone@school.example", ["ouder@example.org"], CLEAN)
+    assert len(sink[0].messages) == 5
+    assert sink[0].greetings == 1  # one next-hop connection, RSET between transactions
+    with gateway.client() as c, pytest.raises(smtplib.SMTPDataError):
+        c.sendmail("me@gmail.example", ["ouder@example.org"], make_message(frm="me@gmail.example"))
+    with gateway.client() as c:
+        c.sendmail("someone@school.example", ["ouder@example.org"], CLEAN)
+    assert len(sink[0].messages) == 6 and sink[0].greetings == 1
