@@ -1,0 +1,88 @@
+"""The chunked DATA reader: only CRLF.CRLF ends the data (HOSTILE-INPUTS 1-3), however the
+bytes are split; dots are unstuffed; pipelined commands after the dot are answered."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import GatewayThread
+
+HEAD = (b"From: someone@school.example\r\nTo: ouder@example.org\r\nSubject: s\r\n"
+        b"Message-ID: <d@school.example>\r\n\r\n")
+
+
+def session(gw: GatewayThread) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    s.recv(1024)
+    s.sendall(b"EHLO t\r\nMAIL FROM:<someone@school.example>\r\nRCPT TO:<ouder@example.org>\r\n"
+              b"DATA\r\n")
+    got = b""
+    while b"354" not in got:
+        got += s.recv(4096)
+    return s
+
+
+def replies(s: socket.socket, n: int) -> list[bytes]:
+    out, buf = [], b""
+    while len(out) < n:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\r\n" in buf:
+            line, buf = buf.split(b"\r\n", 1)
+            if line[3:4] == b" ":
+                out.append(line)
+    return out
+
+
+@pytest.mark.parametrize("trick", [b"\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r", b"\r.\r",
+                                   b"\n\n.\r\n", b"\r\n\x00.\r\n", b"\r\n.\x00\r\n",
+                                   b"\r\n.\r\r\n"])
+def test_only_crlf_dot_crlf_ends_data(gateway: GatewayThread, sink: Any, trick: bytes) -> None:
+    s = session(gateway)
+    body = HEAD + b"before" + trick + (b"MAIL FROM:<x@school.example>\r\nRCPT TO:<victim@"
+                                        b"example.org>\r\nDATA\r\nsmuggled\r\n")
+    s.sendall(body + b"\r\n.\r\n")
+    assert replies(s, 1)[0][:3] == b"250"
+    s.close()
+    assert len(sink[0].messages) == 1 and sink[0].messages[0].rcpt_tos == ["ouder@example.org"]
+
+
+def test_terminator_split_byte_by_byte(gateway: GatewayThread, sink: Any) -> None:
+    s = session(gateway)
+    for b in HEAD + b"one\r\ntwo\r\n.\r\n":
+        s.send(bytes([b]))
+        time.sleep(0.001)
+    assert replies(s, 1)[0][:3] == b"250"
+    s.close()
+    assert sink[0].messages[0].content.endswith(b"one\r\ntwo\r\n")
+
+
+def test_empty_message_and_pipelined_quit(gateway: GatewayThread, sink: Any) -> None:
+    s = session(gateway)
+    s.sendall(b".\r\nQUIT\r\n")
+    got = replies(s, 2)
+    assert got[0][:3] in (b"250", b"550") and got[1][:3] == b"221"
+    s.close()
+
+
+def test_dot_unstuffing(gateway: GatewayThread, sink: Any) -> None:
+    s = session(gateway)
+    s.sendall(HEAD + b"..\r\n...twee\r\n.een\r\nnormaal\r\n.\r\n")
+    assert replies(s, 1)[0][:3] == b"250"
+    s.close()
+    assert sink[0].messages[0].content.endswith(b"\r\n\r\n.\r\n..twee\r\neen\r\nnormaal\r\n")
+
+
+def test_large_message_in_one_write(gateway: GatewayThread, sink: Any) -> None:
+    s = session(gateway)
+    body = HEAD + (b"x" * 76 + b"\r\n") * 60_000  # about 4.7 MB
+    s.sendall(body + b".\r\n")
+    assert replies(s, 1)[0][:3] == b"250"
+    s.close()
+    assert sink[0].messages[0].content == body
