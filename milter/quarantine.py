@@ -9,13 +9,14 @@ the caller.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from milter.durable import fsync_dir, write_synced
 
 ID_CHARS = set("0123456789abcdefghijklmnopqrstuvwxyz-")
 
@@ -38,21 +39,6 @@ class Entry:
         return {"id": self.id, **self.meta}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write(path: Path, data: bytes) -> None:
-    with path.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 class QuarantineStore:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
@@ -68,14 +54,14 @@ class QuarantineStore:
             self.directory.mkdir(parents=True, exist_ok=True)
             tmp = self.directory / f".tmp-{qid}-{uuid.uuid4().hex[:6]}"
             tmp.mkdir()
-            _write(tmp / "message.eml", raw)
-            _write(tmp / "meta.json", json.dumps(meta, sort_keys=True).encode())
-            _fsync_dir(tmp)
+            write_synced(tmp / "message.eml", raw)
+            write_synced(tmp / "meta.json", json.dumps(meta, sort_keys=True).encode())
+            fsync_dir(tmp)
             final = self.directory / qid
             if final.exists():
                 final = self.directory / f"{qid}-{uuid.uuid4().hex[:6]}"
             tmp.rename(final)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except OSError as exc:
             raise QuarantineError(f"cannot store quarantined message: {exc}") from exc
         return final.name
@@ -108,7 +94,7 @@ class QuarantineStore:
             return False
         trash = self.directory / f".del-{qid}-{uuid.uuid4().hex[:6]}"
         entry.path.rename(trash)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         shutil.rmtree(trash, ignore_errors=True)
         return True
 

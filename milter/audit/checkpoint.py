@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from milter.audit.store import canonical
+from milter.durable import replace_synced
 
 
 @dataclass(frozen=True)
@@ -50,16 +50,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def generate(directory: Path, epoch: int, valid_from: str | None = None) -> tuple[Path, Path]:
     """Write ``epoch-N.key`` (private, mode 600) and ``epoch-N.pub`` (for the auditors)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -70,9 +60,9 @@ def generate(directory: Path, epoch: int, valid_from: str | None = None) -> tupl
                              serialization.NoEncryption())
     raw_pub = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     priv_path, pub_path = directory / f"epoch-{epoch}.key", directory / f"epoch-{epoch}.pub"
-    _write_file(priv_path, json.dumps({**meta, "private": base64.b64encode(seed).decode()})
+    replace_synced(priv_path, json.dumps({**meta, "private": base64.b64encode(seed).decode()})
                 .encode(), 0o600)
-    _write_file(pub_path, json.dumps({**meta, "public": base64.b64encode(raw_pub).decode()})
+    replace_synced(pub_path, json.dumps({**meta, "public": base64.b64encode(raw_pub).decode()})
                 .encode())
     return priv_path, pub_path
 
@@ -111,7 +101,7 @@ def sign(key: SigningKey, chain: str, seq: int, head: str, time: str | None = No
 def write(cp: dict[str, Any], directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"checkpoint-{cp['chain']}-{cp['seq']:012d}.json"
-    _write_file(path, json.dumps(cp, sort_keys=True, indent=1).encode())
+    replace_synced(path, json.dumps(cp, sort_keys=True, indent=1).encode())
     return path
 
 

@@ -23,6 +23,16 @@ def add_config(parser: argparse.ArgumentParser) -> None:
                         help="config file (default: the bundled defaults)")
 
 
+def load_config(args: argparse.Namespace) -> Any:
+    """The validated config for ``--config``; a bad one is exit 2 with its reason."""
+    from milter import config as config_mod
+
+    try:
+        return config_mod.load(args.config)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def load_runtime(args: argparse.Namespace) -> Any:
     """The runtime for ``--config``; a bad config is exit 2 with its one-line reason."""
     from milter.runtime import Runtime

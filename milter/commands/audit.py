@@ -25,7 +25,7 @@ from milter.audit.store import (
     Filters,
     open_store,
 )
-from milter.commands import CommandError, add_config, print_json
+from milter.commands import CommandError, add_config, load_config, print_json
 
 CSV_FIELDS = COLUMNS
 
@@ -112,12 +112,6 @@ def register(sub: Any) -> None:
         q.add_argument("--actor", default="", help="who does this (default: the OS user)")
 
 
-def _cfg(args: argparse.Namespace) -> config_mod.Config:
-    try:
-        return config_mod.load(args.config)
-    except config_mod.ConfigError as exc:
-        raise CommandError(str(exc)) from None
-
 
 def actor(args: argparse.Namespace) -> str:
     import getpass
@@ -136,11 +130,9 @@ def audit_view(store: AuditStore, args: argparse.Namespace, event: str,
 
 
 def open_from_args(args: argparse.Namespace) -> AuditStore:
+    cfg = load_config(args)
     try:
-        cfg = config_mod.load(args.config)
         return open_store(cfg.audit_url, cfg.get("gateway", "node"))
-    except config_mod.ConfigError as exc:
-        raise CommandError(str(exc)) from None
     except AuditUnavailable as exc:
         raise CommandError(str(exc)) from None
 
@@ -260,7 +252,7 @@ def checkpoint_problems(cfg: config_mod.Config, store: AuditStore,
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
+    cfg = load_config(args)
     store = open_from_args(args)
     result = store.verify()
     cp_problems, cp_count = checkpoint_problems(cfg, store, args.checkpoint)
@@ -292,7 +284,7 @@ def run_migrate(args: argparse.Namespace) -> int:
 def run_checkpoint(args: argparse.Namespace) -> int:
     from milter.audit import checkpoint
 
-    cfg = _cfg(args)
+    cfg = load_config(args)
     key_path = cfg.optional_path("audit", "checkpoint_key")
     directory = cfg.optional_path("audit", "checkpoint_dir")
     if key_path is None or directory is None:
@@ -346,7 +338,7 @@ def run_hold(args: argparse.Namespace) -> int:
 def run_purge(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
-    cfg = _cfg(args)
+    cfg = load_config(args)
     store = open_from_args(args)
     if args.before:
         cutoff = args.before

@@ -12,7 +12,7 @@ from typing import Any
 
 from milter import config as config_mod
 from milter.audit.store import AuditEvent, AuditUnavailable, open_store
-from milter.commands import CommandError, add_config, print_json
+from milter.commands import CommandError, add_config, load_config, print_json
 from milter.quarantine import Entry, QuarantineStore
 
 
@@ -44,12 +44,6 @@ def register(sub: Any) -> None:
     delete.set_defaults(func=run_delete)
 
 
-def _config(args: argparse.Namespace) -> config_mod.Config:
-    try:
-        return config_mod.load(args.config)
-    except config_mod.ConfigError as exc:
-        raise CommandError(str(exc)) from None
-
 
 def _entry(store: QuarantineStore, qid: str) -> Entry:
     entry = store.get(qid)
@@ -65,7 +59,7 @@ def actor_name(given: str) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    entries = QuarantineStore(_config(args).quarantine_dir).entries()
+    entries = QuarantineStore(load_config(args).quarantine_dir).entries()
     if args.json:
         print_json([e.to_json() for e in entries])
         return 0
@@ -79,7 +73,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    entry = _entry(QuarantineStore(_config(args).quarantine_dir), args.id)
+    entry = _entry(QuarantineStore(load_config(args).quarantine_dir), args.id)
     if args.raw:
         sys.stdout.buffer.write(entry.raw)
         return 0
@@ -104,7 +98,7 @@ def audit_act(cfg: config_mod.Config, event: str, entry: Entry, actor: str,
 
 
 def run_delete(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = load_config(args)
     store = QuarantineStore(cfg.quarantine_dir)
     entry = _entry(store, args.id)
     audit_act(cfg, "quarantine-delete", entry, actor_name(args.actor))
@@ -137,7 +131,7 @@ def release_entry(cfg: config_mod.Config, entry: Entry, actor: str) -> str:
 
 
 def run_release(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = load_config(args)
     entry = _entry(QuarantineStore(cfg.quarantine_dir), args.id)
     line = release_entry(cfg, entry, actor_name(args.actor))
     print(f"released {entry.id}: {line}")
@@ -145,7 +139,7 @@ def run_release(args: argparse.Namespace) -> int:
 
 
 def run_purge(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = load_config(args)
     store = QuarantineStore(cfg.quarantine_dir)
     days = cfg.get("quarantine", "retention_days")
     old = store.older_than(days * 86400)

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from milter import config as config_mod
-from milter.commands import CommandError, add_config
+from milter.commands import CommandError, add_config, load_config
 
 
 def register(sub: Any) -> None:
@@ -26,17 +26,11 @@ def register(sub: Any) -> None:
     add.set_defaults(func=run_adduser)
 
 
-def _cfg(args: argparse.Namespace) -> config_mod.Config:
-    try:
-        return config_mod.load(args.config)
-    except config_mod.ConfigError as exc:
-        raise CommandError(str(exc)) from None
-
 
 def run_adduser(args: argparse.Namespace) -> int:
     from milter.web import users
 
-    cfg = _cfg(args)
+    cfg = load_config(args)
     password = (sys.stdin.readline().rstrip("\n") if args.password_stdin
                 else getpass.getpass("password: "))
     try:
@@ -71,7 +65,7 @@ def build_app(cfg: config_mod.Config) -> Any:
 def run_web(args: argparse.Namespace) -> int:
     from milter.web.app import make_server
 
-    cfg = _cfg(args)
+    cfg = load_config(args)
     listen = args.listen or cfg.get("web", "listen")
     host, _, port = listen.rpartition(":")
     server = make_server(build_app(cfg), host.strip("[]"), int(port))

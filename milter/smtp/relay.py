@@ -19,6 +19,8 @@ from typing import Protocol
 
 import aiosmtplib
 
+from milter.durable import fsync_dir, write_synced
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -124,26 +126,15 @@ class SMTPSession:
             self._smtp.close()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def maildir_deliver(root: Path, content: bytes) -> str:
     """Write one message durably into a Maildir (tmp/, fsync, rename into new/, fsync dir)."""
     for sub in ("tmp", "new", "cur"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     name = f"{time.time_ns()}.{uuid.uuid4().hex[:12]}.{socket.gethostname()}"
     tmp = root / "tmp" / name
-    with tmp.open("wb") as fh:
-        fh.write(content)
-        fh.flush()
-        os.fsync(fh.fileno())
+    write_synced(tmp, content, 0o600)
     os.rename(tmp, root / "new" / name)
-    _fsync_dir(root / "new")
+    fsync_dir(root / "new")
     return name
 
 
