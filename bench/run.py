@@ -132,6 +132,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per scenario")
     ap.add_argument("--postgres", action="store_true", help="also the PostgreSQL audit store")
     ap.add_argument("--quick", action="store_true", help="one scenario, short runs")
+    ap.add_argument("--memory", action="store_true",
+                    help="only: peak RSS with 50 concurrent 10 MB messages")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="skot-bench-"))
@@ -179,6 +181,11 @@ def main() -> None:
                      ("2KB", 1, 10), ("50KB", 1, 10), ("mix", 20, 10)]
         if args.quick:
             scenarios = [("mix", 20, 10)]
+        if args.memory:
+            big = files.mail_with([("archief.pdf", bytes(range(256)) * 40_000,
+                                    "application/pdf")])  # ~10 MB after base64
+            all_mixes["10MB"] = [("someone@school.example", big)]
+            scenarios = [("10MB", 50, 1)]
         print(f"skot-milter benchmark: {args.rounds} interleaved rounds of {args.seconds:.0f} s"
               f" per target, loopback, {os.cpu_count()} cores\n")
         for mix_name, sessions, per_conn in scenarios:
