@@ -102,3 +102,51 @@ def test_rate_limiter_holds_and_summarises(tmp_path: Path) -> None:
     # an hour later the next notice goes out and says how many were held back
     assert limiter.admit("someone@school.example", now=t + 3700) == (True, 45)
     assert limiter.admit("other@school.example", now=t + 10) == (True, 0)
+
+
+def notifier(tmp_path: Path, people: str) -> object:
+    from milter.directory import parse_csv
+    from milter.notices import Notifier
+
+    return Notifier(policy=load(POLICY), templates=TEMPLATES, school="De Regenboog",
+                    postmaster="postmaster@school.example", language="nl",
+                    hostname="relay.school.example", next_hop="maildir:/nonexistent",
+                    timeout=1, limiter=RateLimiter(tmp_path / "n.sqlite3", 5),
+                    directory=parse_csv(people), school_domains=("school.example",))
+
+
+PEOPLE = ("address;role;name;private_addresses;supervisor;language\n"
+          "sam@school.example;staff;Sam Smit;;boss@school.example;en\n"
+          "boss@school.example;staff;Bea Baas;;;\n")
+
+
+def supervised_request(rule_id: str = "A1.confidential-attachment") -> NoticeRequest:
+    from dataclasses import replace
+
+    rp = replace(load(POLICY).rules[rule_id], notice_supervisor=True)
+    verdict = Verdict("quarantine", "outbound", "", (FiredRule(rule_id, rp.article,
+                                                               "quarantine", "enforce", "x"),),
+                      "01ref")
+    return NoticeRequest("01ref", verdict, "sam@school.example", ("ouder@example.org",),
+                         "Rapport", "<m@s>", datetime(2026, 1, 2, 3, 4, tzinfo=UTC), (rp,))
+
+
+def test_plan_per_person_language_and_supervisor(tmp_path: Path) -> None:
+    from email import message_from_bytes
+    from email import policy as email_policy
+
+    plan = notifier(tmp_path, PEOPLE).plan(supervised_request())  # type: ignore[attr-defined]
+    assert [(n.to, n.kind, n.lang) for n in plan] == [
+        ("sam@school.example", "sender", "en"), ("boss@school.example", "supervisor", "nl")]
+    sender = message_from_bytes(plan[0].rendered, policy=email_policy.default)
+    assert sender["Subject"].startswith("[Mail gateway] Your message was held in quarantine")
+    boss = message_from_bytes(plan[1].rendered, policy=email_policy.default)
+    body = boss.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "als leidinggevende van Sam Smit" in body
+
+
+def test_no_notice_to_outside_addresses(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    req = replace(supervised_request(), mail_from="someone@gmail.example")
+    assert notifier(tmp_path, PEOPLE).plan(req) == []  # type: ignore[attr-defined]
