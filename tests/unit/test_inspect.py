@@ -279,3 +279,9 @@ def test_markings_word_starts_and_acronyms() -> None:
     assert markings(["Een vertrouwelijke brief"], words, cs) == ["vertrouwelijk"]
     assert markings(["onvertrouwelijk", "OPPERVLAKTE", "opp"], words, cs) == []
     assert markings(["Het OPP van Jan", "(OPP)"], words, cs) == ["OPP"]
+
+
+def test_time_budget_makes_attachments_uninspectable() -> None:
+    raw = files.mail_with([("verslag.docx", files.docx(["x"]), DOCX)])
+    (item,) = items_of(raw, Limits(time_budget=0.0))
+    assert item.uninspectable == "inspection time budget exhausted"
