@@ -463,17 +463,26 @@ class GatewaySMTP(SMTP):
             self.envelope = self._create_envelope()
             await self.push("552 5.3.4 Message too big")
             return
-        lines = bytes(kept[2:]).split(b"\r\n")
-        if max(map(len, lines)) > self.line_length_limit - 2:
+        if self._line_too_long(kept):
             self.envelope = self._create_envelope()
             await self.push("500 5.5.2 Line too long")
             return
-        content = _UNSTUFF.sub(b"\\1", bytes(kept))[2:]
+        # unstuff only when a line starts with a dot; otherwise no extra copy of the message
+        content = (_UNSTUFF.sub(b"\\1", kept)[2:] if b"\r\n." in kept else bytes(kept[2:]))
         self.envelope.content = content
         self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
         self.envelope = self._create_envelope()
         await self.push("250 OK" if not isinstance(status, str) else status)
+
+    def _line_too_long(self, kept: bytearray) -> bool:
+        """A line (up to CRLF) over 1000 octets, checked without splitting the message."""
+        longest = self.line_length_limit - 2
+        if _LONG_RUN.search(kept):
+            return True  # so many octets without even a CR or LF
+        if not _BARE_CR_LF.search(kept):
+            return False  # every CR and LF is part of a CRLF: no line can be longer
+        return max(map(len, bytes(kept).split(b"\r\n"))) > longest
 
     async def smtp_XFORWARD(self, arg: str | None) -> None:
         """Postfix's XFORWARD: the real client behind a before-queue proxy filter."""
@@ -510,6 +519,8 @@ class GatewaySMTP(SMTP):
 
 
 _UNSTUFF = re.compile(rb"(\r\n)\.")  # RFC 5321 4.5.2: drop the first dot of a line
+_LONG_RUN = re.compile(rb"[^\r\n]{1000}")
+_BARE_CR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 XFORWARD_ATTRS = frozenset({"NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE",
                             "LOGIN"})

@@ -86,3 +86,17 @@ def test_large_message_in_one_write(gateway: GatewayThread, sink: Any) -> None:
     assert replies(s, 1)[0][:3] == b"250"
     s.close()
     assert sink[0].messages[0].content == body
+
+
+@pytest.mark.parametrize("line,code", [
+    (b"x" * 998, b"250"),                      # the longest line RFC 5322 allows
+    (b"x" * 1000, b"500"),
+    (b"x" * 600 + b"\n" + b"y" * 600, b"500"),  # a bare LF does not end a line
+    (b"x" * 600 + b"\r\n" + b"y" * 600, b"250"),
+])
+def test_line_length_limit(gateway: GatewayThread, sink: Any, line: bytes, code: bytes) -> None:
+    s = session(gateway)
+    s.sendall(HEAD + line + b"\r\n.\r\n")
+    assert replies(s, 1)[0][:3] == code
+    s.close()
+    assert len(sink[0].messages) == (1 if code == b"250" else 0)
