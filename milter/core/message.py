@@ -41,14 +41,12 @@ POLICY = _Policy()
 _CTL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-_LONE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-
-
 def normalize_line_endings(raw: bytes) -> bytes:
     """Turn every bare CR or LF into CRLF, so no hop can read a line end we did not see.
 
-    Most messages have none: they are returned as they are, without a copy."""
-    if not _LONE.search(raw):
+    Most messages have none (three counts in C tell): they are returned without a copy."""
+    crlf = raw.count(b"\r\n")
+    if crlf == raw.count(b"\r") == raw.count(b"\n"):
         return raw
     return _BARE.sub(b"\r\n", raw)
 

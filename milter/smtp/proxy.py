@@ -476,13 +476,9 @@ class GatewaySMTP(SMTP):
         await self.push("250 OK" if not isinstance(status, str) else status)
 
     def _line_too_long(self, kept: bytearray) -> bool:
-        """A line (up to CRLF) over 1000 octets, checked without splitting the message."""
-        longest = self.line_length_limit - 2
-        if _LONG_RUN.search(kept):
-            return True  # so many octets without even a CR or LF
-        if not _BARE_CR_LF.search(kept):
-            return False  # every CR and LF is part of a CRLF: no line can be longer
-        return max(map(len, bytes(kept).split(b"\r\n"))) > longest
+        """A line (up to CRLF) over 1000 octets. One split in C; a regex that tries every
+        start position took seconds on a 10 MB message."""
+        return max(map(len, kept.split(b"\r\n"))) > self.line_length_limit - 2
 
     async def smtp_XFORWARD(self, arg: str | None) -> None:
         """Postfix's XFORWARD: the real client behind a before-queue proxy filter."""
@@ -519,8 +515,6 @@ class GatewaySMTP(SMTP):
 
 
 _UNSTUFF = re.compile(rb"(\r\n)\.")  # RFC 5321 4.5.2: drop the first dot of a line
-_LONG_RUN = re.compile(rb"[^\r\n]{1000}")
-_BARE_CR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 XFORWARD_ATTRS = frozenset({"NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE",
                             "LOGIN"})
