@@ -77,6 +77,9 @@ MIGRATIONS = [
 def migrate(conn: psycopg.Connection[Any]) -> int:
     """Apply pending migrations; return the schema version."""
     with conn.transaction():
+        # Several gateway nodes may start at once: CREATE ... IF NOT EXISTS races in
+        # PostgreSQL, so migrations run one node at a time.
+        conn.execute("SELECT pg_advisory_xact_lock(7317001)")
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         conn.execute("LOCK TABLE schema_version IN EXCLUSIVE MODE")
         row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
