@@ -91,6 +91,12 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
     return version
 
 
+def _durable(conn: psycopg.Connection[Any]) -> None:
+    """A commit must survive a power cut before we answer 250, whatever the database's
+    default says (``synchronous_commit = off`` acknowledges before the WAL is flushed)."""
+    conn.execute("SET synchronous_commit = on")
+
+
 class PostgresStore(SQLStore):
     placeholder = "%s"
 
@@ -99,7 +105,8 @@ class PostgresStore(SQLStore):
         self.chain = chain
         try:
             self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True,
-                                        timeout=10, kwargs={"autocommit": True})
+                                        timeout=10, kwargs={"autocommit": True},
+                                        configure=_durable)
             with self._pool.connection() as conn:
                 self.version = migrate(conn)
         except (psycopg.Error, Exception) as exc:
@@ -115,14 +122,19 @@ class PostgresStore(SQLStore):
     def _write(self, work: Any) -> Any:
         try:
             with self._pool.connection() as conn, conn.transaction():
-                def execute(sql: str, args: Sequence[Any] = (), fetch: bool = True) -> Any:
+                # The connection is bound here, per call: one store serves many threads (the
+                # web view's request threads), and each transaction must keep its own.
+                def execute(sql: str, args: Sequence[Any] = (), fetch: bool | str = True) -> Any:
                     cur = conn.execute(sql.replace("?", "%s"), tuple(args))
+                    if fetch == "all":
+                        return cur.fetchall()
+                    if fetch == "row":
+                        return cur.fetchone()
                     if fetch:
                         row = cur.fetchone()
                         return row[0] if row else None
                     return None
 
-                self._conn = conn
                 return work(execute)
         except psycopg.Error as exc:
             raise AuditUnavailable(f"audit write failed: {exc}") from exc
@@ -131,13 +143,11 @@ class PostgresStore(SQLStore):
                 raise
             raise AuditUnavailable(f"audit write failed: {exc}") from exc
 
-    _write_purge = _write
-
     def _head(self, execute: Any) -> tuple[int, str]:
         execute("INSERT INTO chain_heads (chain, seq, hash) VALUES (?, 0, ?) "
                 "ON CONFLICT (chain) DO NOTHING", (self.chain, GENESIS), fetch=False)
-        row = self._conn.execute("SELECT seq, hash FROM chain_heads WHERE chain = %s "
-                                 "FOR UPDATE", (self.chain,)).fetchone()
+        row = execute("SELECT seq, hash FROM chain_heads WHERE chain = ? FOR UPDATE",
+                      (self.chain,), fetch="row")
         assert row is not None
         return int(row[0]), str(row[1])
 

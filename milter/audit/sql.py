@@ -106,7 +106,10 @@ class SQLStore:
         raise NotImplementedError
 
     def _write(self, work: Any) -> Any:
-        """Run ``work(execute)`` in one durable transaction holding the chain head lock."""
+        """Run ``work(execute)`` in one durable transaction holding the chain head lock.
+
+        ``execute(sql, args, fetch)`` returns the first column of the first row
+        (``fetch=True``), that whole row (``"row"``), every row (``"all"``) or None."""
         raise NotImplementedError
 
     def _head(self, execute: Any) -> tuple[int, str]:
@@ -124,26 +127,26 @@ class SQLStore:
 
     def append_many(self, events: list[AuditEvent]) -> list[AuditRecord]:
         """Append several records in one transaction: one commit (fsync) for all."""
-
-        def work(execute: Any) -> list[AuditRecord]:
-            seq, prev = self._head(execute)
-            out = []
-            for ev in events:
-                seq += 1
-                rec = seal(ev, self.chain, seq, prev, now_iso())
-                values = encode(rec)
-                cols = ", ".join(values)
-                marks = ", ".join([self.placeholder] * len(values))
-                new_id = execute(f"INSERT INTO records ({cols}) VALUES ({marks}) RETURNING id",
-                                 tuple(values.values()))
-                out.append(AuditRecord(**{**asdict(rec), "id": int(new_id),
-                                          "recipients": rec.recipients, "rules": rec.rules}))
-                prev = rec.hash
-            self._set_head(execute, seq, prev)
-            return out
-
-        result: list[AuditRecord] = self._write(work)
+        result: list[AuditRecord] = self._write(lambda execute: self._append_in(execute, events))
         return result
+
+    def _append_in(self, execute: Any, events: list[AuditEvent]) -> list[AuditRecord]:
+        """Seal and insert ``events`` inside the caller's transaction (chain head locked)."""
+        seq, prev = self._head(execute)
+        out = []
+        for ev in events:
+            seq += 1
+            rec = seal(ev, self.chain, seq, prev, now_iso())
+            values = encode(rec)
+            cols = ", ".join(values)
+            marks = ", ".join([self.placeholder] * len(values))
+            new_id = execute(f"INSERT INTO records ({cols}) VALUES ({marks}) RETURNING id",
+                             tuple(values.values()))
+            out.append(AuditRecord(**{**asdict(rec), "id": int(new_id),
+                                      "recipients": rec.recipients, "rules": rec.rules}))
+            prev = rec.hash
+        self._set_head(execute, seq, prev)
+        return out
 
     def records(self, filters: Filters | None = None) -> Iterator[AuditRecord]:
         sql, args = where(filters or Filters())
@@ -189,36 +192,35 @@ class SQLStore:
 
     def purge(self, cutoff: str, held_people: set[str], held_records: set[int],
               actor: str) -> int:
-        """Remove personal fields of records older than ``cutoff`` (hashes stay); audited."""
-        rows = self._query(self._sql(SELECT + " WHERE ts < ? AND purged = 0 AND event NOT IN "
-                                     "('purge', 'legal-hold', 'legal-hold-release')"),
-                           (cutoff,))
-        victims = []
-        for row in rows:
-            rec = decode(row)
-            people = {rec.sender.lower(), rec.auth_user.lower(), *(r.lower() for r in
-                                                                   rec.recipients)}
-            if rec.id in held_records or people & held_people:
-                continue
-            victims.append(rec.id)
+        """Remove personal fields of records older than ``cutoff`` (hashes stay); audited.
+
+        The emptied rows and the purge record commit together: a purge that fails halfway
+        leaves nothing purged, never rows emptied without the record that sanctions it."""
         empty = encode_personal()
         sets = ", ".join(f"{k} = {self.placeholder}" for k in empty)
+        select = self._sql(SELECT + " WHERE ts < ? AND purged = 0 AND event NOT IN "
+                           "('purge', 'legal-hold', 'legal-hold-release')")
 
         def work(execute: Any) -> int:
+            victims = []
+            for row in execute(select, (cutoff,), fetch="all"):
+                rec = decode(row)
+                people = {rec.sender.lower(), rec.auth_user.lower(),
+                          *(r.lower() for r in rec.recipients)}
+                if rec.id in held_records or people & held_people:
+                    continue
+                victims.append(rec.id)
             for rid in victims:
                 execute(f"UPDATE records SET {sets}, purged = 1 WHERE id = {self.placeholder}",
                         (*empty.values(), rid), fetch=False)
+            self._append_in(execute, [AuditEvent(
+                event="purge", action="purge", actor=actor,
+                evidence={"cutoff": cutoff, "records": len(victims),
+                          "held_people": len(held_people), "held_records": len(held_records)})])
             return len(victims)
 
-        count: int = self._write_purge(work)
-        self.append(AuditEvent(event="purge", action="purge", actor=actor,
-                               evidence={"cutoff": cutoff, "records": count,
-                                         "held_people": len(held_people),
-                                         "held_records": len(held_records)}))
+        count: int = self._write(work)
         return count
-
-    def _write_purge(self, work: Any) -> int:
-        raise NotImplementedError
 
 
 def encode_personal() -> dict[str, Any]:

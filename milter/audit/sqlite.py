@@ -80,8 +80,12 @@ class SQLiteStore(SQLStore):
         with self._lock:
             return self._db.execute(sql, tuple(args)).fetchall()
 
-    def _execute(self, sql: str, args: Sequence[Any] = (), fetch: bool = True) -> Any:
+    def _execute(self, sql: str, args: Sequence[Any] = (), fetch: bool | str = True) -> Any:
         cur = self._db.execute(sql, tuple(args))
+        if fetch == "all":
+            return cur.fetchall()
+        if fetch == "row":
+            return cur.fetchone()
         if fetch:
             row = cur.fetchone()
             return row[0] if row else None
@@ -100,8 +104,6 @@ class SQLiteStore(SQLStore):
                     raise
             except (sqlite3.Error, OSError) as exc:
                 raise AuditUnavailable(f"audit write failed: {exc}") from exc
-
-    _write_purge = _write
 
     def _head(self, execute: Any) -> tuple[int, str]:
         row = self._db.execute("SELECT seq, hash FROM records WHERE chain=? ORDER BY seq DESC "

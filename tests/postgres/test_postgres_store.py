@@ -139,3 +139,59 @@ def test_gateway_audits_to_postgres(pg_url: str, tmp_path: Path, capsys: Any) ->
     assert main(["audit", "verify", "--config", str(cfg)]) == 0
     assert "intact: 2 records (chains test: 2)" in capsys.readouterr().out
     assert main(["audit", "migrate", "--config", str(cfg)]) == 0
+
+
+def test_threads_sharing_one_store_never_fork_the_chain(pg_url: str) -> None:
+    """The web view appends from many request threads through one store (and one pool)."""
+    import threading
+
+    store = PostgresStore(pg_url, "n", pool_size=4)
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        try:
+            for i in range(15):
+                store.append(AuditEvent(event="viewed", txid=f"w{k}-{i}", actor=f"web:{k}"))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    result = store.verify()
+    assert result.ok, result.problems
+    assert result.chains == {"n": 120}
+    store.close()
+
+
+def test_commits_are_durable_even_when_the_database_default_is_not(pg_url: str) -> None:
+    name = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+    store = PostgresStore(pg_url, "n")
+    fill(store, 1)
+    with store._pool.connection() as conn:
+        row = conn.execute("SHOW synchronous_commit").fetchone()
+    assert row is not None and row[0] == "on"
+    store.close()
+
+
+def test_failed_purge_leaves_nothing_half_done(pg_url: str, monkeypatch: Any) -> None:
+    from milter.audit import sql
+
+    store = PostgresStore(pg_url, "n")
+    fill(store, 3)
+
+    def broken_seal(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk full while sealing the purge record")
+
+    monkeypatch.setattr(sql, "seal", broken_seal)
+    with pytest.raises(Exception, match="disk full"):
+        store.purge("2999-01-01", held_people=set(), held_records=set(), actor="retention")
+    monkeypatch.undo()
+    assert [r.purged for r in store.records()] == [0, 0, 0]
+    assert store.verify().ok
+    store.close()

@@ -156,6 +156,20 @@ def test_purge_by_hand_without_purge_record_is_caught(setup: dict[str, Any]) -> 
     assert "without a purge covering it" in result.problems[0]
 
 
+def test_failed_purge_leaves_nothing_half_done(setup: dict[str, Any], monkeypatch: Any) -> None:
+    from milter.audit import sql
+
+    def broken_seal(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk full while sealing the purge record")
+
+    monkeypatch.setattr(sql, "seal", broken_seal)
+    with pytest.raises(RuntimeError, match="disk full"):
+        setup["store"].purge("2999-01-01", set(), set(), "retention")
+    monkeypatch.undo()
+    assert [r.sender for r in setup["store"].records()] == ["someone@school.example"] * 4
+    assert setup["store"].verify().ok
+
+
 def test_report_html_and_csv(setup: dict[str, Any], tmp_path: Path, capsys: Any) -> None:
     store = setup["store"]
     store.append(violation("other@school.example", "o1"))
