@@ -105,20 +105,51 @@ def write(cp: dict[str, Any], directory: Path) -> Path:
     return path
 
 
-def check(cp: dict[str, Any], trusted: dict[str, TrustedKey]) -> str | None:
-    """None if the checkpoint is authentic, else why not."""
-    key = trusted.get(str(cp.get("key_id", "")))
-    if key is None:
-        return f"signed by unknown key {cp.get('key_id')!r}"
+FIELDS = {"version": int, "chain": str, "seq": int, "head": str, "time": str, "epoch": int,
+          "key_id": str, "signature": str}
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 UTC time; compared as a time, never as a string an attacker chose."""
+    t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if t.tzinfo is None:
+        raise ValueError(f"time {value!r} has no time zone")
+    return t.astimezone(UTC)
+
+
+def malformed(cp: Any) -> str | None:
+    """None if ``cp`` has the shape of a checkpoint, else what is wrong with it."""
+    if not isinstance(cp, dict):
+        return "not a checkpoint (expected a JSON object)"
+    for name, kind in FIELDS.items():
+        v = cp.get(name)
+        if not isinstance(v, kind) or isinstance(v, bool):
+            return f"not a checkpoint: field {name!r} missing or not a {kind.__name__}"
     try:
-        key.public.verify(base64.b64decode(cp["signature"]), _body(cp))
-    except (InvalidSignature, KeyError, ValueError):
+        parse_time(cp["time"])
+    except ValueError:
+        return f"not a checkpoint: time {cp['time']!r} is not an ISO 8601 UTC time"
+    return None
+
+
+def check(cp: Any, trusted: dict[str, TrustedKey]) -> str | None:
+    """None if the checkpoint is authentic, else why not."""
+    bad = malformed(cp)
+    if bad:
+        return bad
+    key = trusted.get(cp["key_id"])
+    if key is None:
+        return f"signed by unknown key {cp['key_id']!r}"
+    try:
+        key.public.verify(base64.b64decode(cp["signature"], validate=True), _body(cp))
+    except (InvalidSignature, ValueError):
         return "signature does not verify"
-    if int(cp.get("epoch", -1)) != key.epoch:
-        return f"claims epoch {cp.get('epoch')} but is signed with the epoch-{key.epoch} key"
-    later = [k for k in trusted.values() if k.epoch > key.epoch]
-    until = min((k.valid_from for k in later), default="")
-    if str(cp["time"]) < key.valid_from or (until and str(cp["time"]) >= until):
+    if cp["epoch"] != key.epoch:
+        return f"claims epoch {cp['epoch']} but is signed with the epoch-{key.epoch} key"
+    later = [parse_time(k.valid_from) for k in trusted.values() if k.epoch > key.epoch]
+    until = min(later, default=None)
+    when = parse_time(cp["time"])
+    if when < parse_time(key.valid_from) or (until is not None and when >= until):
         return (f"dated {cp['time']}, outside the validity of the epoch-{key.epoch} key "
                 f"(re-signed with a later key?)")
     return None

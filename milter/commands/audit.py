@@ -228,9 +228,12 @@ def checkpoint_problems(cfg: config_mod.Config, store: AuditStore,
     trusted_dir = cfg.optional_path("audit", "trusted_keys")
     if trusted_dir is None:
         return ["audit.trusted_keys is not configured: cannot check checkpoint signatures"], 0
-    trusted = checkpoint.load_trusted(trusted_dir)
+    try:
+        trusted = checkpoint.load_trusted(trusted_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CommandError(f"audit.trusted_keys: unusable public key: {exc}") from None
     problems: list[str] = []
-    last: dict[str, int] = {}
+    good: list[tuple[Path, dict[str, Any]]] = []
     for p in paths:
         try:
             cp = json.loads(p.read_text())
@@ -241,13 +244,27 @@ def checkpoint_problems(cfg: config_mod.Config, store: AuditStore,
         if why:
             problems.append(f"{p}: {why}")
             continue
-        rec = store.at(str(cp["chain"]), int(cp["seq"]))
+        good.append((p, cp))
+    # Continuity: along one chain, a later head is never dated before an earlier one, and no
+    # checkpoint is dated before the record it vouches for.
+    good.sort(key=lambda item: (item[1]["chain"], item[1]["seq"]))
+    previous: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for p, cp in good:
+        rec = store.at(cp["chain"], cp["seq"])
         if rec is None or rec.hash != cp["head"]:
             problems.append(f"{p}: the store no longer holds chain {cp['chain']!r} up to "
                             f"seq={cp['seq']} as signed at {cp['time']} (rewritten or removed)")
-        if int(cp["seq"]) < last.get(str(cp["chain"]), 0):
-            problems.append(f"{p}: sequence goes backwards")
-        last[str(cp["chain"])] = int(cp["seq"])
+        elif (checkpoint.parse_time(rec.ts).replace(microsecond=0)  # checkpoints: seconds
+              > checkpoint.parse_time(cp["time"])):
+            problems.append(f"{p}: dated {cp['time']}, before record seq={cp['seq']} it "
+                            f"vouches for was written ({rec.ts})")
+        before = previous.get(cp["chain"])
+        if before is not None and (checkpoint.parse_time(cp["time"])
+                                   < checkpoint.parse_time(before[1]["time"])):
+            problems.append(f"{p}: dated {cp['time']}, before {before[0]} which covers less "
+                            f"of chain {cp['chain']!r} (seq={before[1]['seq']}, "
+                            f"{before[1]['time']}): re-dated?")
+        previous[cp["chain"]] = (p, cp)
     return problems, len(paths)
 
 

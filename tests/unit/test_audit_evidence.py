@@ -109,6 +109,51 @@ def test_tampered_checkpoint_signature_rejected(setup: dict[str, Any]) -> None:
     assert checkpoint.check(cp, trusted) == "signature does not verify"
 
 
+@pytest.mark.parametrize("content", [
+    "[1, 2]", '"x"', "{}", '{"chain": "test", "seq": "4"}',
+    '{"version": 1, "chain": "test", "seq": 4, "head": "00", "time": "yesterday", "epoch": 1,'
+    ' "key_id": "k", "signature": "AA=="}',
+])
+def test_malformed_checkpoint_named_not_crashing(setup: dict[str, Any], capsys: Any,
+                                                 content: str) -> None:
+    path = setup["tmp"] / "odd.json"
+    path.write_text(content)
+    assert main(["audit", "verify", "--config", setup["cfg"], "--checkpoint", str(path)]) == 1
+    assert f"checkpoint: {path}: not a checkpoint" in capsys.readouterr().out
+
+
+def sign_at(setup: dict[str, Any], seq: int, time: str) -> Path:
+    key = checkpoint.load_signing_key(setup["keys"] / "epoch-1.key")
+    rec = setup["store"].at("test", seq)
+    return checkpoint.write(checkpoint.sign(key, "test", seq, rec.hash, time=time),
+                            setup["tmp"] / "exported")
+
+
+def test_checkpoints_checked_in_chain_order_whatever_the_argument_order(
+        setup: dict[str, Any], capsys: Any) -> None:
+    first = sign_at(setup, 2, "2099-01-01T00:00:00Z")
+    second = sign_at(setup, 4, "2099-01-02T00:00:00Z")
+    assert main(["audit", "verify", "--config", setup["cfg"], "--checkpoint", str(second),
+                 "--checkpoint", str(first)]) == 0
+    assert "2 checkpoint(s) checked" in capsys.readouterr().out
+
+
+def test_redated_checkpoint_breaks_continuity(setup: dict[str, Any], capsys: Any) -> None:
+    first = sign_at(setup, 2, "2099-01-02T00:00:00Z")
+    second = sign_at(setup, 4, "2099-01-01T00:00:00Z")  # covers more, claims to be older
+    assert main(["audit", "verify", "--config", setup["cfg"], "--checkpoint", str(first),
+                 "--checkpoint", str(second)]) == 1
+    assert f"checkpoint: {second}: dated 2099-01-01T00:00:00Z, before {first}" in (
+        capsys.readouterr().out)
+
+
+def test_checkpoint_dated_before_its_record_rejected(setup: dict[str, Any],
+                                                     capsys: Any) -> None:
+    early = sign_at(setup, 4, "2021-01-01T00:00:00Z")  # inside the key's epoch, before seq 4
+    assert main(["audit", "verify", "--config", setup["cfg"], "--checkpoint", str(early)]) == 1
+    assert "before record seq=4 it vouches for was written" in capsys.readouterr().out
+
+
 def test_gateway_checkpointer_exports_every_n_records(tmp_path: Path) -> None:
     from milter.gateway import Checkpointer
 
