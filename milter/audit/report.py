@@ -11,14 +11,25 @@ VIOLATION_EVENTS = ("rejected", "quarantined", "delivered", "tempfailed")
 
 def violations(store: AuditStore, person: str, since: str = "", until: str = ""
                ) -> list[dict[str, str]]:
-    """One row per fired rule of each decision about ``person``: the personnel-file view."""
+    """One row per fired rule of each decision about ``person``: the personnel-file view.
+
+    Only rules the person is answerable for: mail they sent (envelope sender or login), or a
+    rule naming them as the staff member (mail from their private address). Mail that merely
+    reached them (a spoofed message to them, say) is someone else's violation."""
+    who = person.strip().lower()
     out = []
     records: list[AuditRecord] = list(store.records(Filters(person=person, since=since,
                                                             until=until)))
     for r in records:
         if r.event not in VIOLATION_EVENTS or not r.rules:
             continue
+        author = who in (r.sender.lower(), r.auth_user.lower())
         for rule in r.rules:
+            evidence = rule.get("evidence")
+            named = (isinstance(evidence, dict)
+                     and str(evidence.get("staff_member", "")).lower() == who)
+            if not (author or named):
+                continue
             out.append({"date": r.ts[:19].replace("T", " "), "rule": str(rule.get("id", "")),
                         "article": str(rule.get("article", "")),
                         "mode": str(rule.get("mode", "")),

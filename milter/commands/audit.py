@@ -374,13 +374,19 @@ def run_purge(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     import html as html_mod
 
+    cfg = load_config(args)
     store = open_from_args(args)
     lines = violations(store, args.person, args.since, args.until)
     result = store.verify()
+    cp_problems, cp_count = checkpoint_problems(cfg, store, [])
     audit_view(store, args, "exported", {"command": "report", "person": args.person,
                                          "format": args.format, "records": len(lines)})
-    status = (f"intact ({result.records} records)" if result.ok else
-              "BROKEN: " + "; ".join(result.problems))
+    if result.ok and not cp_problems:
+        status = f"intact ({result.records} records" + (
+            f"; {cp_count} signed checkpoint(s) hold)" if cp_count else
+            "; no signed checkpoints to check against)")
+    else:
+        status = "BROKEN: " + "; ".join(result.problems + cp_problems)
     fields = list(REPORT_FIELDS)
     target = (contextlib.nullcontext(sys.stdout) if args.output == "-"
               else open(args.output, "w", encoding="utf-8", newline=""))  # noqa: SIM115

@@ -230,5 +230,29 @@ def test_report_html_and_csv(setup: dict[str, Any], tmp_path: Path, capsys: Any)
     assert lines[0].startswith("date,rule,article,mode,action,outcome,recipients,subject")
     assert len([x for x in lines if "A1.confidential-attachment" in x]) == 4
     assert lines[-1].startswith("# chain verification") and "intact" in lines[-1]
+    assert "no signed checkpoints to check against" in lines[-1]
     assert any(r.event == "exported" and r.evidence.get("command") == "report"
                for r in store.records())
+
+
+def test_report_holds_only_what_the_person_is_answerable_for(setup: dict[str, Any],
+                                                              capsys: Any) -> None:
+    store = setup["store"]
+    spoof = {"id": "B1.spoofed-school-domain", "article": "B1", "action": "reject",
+             "mode": "enforce"}
+    store.append(AuditEvent(event="rejected", txid="spoof1", sender="boef@evil.example",
+                            recipients=("someone@school.example",), rules=(spoof,),
+                            action="reject", direction="inbound"))
+    private = {"id": "B1.private-address", "article": "B1", "action": "reject",
+               "mode": "enforce", "evidence": {"staff_member": "someone@school.example"}}
+    store.append(AuditEvent(event="rejected", txid="priv1", sender="sam.someone@gmail.example",
+                            recipients=("pupil1@leerling.school.example",), rules=(private,),
+                            action="reject", direction="inbound"))
+    assert main(["audit", "checkpoint", "--config", setup["cfg"]]) == 0
+    capsys.readouterr()
+    assert main(["audit", "report", "--config", setup["cfg"], "--person",
+                 "Someone@School.example", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    refs = [line.split(",")[-2] for line in lines[1:-1]]
+    assert refs == ["t0", "t1", "t2", "t3", "priv1"]  # not the spoofed mail sent to them
+    assert "intact" in lines[-1] and "1 signed checkpoint(s) hold" in lines[-1]
