@@ -100,6 +100,7 @@ class SQLStore:
 
     chain: str
     placeholder = "?"
+    page = 5000  # records per read when walking the whole store
 
     # -- what a backend provides -----------------------------------------------------------
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
@@ -166,7 +167,19 @@ class SQLStore:
         return decode(rows[0]) if rows else None
 
     def ordered(self) -> Iterator[AuditRecord]:
-        return (decode(r) for r in self._query(SELECT + " ORDER BY chain, seq"))
+        """Every record by (chain, seq), a page at a time: verifying millions of records
+        must not hold them all in memory. The row comparison walks the (chain, seq) index."""
+        chain, seq, page = "", -1, self.page
+        while True:
+            rows = self._query(self._sql(
+                SELECT + " WHERE (chain, seq) > (?, ?) ORDER BY chain, seq "
+                f"LIMIT {int(page)}"), (chain, seq))
+            for row in rows:
+                rec = decode(row)
+                yield rec
+                chain, seq = rec.chain, rec.seq
+            if len(rows) < page:
+                return
 
     def verify(self) -> VerifyResult:
         result = verify_rows(self.ordered())

@@ -118,3 +118,18 @@ def test_audit_cli_list_show_export_verify(tmp_path: Path,
     tamper(tmp_path / "audit.sqlite3", "UPDATE records SET recipients='[]' WHERE seq=4")
     assert main(["audit", "verify", "--config", cfg]) == 1
     assert "seq=4" in capsys.readouterr().out
+
+
+def test_verify_walks_the_store_in_pages(tmp_path: Path) -> None:
+    """Tampering on a page boundary, across two chains, is still found and named."""
+    for chain in ("a", "b"):
+        fill(SQLiteStore(tmp_path / "audit.sqlite3", chain), 5)
+    store = SQLiteStore(tmp_path / "audit.sqlite3", "a")
+    store.page = 2
+    assert [(r.chain, r.seq) for r in store.ordered()] == [
+        (c, n) for c in ("a", "b") for n in range(1, 6)]
+    assert store.verify().chains == {"a": 5, "b": 5}
+    tamper(tmp_path / "audit.sqlite3", "DELETE FROM records WHERE chain = 'b' AND seq = 3")
+    result = store.verify()
+    assert not result.ok and result.problems == [
+        "chain 'b' record id=9 seq=4: sequence jumps from 2 to 4 (records removed or inserted)"]
