@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import hmac
 import html
 import io
 import json
@@ -33,6 +35,8 @@ from milter.web import users
 
 e = html.escape
 PAGE = 50
+MAX_FORM = 65536            # bytes of a posted form; ours are a few hundred
+LOGIN_FORM_SECONDS = 900    # how long a login form stays valid
 
 T = {
     "nl": {"records": "Registraties", "report": "Rapport per persoon", "verify": "Controle",
@@ -92,8 +96,22 @@ class WebApp:
     users_file: Path
     release: Callable[[str, str], str]     # (quarantine id, actor) -> next hop reply
     sessions: dict[str, Session] = field(default_factory=dict)
-    pending: dict[str, float] = field(default_factory=dict)  # CSRF tokens of login forms
+    # Login-form CSRF tokens are signed, not stored: requests without a session must not be
+    # able to fill the server's memory.
+    secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def login_token(self, now: float | None = None) -> str:
+        stamp = f"{int(now if now is not None else time.time())}.{secrets.token_urlsafe(12)}"
+        mac = hmac.new(self.secret, stamp.encode(), hashlib.sha256).hexdigest()
+        return f"{stamp}.{mac}"
+
+    def login_token_ok(self, token: str, max_age: float = LOGIN_FORM_SECONDS) -> bool:
+        stamp, _, mac = token.rpartition(".")
+        want = hmac.new(self.secret, stamp.encode(), hashlib.sha256).hexdigest()
+        issued = stamp.split(".", 1)[0]
+        return (hmac.compare_digest(mac, want) and issued.isdigit()
+                and 0 <= time.time() - int(issued) <= max_age)
 
     def audit(self, session: Session, event: str, what: dict[str, Any]) -> None:
         self.store.append(AuditEvent(event=event, action=event, actor=f"web:{session.user}",
@@ -177,9 +195,20 @@ class Handler(BaseHTTPRequestHandler):
             lang_cookie = [self._cookie("lang", q["lang"][0], 86400 * 365)]
         self._send(status, page.encode(), cookies=(cookies or []) + lang_cookie)
 
-    def _form(self) -> dict[str, str]:
-        length = min(int(self.headers.get("Content-Length", "0") or 0), 65536)
-        data = self.rfile.read(length).decode("utf-8", "replace")
+    def _form(self) -> dict[str, str] | None:
+        """The posted form, or None after answering a body we will not read (400/413)."""
+        raw = (self.headers.get("Content-Length") or "0").strip()
+        if not raw.isdigit():  # "-1" would read until the client hangs up
+            self._send(HTTPStatus.BAD_REQUEST, b"bad Content-Length", "text/plain",
+                       extra={"Connection": "close"})
+            self.close_connection = True
+            return None
+        if int(raw) > MAX_FORM:
+            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"form too large", "text/plain",
+                       extra={"Connection": "close"})
+            self.close_connection = True
+            return None
+        data = self.rfile.read(int(raw)).decode("utf-8", "replace")
         return {k: v[0] for k, v in parse_qs(data).items()}
 
     # -- routes ------------------------------------------------------------------------------
@@ -210,6 +239,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         url = urlsplit(self.path)
         form = self._form()
+        if form is None:
+            return
         if url.path == "/login":
             self._login(form)
             return
@@ -236,11 +267,7 @@ class Handler(BaseHTTPRequestHandler):
     # -- pages -------------------------------------------------------------------------------
     def _login_form(self, error: str = "", status: int = 200) -> None:
         t = T[self._lang()]
-        token = secrets.token_urlsafe(24)
-        with self.app.lock:
-            now = time.time()
-            self.app.pending = {k: v for k, v in self.app.pending.items() if v > now}
-            self.app.pending[token] = now + 900
+        token = self.app.login_token()
         body = (f'<p class="bad">{e(error)}</p>' if error else "") + (
             f'<form method="post" action="/login"><input type="hidden" name="csrf" '
             f'value="{token}"><p><label>{e(t["user"])} <input name="user" id="user" '
@@ -251,9 +278,7 @@ class Handler(BaseHTTPRequestHandler):
         self._page(t["login"], body, None, status)
 
     def _login(self, form: dict[str, str]) -> None:
-        with self.app.lock:
-            ok = self.app.pending.pop(form.get("csrf", ""), 0) > time.time()
-        if not ok:
+        if not self.app.login_token_ok(form.get("csrf", "")):
             self._send(HTTPStatus.FORBIDDEN, b"CSRF token missing or wrong", "text/plain")
             return
         user = users.authenticate(self.app.users_file, form.get("user", ""),

@@ -53,7 +53,7 @@ def site(tmp_path: Path, sink: tuple[SinkHandler, int]) -> Iterator[dict[str, An
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield {"base": f"http://127.0.0.1:{port}", "port": port, "store": store, "qid": qid,
-           "sink": sink[0], "cfg": cfg}
+           "sink": sink[0], "cfg": cfg, "app": app}
     server.shutdown()
     server.server_close()
 
@@ -104,6 +104,33 @@ def test_post_without_session_or_csrf_refused(site: dict[str, Any]) -> None:
     assert QuarantineStore(site["cfg"].quarantine_dir).get(qid) is not None
     # and a login form posted without its token is refused too
     assert request(site, "POST", "/login", "user=bert&password=admin-pass-12").status == 403
+
+
+@pytest.mark.parametrize("length,status", [("-1", 400), ("abc", 400), ("99999999", 413)])
+def test_bad_content_length_gets_a_defined_answer(site: dict[str, Any], length: str,
+                                                  status: int) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", site["port"]), timeout=5) as sock:
+        sock.sendall(f"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+                     f"Content-Type: application/x-www-form-urlencoded\r\n\r\nuser=a".encode())
+        answer = sock.recv(4096).decode("latin-1")  # before the client hangs up: no hang
+    assert answer.startswith(f"HTTP/1.0 {status} ")
+    assert request(site, "GET", "/login").status == 200
+
+
+def test_login_form_tokens_are_signed_and_expire(site: dict[str, Any]) -> None:
+    import time
+
+    app = site["app"]
+    old = app.login_token(now=time.time() - 1000)
+    stamp, mac = app.login_token().rsplit(".", 1)
+    forged = f"{stamp}.{'0' * len(mac)}"
+    for token in (old, forged, "", "1.2.3"):
+        body = urllib.parse.urlencode({"csrf": token, "user": "bert",
+                                       "password": "admin-pass-12"})
+        assert request(site, "POST", "/login", body).status == 403
+    assert login_cookie(site, "bert", "admin-pass-12").startswith("skot_session=")
 
 
 def test_security_headers_and_cookie_flags(site: dict[str, Any]) -> None:
