@@ -229,6 +229,12 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+        if args.postgres:
+            import psycopg
+
+            with psycopg.connect("postgresql://postgres@127.0.0.1/postgres",
+                                 autocommit=True) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "skot_bench_{os.getpid()}" WITH (FORCE)')
 
 
 if __name__ == "__main__":
