@@ -29,6 +29,53 @@ JSON_COLUMNS = {"recipients", "rules", "evidence"}
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM records"
 
 
+def records_table(id_column: str, integer: str) -> str:
+    """The records table and its indexes, in the SQL both backends share."""
+    return f"""
+CREATE TABLE IF NOT EXISTS records (
+    id {id_column},
+    chain TEXT NOT NULL,
+    seq {integer} NOT NULL,
+    ts TEXT NOT NULL,
+    event TEXT NOT NULL,
+    txid TEXT NOT NULL DEFAULT '',
+    message_id TEXT NOT NULL DEFAULT '',
+    client TEXT NOT NULL DEFAULT '',
+    direction TEXT NOT NULL DEFAULT '',
+    sender TEXT NOT NULL DEFAULT '',
+    recipients TEXT NOT NULL DEFAULT '[]',
+    auth_user TEXT NOT NULL DEFAULT '',
+    rules TEXT NOT NULL DEFAULT '[]',
+    action TEXT NOT NULL DEFAULT '',
+    reply TEXT NOT NULL DEFAULT '',
+    evidence TEXT NOT NULL DEFAULT '{{}}',
+    subject TEXT NOT NULL DEFAULT '',
+    actor TEXT NOT NULL DEFAULT '',
+    prev_hash TEXT NOT NULL,
+    personal_hash TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    purged INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (chain, seq)
+);
+CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
+CREATE INDEX IF NOT EXISTS records_txid ON records (txid);
+CREATE INDEX IF NOT EXISTS records_sender ON records (sender);
+"""
+
+
+# The only change the append-only guards let through: a purge (personal fields emptied, every
+# hash and public field kept). Both backends' triggers use this same condition.
+PURGE_SHAPE = """OLD.purged = 0 AND NEW.purged = 1 AND NEW.id = OLD.id AND NEW.chain = OLD.chain
+    AND NEW.seq = OLD.seq AND NEW.ts = OLD.ts AND NEW.event = OLD.event
+    AND NEW.txid = OLD.txid AND NEW.direction = OLD.direction AND NEW.action = OLD.action
+    AND NEW.prev_hash = OLD.prev_hash AND NEW.personal_hash = OLD.personal_hash
+    AND NEW.content_hash = OLD.content_hash AND NEW.hash = OLD.hash
+    AND NEW.sender = '' AND NEW.recipients = '[]' AND NEW.client = ''
+    AND NEW.auth_user = '' AND NEW.subject = '' AND NEW.evidence = '{}'
+    AND NEW.rules = '[]' AND NEW.message_id = '' AND NEW.reply = '' AND NEW.actor = ''"""
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 

@@ -13,48 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from milter.audit.sql import GENESIS, SQLStore
+from milter.audit.sql import GENESIS, PURGE_SHAPE, SQLStore, records_table
 from milter.audit.store import AuditUnavailable
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    chain TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    ts TEXT NOT NULL,
-    event TEXT NOT NULL,
-    txid TEXT NOT NULL DEFAULT '',
-    message_id TEXT NOT NULL DEFAULT '',
-    client TEXT NOT NULL DEFAULT '',
-    direction TEXT NOT NULL DEFAULT '',
-    sender TEXT NOT NULL DEFAULT '',
-    recipients TEXT NOT NULL DEFAULT '[]',
-    auth_user TEXT NOT NULL DEFAULT '',
-    rules TEXT NOT NULL DEFAULT '[]',
-    action TEXT NOT NULL DEFAULT '',
-    reply TEXT NOT NULL DEFAULT '',
-    evidence TEXT NOT NULL DEFAULT '{}',
-    subject TEXT NOT NULL DEFAULT '',
-    actor TEXT NOT NULL DEFAULT '',
-    prev_hash TEXT NOT NULL,
-    personal_hash TEXT NOT NULL,
-    content_hash TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    purged INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (chain, seq)
-);
-CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
-CREATE INDEX IF NOT EXISTS records_txid ON records (txid);
-CREATE INDEX IF NOT EXISTS records_sender ON records (sender);
+SCHEMA = records_table("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER") + f"""
 CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records
-WHEN NOT (OLD.purged = 0 AND NEW.purged = 1 AND NEW.id = OLD.id AND NEW.chain = OLD.chain
-    AND NEW.seq = OLD.seq AND NEW.ts = OLD.ts AND NEW.event = OLD.event
-    AND NEW.txid = OLD.txid AND NEW.direction = OLD.direction AND NEW.action = OLD.action
-    AND NEW.prev_hash = OLD.prev_hash AND NEW.personal_hash = OLD.personal_hash
-    AND NEW.content_hash = OLD.content_hash AND NEW.hash = OLD.hash
-    AND NEW.sender = '' AND NEW.recipients = '[]' AND NEW.client = ''
-    AND NEW.auth_user = '' AND NEW.subject = '' AND NEW.evidence = '{}'
-    AND NEW.rules = '[]' AND NEW.message_id = '' AND NEW.reply = '' AND NEW.actor = '')
+WHEN NOT ({PURGE_SHAPE})
 BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records
 BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;

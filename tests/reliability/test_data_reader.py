@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import GatewayThread
+from tests.reliability.test_hostile_clients import read_replies
 
 HEAD = (b"From: someone@school.example\r\nTo: ouder@example.org\r\nSubject: s\r\n"
         b"Message-ID: <d@school.example>\r\n\r\n")
@@ -26,20 +27,6 @@ def session(gw: GatewayThread) -> socket.socket:
     return s
 
 
-def replies(s: socket.socket, n: int) -> list[bytes]:
-    out, buf = [], b""
-    while len(out) < n:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        buf += chunk
-        while b"\r\n" in buf:
-            line, buf = buf.split(b"\r\n", 1)
-            if line[3:4] == b" ":
-                out.append(line)
-    return out
-
-
 @pytest.mark.parametrize("trick", [b"\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r", b"\r.\r",
                                    b"\n\n.\r\n", b"\r\n\x00.\r\n", b"\r\n.\x00\r\n",
                                    b"\r\n.\r\r\n"])
@@ -48,7 +35,7 @@ def test_only_crlf_dot_crlf_ends_data(gateway: GatewayThread, sink: Any, trick: 
     body = HEAD + b"before" + trick + (b"MAIL FROM:<x@school.example>\r\nRCPT TO:<victim@"
                                         b"example.org>\r\nDATA\r\nsmuggled\r\n")
     s.sendall(body + b"\r\n.\r\n")
-    assert replies(s, 1)[0][:3] == b"250"
+    assert read_replies(s, 1)[0][:3] == b"250"
     s.close()
     assert len(sink[0].messages) == 1 and sink[0].messages[0].rcpt_tos == ["ouder@example.org"]
 
@@ -58,7 +45,7 @@ def test_terminator_split_byte_by_byte(gateway: GatewayThread, sink: Any) -> Non
     for b in HEAD + b"one\r\ntwo\r\n.\r\n":
         s.send(bytes([b]))
         time.sleep(0.001)
-    assert replies(s, 1)[0][:3] == b"250"
+    assert read_replies(s, 1)[0][:3] == b"250"
     s.close()
     assert sink[0].messages[0].content.endswith(b"one\r\ntwo\r\n")
 
@@ -66,7 +53,7 @@ def test_terminator_split_byte_by_byte(gateway: GatewayThread, sink: Any) -> Non
 def test_empty_message_and_pipelined_quit(gateway: GatewayThread, sink: Any) -> None:
     s = session(gateway)
     s.sendall(b".\r\nQUIT\r\n")
-    got = replies(s, 2)
+    got = read_replies(s, 2)
     assert got[0][:3] in (b"250", b"550") and got[1][:3] == b"221"
     s.close()
 
@@ -74,7 +61,7 @@ def test_empty_message_and_pipelined_quit(gateway: GatewayThread, sink: Any) -> 
 def test_dot_unstuffing(gateway: GatewayThread, sink: Any) -> None:
     s = session(gateway)
     s.sendall(HEAD + b"..\r\n...twee\r\n.een\r\nnormaal\r\n.\r\n")
-    assert replies(s, 1)[0][:3] == b"250"
+    assert read_replies(s, 1)[0][:3] == b"250"
     s.close()
     assert sink[0].messages[0].content.endswith(b"\r\n\r\n.\r\n..twee\r\neen\r\nnormaal\r\n")
 
@@ -83,7 +70,7 @@ def test_large_message_in_one_write(gateway: GatewayThread, sink: Any) -> None:
     s = session(gateway)
     body = HEAD + (b"x" * 76 + b"\r\n") * 60_000  # about 4.7 MB
     s.sendall(body + b".\r\n")
-    assert replies(s, 1)[0][:3] == b"250"
+    assert read_replies(s, 1)[0][:3] == b"250"
     s.close()
     assert sink[0].messages[0].content == body
 
@@ -97,6 +84,6 @@ def test_large_message_in_one_write(gateway: GatewayThread, sink: Any) -> None:
 def test_line_length_limit(gateway: GatewayThread, sink: Any, line: bytes, code: bytes) -> None:
     s = session(gateway)
     s.sendall(HEAD + line + b"\r\n.\r\n")
-    assert replies(s, 1)[0][:3] == code
+    assert read_replies(s, 1)[0][:3] == code
     s.close()
     assert len(sink[0].messages) == (1 if code == b"250" else 0)
