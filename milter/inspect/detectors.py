@@ -58,22 +58,24 @@ def iban_valid(candidate: str) -> bool:
     return int(digits) % 97 == 1
 
 
-_IBAN_START = re.compile(r"[A-Z]{2}\d{2}")
 
 
 _TWO_DIGITS = re.compile(r"\d\d")
 
 
+_IBAN_CI = re.compile(_IBAN.pattern, re.IGNORECASE)
+
+
 def count_iban(text: str) -> int:
-    if not _TWO_DIGITS.search(text):  # most prose has no IBAN-shaped digits at all
-        return 0
-    upper = text.upper()
+    """IBANs start with two letters and two check digits: scan for the digit pairs (rare in
+    prose, and a regex that starts with \\d skips ahead fast), then look two letters back."""
     count, last_end = 0, -1
-    for start in _IBAN_START.finditer(upper):
-        pos = start.start()
-        if pos < last_end or (pos and upper[pos - 1].isalnum()):
+    for pair in _TWO_DIGITS.finditer(text):
+        pos = pair.start() - 2
+        if pos < last_end or pos < 0 or not text[pos:pos + 2].isalpha() \
+                or (pos and text[pos - 1].isalnum()):
             continue
-        m = _IBAN.match(upper, pos)
+        m = _IBAN_CI.match(text, pos)
         if m and iban_valid(m.group(1)):
             count += 1
             last_end = m.end(1)
