@@ -17,7 +17,7 @@ import sqlite3
 import string
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -77,12 +77,23 @@ def template_paths(directory: Path, lang: str, rule_id: str = "") -> tuple[Path,
     return directory / lang / "notice.txt", directory / lang / "notice.html"
 
 
-def template_problems(directory: Path) -> list[str]:
-    """Missing templates, unknown placeholders, placeholders a notice cannot do without."""
+def template_problems(directory: Path, rule_ids: Collection[str] | None = None) -> list[str]:
+    """Missing templates, unknown placeholders, placeholders a notice cannot do without, and
+    per-rule overrides that would silently never be used (no such rule, or only one part)."""
     problems: list[str] = []
     for lang in LANGS:
         paths = sorted((directory / lang).glob("*.txt")) + sorted((directory / lang).glob(
             "*.html"))
+        for stem in sorted({p.stem for p in paths} - {"notice"}):
+            if rule_ids is not None and stem not in rule_ids:
+                problems.append(f"{directory / lang / stem}.txt|html: override for unknown rule "
+                                f"{stem!r}; it is never used (file names are rule ids)")
+            for ext, other in (("txt", "html"), ("html", "txt")):
+                if (directory / lang / f"{stem}.{ext}").exists() and not (
+                        directory / lang / f"{stem}.{other}").exists():
+                    problems.append(f"{directory / lang / stem}.{ext}: override without "
+                                    f"{stem}.{other}; an override needs both parts, else the "
+                                    "default notice is used")
         if not (directory / lang / "notice.txt").exists():
             problems.append(f"{directory / lang / 'notice.txt'}: missing (the default notice)")
         if not (directory / lang / "notice.html").exists():
@@ -323,49 +334,79 @@ class Notifier:
     async def _run(self, req: NoticeRequest) -> None:
         try:
             notices = await asyncio.to_thread(self.plan, req)
-        except Exception:  # noqa: BLE001 - a notice must never take the gateway down
+        except Exception as exc:  # noqa: BLE001 - a notice must never take the gateway down
             log.exception("tx=%s notice planning failed", req.txid)
+            await self._audit("notice-failed", req.txid, (req.mail_from,),
+                              f"notice could not be built: {type(exc).__name__}: {exc}",
+                              {"kind": "sender", "rules": [rp.id for rp in req.rules]})
             return
-        for notice in notices:
-            await self.send(notice)
+        for i, notice in enumerate(notices):
+            try:
+                await self.send(notice)
+            except asyncio.CancelledError:  # the ones not yet tried are failed too
+                for rest in notices[i + 1:]:
+                    await self._audit("notice-failed", rest.txid, (rest.to,),
+                                      "gateway stopped before the notice could be sent",
+                                      {"kind": rest.kind, "lang": rest.lang,
+                                       "rules": list(rest.rule_ids)})
+                raise
 
     async def send(self, notice: Notice) -> bool:
-        from milter.audit.store import AuditEvent, AuditUnavailable
         from milter.smtp.relay import NextHopError, send_message
 
         error = ""
-        for attempt in range(1, self.retries + 1):
-            try:
-                # From the postmaster, so a notice that cannot be delivered reaches IT.
-                reply = await send_message(self.next_hop, self.hostname, self.timeout,
-                                           self.postmaster, [notice.to], notice.rendered)
-                if reply.ok:
-                    error = ""
-                    break
-                error = reply.line
-                if reply.code >= 500:
-                    break
-            except NextHopError as exc:
-                error = str(exc)
-            if attempt < self.retries:
-                await asyncio.sleep(self.retry_delay * attempt)
+        cancelled = False
+        try:
+            for attempt in range(1, self.retries + 1):
+                try:
+                    # From the postmaster, so a notice that cannot be delivered reaches IT.
+                    reply = await send_message(self.next_hop, self.hostname, self.timeout,
+                                               self.postmaster, [notice.to], notice.rendered)
+                    if reply.ok:
+                        error = ""
+                        break
+                    error = reply.line
+                    if reply.code >= 500:
+                        break
+                except NextHopError as exc:
+                    error = str(exc)
+                if attempt < self.retries:
+                    await asyncio.sleep(self.retry_delay * attempt)
+        except asyncio.CancelledError:  # shutdown: say so in the audit trail, then stop
+            error, cancelled = "gateway stopped before the notice could be sent", True
         event = "notice-failed" if error else "notice-sent"
         if error:
             log.warning("tx=%s notice to %s failed: %s", notice.txid, notice.to, error)
-        if self.audit is not None:
-            try:
-                await self.audit.append(AuditEvent(
-                    event=event, txid=notice.txid, recipients=(notice.to,),
-                    sender=self.postmaster, action=event, reply=error,
-                    evidence={"kind": notice.kind, "lang": notice.lang,
-                              "rules": list(notice.rule_ids)}))
-            except AuditUnavailable as exc:
-                log.error("tx=%s notice audit failed: %s", notice.txid, exc)
+        await self._audit(event, notice.txid, (notice.to,), error,
+                          {"kind": notice.kind, "lang": notice.lang,
+                           "rules": list(notice.rule_ids)})
+        if cancelled:
+            raise asyncio.CancelledError
         return not error
 
+    async def _audit(self, event: str, txid: str, to: tuple[str, ...], error: str,
+                     evidence: dict[str, Any]) -> None:
+        from milter.audit.store import AuditEvent, AuditUnavailable
+
+        if self.audit is None:
+            return
+        try:
+            await self.audit.append(AuditEvent(
+                event=event, txid=txid, recipients=to, sender=self.postmaster, action=event,
+                reply=error, evidence=evidence))
+        except AuditUnavailable as exc:
+            log.error("tx=%s notice audit failed: %s", txid, exc)
+
     async def drain(self, timeout: float = 10.0) -> None:
-        if self.tasks:
-            await asyncio.wait(set(self.tasks), timeout=timeout)
+        """Let queued notices finish; those still retrying after ``timeout`` are cancelled
+        and audited as ``notice-failed`` (a stop must not hang on an unreachable next hop)."""
+        if not self.tasks:
+            return
+        _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 def request_for(txid: str, verdict: Verdict, policy: Policy, message: Message | None,

@@ -51,14 +51,16 @@ class Running:
     async def stop(self, grace: float = 30.0) -> None:
         for server in self.servers:
             server.close()
-        if self.gateway.notifier is not None:
-            await self.gateway.notifier.drain()
-        await self.handler.pool.close()
         try:
             await asyncio.wait_for(asyncio.gather(*(s.wait_closed() for s in self.servers)),
                                    timeout=grace)
         except TimeoutError:
             log.warning("stopping with transactions still in flight after %.0fs", grace)
+        # After the transactions: the last ones may still queue notices; before the audit
+        # store closes, so their outcome is recorded.
+        if self.gateway.notifier is not None:
+            await self.gateway.notifier.drain()
+        await self.handler.pool.close()
         self.gateway.audit.close()
 
 

@@ -49,7 +49,17 @@ def problems(path: str | None) -> list[str]:
 def _notice_templates(cfg: config_mod.Config) -> list[str]:
     from milter.notices import template_problems
 
-    return template_problems(cfg.notice_templates) if cfg.get("notices", "enabled") else []
+    if not cfg.get("notices", "enabled"):
+        return []
+    # Overrides are named for rules (disabled ones too); a broken policy is reported above.
+    rule_ids: set[str] | None = None
+    try:
+        rules = config_mod.read_toml(cfg.policy_path).get("rules")
+        if isinstance(rules, dict):
+            rule_ids = set(rules)
+    except config_mod.ConfigError:
+        pass
+    return template_problems(cfg.notice_templates, rule_ids)
 
 
 # Subsystems (notice templates, DKIM keys, ...) add checks of the form cfg -> [problem].

@@ -150,3 +150,140 @@ def test_no_notice_to_outside_addresses(tmp_path: Path) -> None:
 
     req = replace(supervised_request(), mail_from="someone@gmail.example")
     assert notifier(tmp_path, PEOPLE).plan(req) == []  # type: ignore[attr-defined]
+
+
+def copy_templates(tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(TEMPLATES, tmp_path / "notices")
+    return tmp_path / "notices"
+
+
+def test_per_rule_override_is_used_for_that_rule_only(tmp_path: Path) -> None:
+    templates = copy_templates(tmp_path)
+    (templates / "nl" / "A1.confidential-attachment.txt").write_text(
+        "Eigen tekst van de school over {rule_title}: {subject} {recipients} {advice} {ref}\n")
+    (templates / "nl" / "A1.confidential-attachment.html").write_text(
+        "<p>Eigen tekst: {subject} {recipients} {advice} {ref}</p>\n")
+    policy = load(POLICY)
+    a1 = policy.rules["A1.confidential-attachment"]
+    _, text, body_html = render(request(a1.id, "quarantine"), "nl", name="S", school="",
+                                postmaster="pm", templates=templates, rule=a1)
+    assert text.startswith("Eigen tekst van de school over " + a1.text("title", "nl"))
+    assert body_html.startswith("<p>Eigen tekst: Rapport &lt;Jan&gt; &amp; co")
+    b1 = policy.rules["B1.sender-domain"]
+    _, text, _ = render(request(b1.id, "reject"), "nl", name="S", school="", postmaster="pm",
+                        templates=templates, rule=b1)
+    assert "Eigen tekst" not in text and text.startswith("Beste S,")
+    _, text, _ = render(request(a1.id, "quarantine"), "en", name="S", school="",
+                        postmaster="pm", templates=templates, rule=a1)
+    assert "Eigen tekst" not in text  # the English notice keeps the default
+    assert template_problems(templates, set(policy.rules)) == []
+
+
+def test_overrides_that_would_never_be_used_are_reported(tmp_path: Path) -> None:
+    templates = copy_templates(tmp_path)
+    body = "{subject} {recipients} {advice} {ref}"
+    (templates / "nl" / "A1.confidentail-attachment.txt").write_text(body)  # typo in the id
+    (templates / "nl" / "A1.confidentail-attachment.html").write_text(body)
+    (templates / "en" / "B1.sender-domain.txt").write_text(body)  # html part forgotten
+    problems = "\n".join(template_problems(templates, set(load(POLICY).rules)))
+    assert "override for unknown rule 'A1.confidentail-attachment'" in problems
+    assert "B1.sender-domain.txt: override without B1.sender-domain.html" in problems
+    assert len(template_problems(templates, set(load(POLICY).rules))) == 2
+
+
+def test_cli_preview_and_config_check(tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from milter.cli import main
+    from tests.conftest import write_config
+
+    cfg = write_config(tmp_path)
+    assert main(["notice", "preview", "A1.confidential-attachment", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    a1 = load(POLICY).rules["A1.confidential-attachment"]
+    assert out.startswith("Subject: [Mailgateway] Je bericht is tegengehouden")
+    assert a1.text("title", "nl") in out and "01example0ref" in out
+    assert "vrij te geven" in out and re.search(r"\{[a-z_]+\}", out) is None
+    assert main(["notice", "preview", "A1.confidential-attachment", "--lang", "en", "--html",
+                 "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert html.escape(a1.text("title", "en")) in out and "<html" in out
+    assert main(["notice", "preview", "Z9.nope", "--config", str(cfg)]) == 2
+    assert "no rule Z9.nope" in capsys.readouterr().err
+
+    templates = copy_templates(tmp_path)
+    (templates / "en" / "notice.txt").write_text("Hi {nmae}, {subject} {recipients} {ref}")
+    cfg.write_text(cfg.read_text() + f'\n[notices]\ntemplates = "{templates}"\n')
+    assert main(["config", "check", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "en/notice.txt: unknown placeholder(s) {nmae}" in err
+    assert "en/notice.txt: missing placeholder(s) {advice}" in err
+
+
+def test_a_notice_that_cannot_be_built_is_audited(tmp_path: Path) -> None:
+    import asyncio
+
+    from milter.directory import parse_csv
+    from milter.notices import Notifier
+
+    class Audit:
+        def __init__(self) -> None:
+            self.events: list[object] = []
+
+        async def append(self, event: object) -> None:
+            self.events.append(event)
+
+    templates = copy_templates(tmp_path)
+    (templates / "nl" / "notice.txt").write_text("{subject} {recipients} {advice} {ref} {")
+    audit = Audit()
+    n = Notifier(policy=load(POLICY), templates=templates, school="", language="nl",
+                 postmaster="postmaster@school.example", hostname="relay.school.example",
+                 next_hop="maildir:/nonexistent", timeout=1,
+                 limiter=RateLimiter(tmp_path / "n.sqlite3", 5), directory=parse_csv(PEOPLE),
+                 school_domains=("school.example",), audit=audit)
+
+    async def go() -> None:
+        n.schedule(supervised_request())
+        await n.drain()
+
+    asyncio.run(go())
+    (event,) = audit.events
+    assert event.event == "notice-failed"  # type: ignore[attr-defined]
+    assert "could not be built" in event.reply  # type: ignore[attr-defined]
+
+
+def test_stop_does_not_hang_on_a_notice_being_retried(tmp_path: Path) -> None:
+    import asyncio
+    import socket
+
+    from milter.directory import parse_csv
+    from milter.notices import Notifier
+
+    class Audit:
+        def __init__(self) -> None:
+            self.events: list[object] = []
+
+        async def append(self, event: object) -> None:
+            self.events.append(event)
+
+    with socket.socket() as s:  # a loopback port nobody listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    audit = Audit()
+    n = Notifier(policy=load(POLICY), templates=TEMPLATES, school="", language="nl",
+                 postmaster="postmaster@school.example", hostname="relay.school.example",
+                 next_hop=f"smtp://127.0.0.1:{port}", timeout=1,
+                 limiter=RateLimiter(tmp_path / "n.sqlite3", 5), directory=parse_csv(PEOPLE),
+                 school_domains=("school.example",), audit=audit, retries=5, retry_delay=60)
+
+    async def go() -> None:
+        n.schedule(supervised_request())
+        await asyncio.wait_for(n.drain(timeout=1.0), timeout=10)
+
+    asyncio.run(go())
+    assert n.tasks == set()
+    events = sorted((e.event, e.recipients, e.reply) for e in audit.events)  # type: ignore
+    assert [(ev, to) for ev, to, _ in events] == [
+        ("notice-failed", ("boss@school.example",)), ("notice-failed", ("sam@school.example",))]
+    assert all("gateway stopped" in reply for _, _, reply in events)
