@@ -310,9 +310,10 @@ class Notifier:
             slang = sup.language if sup is not None and sup.language else self.language
             sname = sup.name if sup is not None and sup.name else supervisor.partition("@")[0]
             intro = SUPERVISOR_INTRO[slang].format(sender=name)
-            if self.limiter.admit(f"supervisor:{supervisor}")[0]:
-                notices.append(self._notice(req, supervisor, "supervisor", slang, sname, 0,
-                                            intro))
+            sup_send, sup_held = self.limiter.admit(f"supervisor:{supervisor}")
+            if sup_send:
+                notices.append(self._notice(req, supervisor, "supervisor", slang, sname,
+                                            sup_held, intro))
         return notices
 
     def _notice(self, req: NoticeRequest, to: str, kind: str, lang: str, name: str,

@@ -126,3 +126,20 @@ def test_notice_to_unreachable_next_hop_is_retried_and_audited(make_gateway: Any
     store = SQLiteStore(tmp_path / "audit.sqlite3", "test")
     wait_for(lambda: any(r.event == "notice-failed" for r in store.records()))
     assert [r.event for r in store.records()] == ["quarantined", "notice-failed"]
+
+
+def test_reject_reply_over_smtp_is_one_line_with_rule_and_ref(gw: Any, tmp_path: Path) -> None:
+    with gw.client() as c:
+        c.ehlo()
+        c.mail("me@gmail.example")
+        c.rcpt("ouder@example.org")
+        code, msg = c.data(make_message(frm="Me <me@gmail.example>", subject="Geheim rapport"))
+    reply = msg.decode("ascii")
+    assert code == 550 and "\n" not in reply  # smtplib joins continuation lines with \n
+    assert len(f"{code} {reply}\r\n") <= 512  # RFC 5321 4.5.3.1.5
+    assert reply.startswith("5.7.1 [B1.sender-domain] B1")
+    assert "me@gmail.example" not in reply and "Geheim" not in reply  # never the content
+    store = SQLiteStore(tmp_path / "audit.sqlite3", "test")
+    wait_for(lambda: any(r.event == "rejected" for r in store.records()))
+    (record,) = [r for r in store.records() if r.event == "rejected"]
+    assert reply.endswith(f"ref={record.txid}")

@@ -287,3 +287,18 @@ def test_stop_does_not_hang_on_a_notice_being_retried(tmp_path: Path) -> None:
     assert [(ev, to) for ev, to, _ in events] == [
         ("notice-failed", ("boss@school.example",)), ("notice-failed", ("sam@school.example",))]
     assert all("gateway stopped" in reply for _, _, reply in events)
+
+
+def test_supervisor_notices_are_rate_limited_and_summarised(tmp_path: Path) -> None:
+    from email import message_from_bytes
+    from email import policy as email_policy
+
+    n = notifier(tmp_path, PEOPLE)
+    plans = [n.plan(supervised_request()) for _ in range(8)]  # type: ignore[attr-defined]
+    to_boss = [x for plan in plans for x in plan if x.kind == "supervisor"]
+    assert len(to_boss) == 5  # rate_per_hour = 5 in notifier()
+    n.limiter._db.execute("UPDATE sent SET ts = ts - 3700")  # type: ignore[attr-defined]
+    (_, boss) = n.plan(supervised_request())  # type: ignore[attr-defined]
+    body = message_from_bytes(boss.rendered, policy=email_policy.default).get_body(
+        ("plain",)).get_content()  # type: ignore[union-attr]
+    assert "3 andere meldingen" in body
