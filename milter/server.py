@@ -48,9 +48,18 @@ class Running:
     milter_port: int = 0
     extras: list[Any] = field(default_factory=list)
 
+    stopped: bool = False
+
     async def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting; let SMTP transactions in flight finish (at most ``grace`` seconds:
+        Python 3.11's ``wait_closed`` does not wait for connections, so the front does);
+        then drain notices and close the next-hop sessions and the audit store."""
+        if self.stopped:
+            return
+        self.stopped = True
         for server in self.servers:
             server.close()
+        await self.handler.shutdown(grace)
         try:
             await asyncio.wait_for(asyncio.gather(*(s.wait_closed() for s in self.servers)),
                                    timeout=grace)

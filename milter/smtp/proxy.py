@@ -47,6 +47,7 @@ class Transaction:
     rcpt_tos: list[str] = field(default_factory=list)
     runtime: Any = None  # the policy the transaction started with (a reload waits for it)
     next_hop: str = ""
+    sending: bool = False  # the final dot is on its way downstream: the send task owns it
 
 
 def check_address(address: str, *, allow_empty: bool) -> str | None:
@@ -72,6 +73,10 @@ class ProxyHandler:
         self._txs: WeakKeyDictionary[SMTPSession, Transaction] = WeakKeyDictionary()
         # Postfix's smtpd_proxy_filter tells us the real client with XFORWARD (trusted peers).
         self.xforward: WeakKeyDictionary[SMTPSession, dict[str, str]] = WeakKeyDictionary()
+        self.connections: set[GatewaySMTP] = set()
+        # Sends past the final dot and next-hop closes: they outlive a vanished client, and
+        # shutdown waits for them.
+        self.background: set[asyncio.Task[Any]] = set()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -84,8 +89,37 @@ class ProxyHandler:
     async def _drop(self, session: SMTPSession) -> None:
         """End the transaction's next-hop session: back to the pool for the next one."""
         tx = self.detach(session)
-        if tx is not None and tx.downstream is not None:
-            await self.pool.release(tx.next_hop, tx.downstream)
+        if tx is not None:
+            await self._release(tx)
+
+    async def _release(self, tx: Transaction) -> None:
+        if tx.downstream is not None:
+            downstream, tx.downstream = tx.downstream, None
+            await self.pool.release(tx.next_hop, downstream)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop serving: close idle connections with 421 at once, let transactions in flight
+        finish until ``grace`` runs out, then close the rest. A message whose final dot went
+        downstream is waited for (bounded by the next-hop timeout), so its outcome is
+        recorded and its next-hop session is not cut mid-reply."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while True:
+            tasks = [c.task for c in self.connections if c.task is not None and not c.task.done()]
+            if not tasks or loop.time() >= deadline:
+                break
+            for conn in list(self.connections):
+                if conn.idle:
+                    conn.shut()
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.shut()
+        pending = set(tasks) | self.background
+        if pending:
+            timeout = self.gateway.runtime.config.get("gateway", "next_hop_timeout") + 1.0
+            _, late = await asyncio.wait(pending, timeout=timeout)
+            if late:
+                log.warning("stopping with %d transactions unfinished", len(late))
 
     @staticmethod
     def peer_ip(session: SMTPSession) -> str:
@@ -178,8 +212,8 @@ class ProxyHandler:
                 await tx.downstream.close()
             return f"451 4.4.1 Next hop unavailable, try again later ref={tx.txid}"
         if not reply.ok:
-            await self.pool.release(tx.next_hop, tx.downstream)
-            return reply.line
+            await self._release(tx)
+            return client_line(reply)
         self._txs[session] = tx
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -209,8 +243,15 @@ class ProxyHandler:
         except NextHopError as exc:
             metrics.NEXT_HOP_ERRORS.labels("rcpt").inc()
             log.warning("tx=%s next hop failed at RCPT: %s", tx.txid, exc)
+            reply = Reply(421, f"4.4.1 Next hop unavailable, try again later ref={tx.txid}")
+        if reply.code == 421:
+            # The next-hop session is gone: so is the transaction. The client starts
+            # again with MAIL (without RSET, aiosmtpd would call that a nested MAIL).
             await self._drop(session)
-            return f"451 4.4.1 Next hop unavailable, try again later ref={tx.txid}"
+            envelope.mail_from = None
+            envelope.mail_options.clear()
+            envelope.rcpt_tos.clear()
+            return client_line(reply)
         if reply.ok:
             tx.rcpt_tos.append(address)
             envelope.rcpt_tos.append(address)
@@ -228,7 +269,7 @@ class ProxyHandler:
 
     async def handle_DATA(self, server: SMTP, session: SMTPSession,
                           envelope: SMTPEnvelope) -> str:
-        tx = self._tx(session)
+        tx = self.detach(session)  # from here on DATA owns the next-hop session
         if tx is None or tx.downstream is None:
             return "503 5.5.1 Need MAIL command"
         started = time.perf_counter()
@@ -236,8 +277,8 @@ class ProxyHandler:
             return await self._finish(session, envelope, tx)
         finally:
             metrics.LATENCY_SECONDS.observe(time.perf_counter() - started)
-            # The next transaction on this connection opens a fresh next-hop session.
-            await self._drop(session)
+            if not tx.sending:  # else the send task releases it when the next hop answered
+                await self._release(tx)
 
     async def _finish(self, session: SMTPSession, envelope: SMTPEnvelope,
                       tx: Transaction) -> str:
@@ -297,12 +338,36 @@ class ProxyHandler:
     async def _relay(self, evaluation: Evaluation, tx: Transaction,
                      common: dict[str, Any]) -> str:
         gw = self.gateway
-        assert tx.downstream is not None
         try:
             await gw.audit.append(gw.event(evaluation, "intent", **common))
         except AuditUnavailable as exc:
             log.error("tx=%s audit intent failed, nothing relayed: %s", tx.txid, exc)
             return f"451 4.3.0 Audit store unavailable, try again later ref={tx.txid}"
+        except asyncio.CancelledError:
+            # The client vanished before the dot went downstream: nothing is relayed, and
+            # the intent (written regardless) gets its outcome.
+            await self._audit_best_effort(evaluation, "tempfailed", "client disconnected",
+                                          common, {})
+            raise
+        # Past this point the next hop may accept the message at any moment: the send runs
+        # in its own task so that a client hanging up cannot leave a delivery unrecorded.
+        tx.sending = True
+        task = asyncio.get_running_loop().create_task(self._send(evaluation, tx, common))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return await asyncio.shield(task)
+
+    async def _send(self, evaluation: Evaluation, tx: Transaction,
+                    common: dict[str, Any]) -> str:
+        try:
+            return await self._send_and_record(evaluation, tx, common)
+        finally:
+            await self._release(tx)
+
+    async def _send_and_record(self, evaluation: Evaluation, tx: Transaction,
+                               common: dict[str, Any]) -> str:
+        gw = self.gateway
+        assert tx.downstream is not None
         try:
             reply = await tx.downstream.data(gw.outgoing(evaluation))
         except NextHopError as exc:
@@ -313,7 +378,7 @@ class ProxyHandler:
         if reply.ok:
             event, answer = "delivered", f"250 2.0.0 Ok: queued ref={tx.txid}"
         elif 400 <= reply.code < 500:
-            event, answer = "tempfailed", reply.line
+            event, answer = "tempfailed", client_line(reply)
         else:
             event, answer = "rejected", reply.line
         try:
@@ -336,6 +401,14 @@ class ProxyHandler:
             log.error("tx=%s audit unavailable: %s", common["txid"], exc)
 
 
+def client_line(reply: Reply) -> str:
+    """The next hop's reply as ours to the client. Its 421 means *its* session is closing,
+    not ours: the client hears 451 with the next hop's text, and the connection stays."""
+    if reply.code == 421:
+        return Reply(451, reply.text or "4.4.2 Next hop closed the connection").line
+    return reply.line
+
+
 # aiosmtpd's own texts for these carry no enhanced status code; ours do (RFC 3463).
 _REPLY_REWRITES = {
     "552 Error: Too much mail data": "552 5.3.4 Message too big",
@@ -354,6 +427,33 @@ class GatewaySMTP(SMTP):
         self._counted: str | None = None
         self._data_timeout = data_timeout
         self._greet_pause = greet_pause
+        self._in_command = 0  # MAIL/RCPT/DATA/RSET running: not a moment to hang up
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._handler_coroutine
+
+    @property
+    def idle(self) -> bool:
+        """Between transactions and not in a command: safe to close at shutdown."""
+        handler = self.event_handler
+        session = self.session
+        return self._in_command == 0 and (session is None or not isinstance(
+            handler, ProxyHandler) or handler._tx(session) is None)
+
+    def shut(self, reply: str = "421 4.3.2 Service shutting down, try again later") -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            with contextlib.suppress(Exception):
+                transport.write(reply.encode() + b"\r\n")  # type: ignore[attr-defined]
+            transport.close()
+
+    async def _counted_command(self, command: Any, arg: str | None) -> None:
+        self._in_command += 1
+        try:
+            await command(arg)
+        finally:
+            self._in_command -= 1
 
     async def _handle_client(self) -> None:
         """With ``gateway.greet_pause`` set, a client that talks before our greeting is an
@@ -383,6 +483,8 @@ class GatewaySMTP(SMTP):
                 return
             self._counted = ip
         super().connection_made(transport)
+        if isinstance(self.event_handler, ProxyHandler):
+            self.event_handler.connections.add(self)
 
     def connection_lost(self, error: Exception | None) -> None:
         if getattr(self, "_refused", False):
@@ -392,10 +494,14 @@ class GatewaySMTP(SMTP):
             self._counted = None
         session = self.session
         handler = self.event_handler
-        if session is not None and isinstance(handler, ProxyHandler):
-            tx = handler.detach(session)
+        if isinstance(handler, ProxyHandler):
+            handler.connections.discard(self)
+            # A transaction between commands; one in DATA is released by DATA itself.
+            tx = handler.detach(session) if session is not None else None
             if tx is not None and tx.downstream is not None:
-                asyncio.get_running_loop().create_task(tx.downstream.close())
+                task = asyncio.get_running_loop().create_task(tx.downstream.close())
+                handler.background.add(task)
+                task.add_done_callback(handler.background.discard)
         super().connection_lost(error)
 
     async def push(self, status: Any) -> None:
@@ -406,6 +512,7 @@ class GatewaySMTP(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         """DATA within a total deadline: a client dripping a line every few seconds would
         otherwise hold a worker for ever (HOSTILE-INPUTS 14)."""
+        self._in_command += 1
         try:
             await asyncio.wait_for(self._data(arg), timeout=self._data_timeout)
         except TimeoutError:
@@ -415,6 +522,8 @@ class GatewaySMTP(SMTP):
                 await super().push("421 4.4.2 DATA took too long, closing connection")
             if self.transport is not None:
                 self.transport.close()
+        finally:
+            self._in_command -= 1
 
     async def _data(self, arg: str) -> None:
         """DATA read in large chunks instead of aiosmtpd's loop over every line.
@@ -507,11 +616,14 @@ class GatewaySMTP(SMTP):
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         self.skot_last_arg = arg or ""
-        await super().smtp_MAIL(arg)
+        await self._counted_command(super().smtp_MAIL, arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         self.skot_last_arg = arg or ""
-        await super().smtp_RCPT(arg)
+        await self._counted_command(super().smtp_RCPT, arg)
+
+    async def smtp_RSET(self, arg: str | None) -> None:
+        await self._counted_command(super().smtp_RSET, arg)
 
 
 _UNSTUFF = re.compile(rb"(\r\n)\.")  # RFC 5321 4.5.2: drop the first dot of a line

@@ -33,6 +33,7 @@ class SinkHandler:
     messages: list[Received] = field(default_factory=list)
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     data_reply: str = "250 2.0.0 Ok: queued at sink"
+    data_delay: float = 0.0  # seconds the sink takes before answering end of data
     sessions: int = 0
     greetings: int = 0  # EHLOs seen: one per next-hop connection
 
@@ -57,6 +58,8 @@ class SinkHandler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         if self.data_reply.startswith("250"):
             sender = "" if envelope.mail_from == "<>" else envelope.mail_from
             self.messages.append(Received(sender, list(envelope.rcpt_tos),
