@@ -201,6 +201,8 @@ def test_audit_verify_passes_then_fails_after_sqlite_edit(gateway: GatewayThread
     b"From: someone@school.example\r\nSubject: caf\xe9 8-bit\r\n\r\nbody\r\n",
     b"From: someone@school.example\r\nSubject: nul\r\n\r\nbo\x00dy\r\n",
     b"From: someone@school.example\r\nSubject: long\r\n\r\n" + b"x" * 990 + b"\r\n",
+    # over RFC 5322's 998, within aiosmtpd's 1001 octets with CRLF: accepted, relayed whole
+    b"From: someone@school.example\r\nSubject: longer\r\n\r\n" + b"x" * 999 + b"\r\n",
     b"From: someone@school.example\r\nSubject: headers only\r\n",
     b"From: someone@school.example\r\nContent-Type: multipart/mixed; boundary=q\r\n\r\n"
     b"--q\r\nContent-Type: text/plain\r\n\r\nunterminated",
@@ -214,6 +216,8 @@ def test_bad_input_defined_reply_and_session_goes_on(gateway: GatewayThread, sin
         code, _ = c.data(raw)
         assert code in (250, 550, 554)
         c.sendmail("someone@school.example", ["ouder@example.org"], CLEAN)
+    assert sink[0].messages[-1].content == CLEAN
+    assert len(sink[0].messages) == (2 if code == 250 else 1)
 
 
 def test_smuggling_bare_lf_dot_yields_one_message(gateway: GatewayThread, sink: Any) -> None:
