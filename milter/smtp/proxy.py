@@ -36,6 +36,7 @@ from milter.smtp.relay import NextHopError, Reply, Session, SessionPool, open_se
 log = logging.getLogger("skot-milter.smtp")
 
 _CTL = re.compile(r"[\x00-\x1f\x7f]")
+NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII address without SMTPUTF8 (RFC 6531)"
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Transaction:
     runtime: Any = None  # the policy the transaction started with (a reload waits for it)
     next_hop: str = ""
     sending: bool = False  # the final dot is on its way downstream: the send task owns it
+    smtputf8: bool = False  # MAIL carried SMTPUTF8: non-ASCII addresses are allowed
 
 
 def check_address(address: str, *, allow_empty: bool) -> str | None:
@@ -191,9 +193,13 @@ class ProxyHandler:
             return reply_line("501 5.1.7", f"Invalid sender address: {problem}")
         if sender and raw_arg and f"<{sender}>" not in raw_arg and sender not in raw_arg:
             return "553 5.1.7 Sender address would be rewritten; send it in plain form"
+        smtputf8 = "SMTPUTF8" in mail_options
+        if not sender.isascii() and not smtputf8:
+            return NEEDS_SMTPUTF8
         await self._drop(session)
         cfg = self.gateway.runtime.config
-        tx = Transaction(new_txid(), runtime=self.gateway.runtime, next_hop=cfg.next_hop)
+        tx = Transaction(new_txid(), runtime=self.gateway.runtime, next_hop=cfg.next_hop,
+                         smtputf8=smtputf8)
         helo, timeout = cfg.get("gateway", "hostname"), cfg.get("gateway", "next_hop_timeout")
         try:
             tx.downstream, reused = await self.pool.get(cfg.next_hop, helo, timeout)
@@ -232,6 +238,8 @@ class ProxyHandler:
         tx = self._tx(session)
         if tx is None or tx.downstream is None:
             return "503 5.5.1 Need MAIL command"
+        if not address.isascii() and not tx.smtputf8:
+            return NEEDS_SMTPUTF8
         cfg = self.gateway.runtime.config
         if len(tx.rcpt_tos) >= cfg.get("gateway", "max_recipients"):
             return "452 4.5.3 Too many recipients"

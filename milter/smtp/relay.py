@@ -82,13 +82,26 @@ class SMTPSession:
             raise NextHopError(f"next hop failed: {exc}") from exc
         return Reply(resp.code, resp.message)
 
+    def _unsendable(self, address: str) -> Reply | None:
+        """A non-ASCII address to a next hop without SMTPUTF8 would be mangled or refused
+        there: refuse it here, as RFC 6531 3.2 asks, instead of sending it anyway."""
+        if address.isascii() or "SMTPUTF8" in self.esmtp:
+            return None
+        return Reply(553, "5.6.7 Next hop does not accept internationalised addresses")
+
     async def mail(self, address: str, params: list[str]) -> Reply:
+        refused = self._unsendable(address)
+        if refused is not None:
+            return refused
         keep = [p for p in params if p.split("=")[0].upper() in self.esmtp
                 or (p.upper().startswith("BODY=") and "8BITMIME" in self.esmtp)]
         args = [b"MAIL", f"FROM:<{address}>".encode()] + [p.encode() for p in keep]
         return await self._command(*args)
 
     async def rcpt(self, address: str) -> Reply:
+        refused = self._unsendable(address)
+        if refused is not None:
+            return refused
         return await self._command(b"RCPT", f"TO:<{address}>".encode())
 
     async def data(self, content: bytes) -> Reply:
