@@ -34,7 +34,7 @@ class Resolver:
     """dnspython behind a tiny interface, with a TTL-bounded cache."""
 
     def __init__(self, nameservers: Sequence[str] = (), port: int = 53, timeout: float = 5.0,
-                 cache_seconds: float = 300.0) -> None:
+                 cache_seconds: float = 300.0, cache_entries: int = 10000) -> None:
         if nameservers:
             self._r = dns.resolver.Resolver(configure=False)
             self._r.nameservers = list(nameservers)
@@ -45,6 +45,7 @@ class Resolver:
         self._r.lifetime = timeout
         self._cache: dict[tuple[str, str], tuple[float, list[str]]] = {}
         self._ttl = cache_seconds
+        self._max = cache_entries
         self._lock = threading.Lock()
 
     def query(self, name: str, rdtype: str) -> list[str]:
@@ -55,12 +56,15 @@ class Resolver:
             hit = self._cache.get(key)
         if hit and hit[0] > now:
             return hit[1]
+        ttl = self._ttl
         try:
             answer = self._r.resolve(key[0] + ".", rdtype, raise_on_no_answer=False)
             if rdtype == "TXT":
                 out = [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
             else:
                 out = [r.to_text() for r in answer]
+            if answer.rrset is not None:
+                ttl = min(ttl, answer.rrset.ttl)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             out = []
         except (dns.exception.Timeout, dns.resolver.NoNameservers,
@@ -69,7 +73,14 @@ class Resolver:
         except dns.exception.DNSException as exc:
             raise DNSTempError(f"{rdtype} {name}: {exc}") from exc
         with self._lock:
-            self._cache[key] = (now + self._ttl, out)
+            if len(self._cache) >= self._max:
+                # Full (names chosen by senders can be endless): drop what expired, then the
+                # oldest entries, so the cache never grows without bound.
+                for k in [k for k, (until, _) in self._cache.items() if until <= now]:
+                    del self._cache[k]
+                while len(self._cache) >= self._max:
+                    del self._cache[next(iter(self._cache))]
+            self._cache[key] = (now + ttl, out)
         return out
 
     def txt(self, name: str) -> list[str]:
@@ -282,7 +293,7 @@ class DMARCResult:
     result: str           # pass / fail / none / temperror / permerror
     from_domain: str
     policy: str           # none / quarantine / reject ('' without a record)
-    aligned_by: str       # "spf", "dkim" or ""
+    aligned_by: str       # "spf", "dkim" or "": the identifier that aligned with From:
 
 
 def dmarc_record(resolver: Resolver, domain: str) -> dict[str, str] | None:
@@ -314,13 +325,16 @@ def dmarc_check(resolver: Resolver, from_domain: str, spf: str, mail_from: str, 
     tags = record or {}
     policy = tags.get("p", "") if not record or tags.get("_found_at") == from_domain else \
         tags.get("sp", tags.get("p", ""))
+    # Without a DMARC record the result is "none" (RFC 7489 6.6.3), aligned or not; the
+    # alignment is still recorded: B1.spoofed-school-domain judges it.
+    passed = "pass" if record else "none"
     spf_domain = mail_from.rpartition("@")[2] if "@" in mail_from else helo
     if spf == "pass" and aligned(spf_domain, from_domain, tags.get("aspf", "r")):
-        return DMARCResult("pass", from_domain, policy, "spf")
+        return DMARCResult(passed, from_domain, policy, "spf")
     for r in dkims:
         if r.result == "pass" and r.covers_body and aligned(r.domain, from_domain,
                                                             tags.get("adkim", "r")):
-            return DMARCResult("pass", from_domain, policy, "dkim")
+            return DMARCResult(passed, from_domain, policy, "dkim")
     if spf == "temperror" or any(r.result == "temperror" for r in dkims):
         return DMARCResult("temperror", from_domain, policy, "")
     return DMARCResult("fail" if record else "none", from_domain, policy, "")
@@ -364,24 +378,47 @@ def authenticate(resolver: Resolver, raw: bytes, client_ip: str, helo: str, mail
     return AuthResults(spf, dkims, dmarcs, mail_from, helo)
 
 
-_AR = re.compile(rb"(?im)^authentication-results:[ \t]*([^;\s]+)")
+def claimed_authserv_id(value: str) -> str:
+    """The authserv-id an ``Authentication-Results:`` value claims (RFC 8601 2.2): leading
+    whitespace, folding and (nested) comments skipped, a quoted-string unquoted."""
+    i, depth = 0, 0
+    while i < len(value):
+        c = value[i]
+        if depth:
+            if c == "\\":
+                i += 1
+            depth += {"(": 1, ")": -1}.get(c, 0)
+        elif c == "(":
+            depth = 1
+        elif not c.isspace():
+            break
+        i += 1
+    rest = value[i:]
+    if rest.startswith('"'):
+        q = re.match(r'"((?:[^"\\]|\\.)*)"', rest)
+        return re.sub(r"\\(.)", r"\1", q.group(1)) if q else ""
+    token = re.match(r"[^\s;()]*", rest)
+    return token.group(0) if token else ""
 
 
 def strip_our_results(raw: bytes, authserv_id: str) -> bytes:
-    """Remove incoming ``Authentication-Results:`` fields that claim to be ours (RFC 8601 5)."""
+    """Remove incoming ``Authentication-Results:`` fields that claim to be ours (RFC 8601 5),
+    however they are spelled: any case, folded, with comments or quotes around our id."""
     head, sep, body = raw.partition(b"\r\n\r\n")
-    if b"uthentication-" not in head and b"UTHENTICATION-" not in head:
+    if b"authentication-results" not in head.lower():
         return raw
-    lines = head.split(b"\r\n")
-    out: list[bytes] = []
-    skipping = False
-    for line in lines:
-        if line[:1] in (b" ", b"\t") and skipping:
+    ours = authserv_id.lower()
+    fields: list[list[bytes]] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    kept = []
+    for field_lines in fields:
+        name, colon, value = b"\r\n".join(field_lines).partition(b":")
+        if colon and name.strip().lower() == b"authentication-results" and \
+                claimed_authserv_id(value.decode("utf-8", "replace")).lower() == ours:
             continue
-        skipping = False
-        m = _AR.match(line)
-        if m and m.group(1).decode("ascii", "replace").lower() == authserv_id.lower():
-            skipping = True
-            continue
-        out.append(line)
-    return b"\r\n".join(out) + sep + body
+        kept.extend(field_lines)
+    return b"\r\n".join(kept) + sep + body

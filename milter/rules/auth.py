@@ -32,11 +32,13 @@ def spoofed_school_domain(message: Message, ctx: Context,
                           **({"l": d.body_length} if d.body_length is not None else {})}
                          for d in auth.dkim],
                 "dmarc": [m.result for m in school]}
-    # Strictest result over every school author (a From: with several addresses).
-    if any(m.result in ("fail", "none", "permerror") for m in school):
+    # Strictest result over every school author (a From: with several addresses): one that
+    # certainly fails is refused; one that could not be checked (DNS) is retried, never passed.
+    unaligned = [m for m in school if not m.aligned_by]
+    if any(m.result != "temperror" for m in unaligned):
         return Finding(reason="school domain in From: without DMARC-aligned SPF or DKIM",
                        evidence=evidence)
-    if any(m.result == "temperror" for m in school):
+    if unaligned:
         return Finding(reason="DNS temporary failure while authenticating a school From:",
                        evidence=evidence, transient=True)
     return None

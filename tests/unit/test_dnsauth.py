@@ -12,9 +12,12 @@ import pytest
 from milter.core.context import Envelope
 from milter.dkimsign import Signer, keygen, read_key
 from milter.dnsauth import (
+    DNSTempError,
     Resolver,
     authenticate,
+    claimed_authserv_id,
     dkim_verify,
+    dmarc_check,
     spf_check,
     strip_our_results,
 )
@@ -32,6 +35,13 @@ def dnsd() -> Iterator[DNSServer]:
         server.txt("soft.example", "v=spf1 ~all")
         server.txt("_dmarc.school.example", "v=DMARC1; p=reject; adkim=r; aspf=r")
         server.add("school.example", "A", "192.0.2.25")
+        server.txt("amx.example", "v=spf1 a mx/28 -all")
+        server.add("amx.example", "A", "198.51.100.1")
+        server.add("amx.example", "MX", "10 mail.amx.example.")
+        server.add("mail.amx.example", "A", "198.51.100.33")
+        server.txt("redir.example", "v=spf1 redirect=school.example")
+        server.txt("loop.example", "v=spf1 include:loop.example -all")
+        server.servfail.add("broken.example")
         server.silent.add("slow.example")
         server.silent.add("_dmarc.slow.example")
         yield server
@@ -49,6 +59,12 @@ def resolver(dnsd: DNSServer) -> Resolver:
     ("203.0.113.9", "a@soft.example", "softfail"),
     ("203.0.113.9", "a@nospf.example", "none"),
     ("203.0.113.9", "a@slow.example", "temperror"),
+    ("203.0.113.9", "a@broken.example", "temperror"),    # SERVFAIL
+    ("198.51.100.1", "a@amx.example", "pass"),           # a
+    ("198.51.100.40", "a@amx.example", "pass"),          # mx/28
+    ("198.51.100.60", "a@amx.example", "fail"),
+    ("192.0.2.7", "a@redir.example", "pass"),            # redirect=
+    ("192.0.2.7", "a@loop.example", "permerror"),        # include loop
 ])
 def test_spf(resolver: Resolver, ip: str, sender: str, expected: str) -> None:
     assert spf_check(resolver, ip, sender, "helo.example") == expected
@@ -113,6 +129,16 @@ def test_spoofed_school_domain_rejected(tmp_path: Path, dnsd: DNSServer) -> None
     assert v["smtp_reply"].startswith("550 5.7.1 [B1.spoofed-school-domain]")
 
 
+def test_school_mail_without_dmarc_record_judged_on_alignment(tmp_path: Path,
+                                                              dnsd: DNSServer) -> None:
+    del dnsd.zone[("_dmarc.school.example", "TXT")]
+    rt = runtime_with_dns(tmp_path, dnsd)
+    ok = inbound(rt, make_message(frm="director@school.example"), ip="192.0.2.7")
+    assert ok.verdict.action == "accept" and "dmarc=none" in ok.summary["authentication"]
+    spoof = inbound(rt, make_message(frm="director@school.example"))
+    assert spoof.verdict.action == "reject"
+
+
 def test_school_mail_via_authorised_server_passes(tmp_path: Path, dnsd: DNSServer) -> None:
     rt = runtime_with_dns(tmp_path, dnsd)
     ev = inbound(rt, make_message(frm="director@school.example"), ip="192.0.2.7")
@@ -165,6 +191,50 @@ def test_forged_results_claiming_our_id_are_removed() -> None:
     out = strip_our_results(raw, "relay.school.example")
     assert b"relay.school.example; dmarc=pass" not in out
     assert b"other.example; spf=pass" in out and out.endswith(b"\r\n\r\nbody\r\n")
+
+
+@pytest.mark.parametrize("forged", [
+    b"authentication-results: relay.school.example; dmarc=pass\r\n",
+    b"AuThEnTiCaTiOn-ReSuLtS: RELAY.school.example; dmarc=pass\r\n",
+    b"Authentication-Results:\r\n relay.school.example;\r\n\tdmarc=pass\r\n",  # folded
+    b"Authentication-Results: (ours) relay.school.example 1; dmarc=pass\r\n",   # comment
+    b'Authentication-Results: "relay.school.example"; dmarc=pass\r\n',          # quoted
+    b"Authentication-Results : relay.school.example; dmarc=pass\r\n",           # obs WSP
+])
+def test_forged_results_in_any_spelling_are_removed(forged: bytes) -> None:
+    raw = (b"Received: from x\r\n" + forged +
+           b"Authentication-Results: other.example (relay.school.example); spf=pass\r\n"
+           b"From: a@b.example\r\n\r\nAuthentication-Results: relay.school.example\r\n")
+    out = strip_our_results(raw, "relay.school.example")
+    assert b"dmarc=pass" not in out
+    assert out == raw.replace(forged, b"")  # everything else untouched, the body too
+
+
+def test_authserv_id_parsing() -> None:
+    assert claimed_authserv_id(" (a (nested \\) one) b) relay.x 1; spf=pass") == "relay.x"
+    assert claimed_authserv_id('"relay\\.x";') == "relay.x"
+    assert claimed_authserv_id("(never closed relay.x;") == ""
+
+
+def test_dmarc_without_record_is_none_but_alignment_counts(resolver: Resolver) -> None:
+    """No DMARC record: the header says dmarc=none (RFC 7489), B1 still judges alignment."""
+    aligned = dmarc_check(resolver, "norecord.example", "pass", "a@norecord.example", "h", [])
+    assert (aligned.result, aligned.aligned_by, aligned.policy) == ("none", "spf", "")
+    unaligned = dmarc_check(resolver, "norecord.example", "pass", "a@other.example", "h", [])
+    assert (unaligned.result, unaligned.aligned_by) == ("none", "")
+
+
+def test_resolver_caches_and_stays_bounded(dnsd: DNSServer) -> None:
+    r = Resolver(["127.0.0.1"], dnsd.port, timeout=0.5, cache_entries=3)
+    assert r.txt("soft.example") == ["v=spf1 ~all"]
+    assert r.txt("soft.example") == ["v=spf1 ~all"]
+    assert dnsd.queries.count(("soft.example", "TXT")) == 1
+    for i in range(10):
+        r.txt(f"n{i}.example")
+    assert len(r._cache) == 3
+    dnsd.silent.add("soft.example")  # failures are never cached, answers may be evicted
+    with pytest.raises(DNSTempError, match="soft.example"):
+        r.txt("soft.example")
 
 
 @pytest.mark.parametrize("kind", ["rsa", "ed25519"])
