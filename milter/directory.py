@@ -10,6 +10,7 @@ import csv
 import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 ROLES = ("staff", "pupil", "parent", "other")
@@ -42,6 +43,19 @@ class Directory:
 
     def lookup(self, address: str) -> Person | None:
         return self.people.get(address.lower())
+
+    def find_name(self, name: str) -> Person | None:
+        """The one person with this display name (case and spacing ignored), or None."""
+        return self._by_name.get(" ".join(name.lower().split())) if name.strip() else None
+
+    @cached_property
+    def _by_name(self) -> dict[str, Person | None]:
+        index: dict[str, Person | None] = {}
+        for p in self.people.values():
+            key = " ".join(p.name.lower().split())
+            if key:
+                index[key] = None if key in index else p  # two people share it: ambiguous
+        return index
 
     def owner_of_private(self, address: str) -> Person | None:
         """The staff member who declared ``address`` as one of their private addresses."""
