@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 from collections.abc import Iterator
+from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
+import dkim
 import pytest
 
 from milter.dkimsign import keygen
@@ -59,6 +62,30 @@ def test_outbound_mail_is_dkim_signed_and_verifies(gw: GatewayThread, sink: Any,
     assert got.startswith(b"DKIM-Signature:")
     (res,) = dkim_verify(Resolver(["127.0.0.1"], dnsd.port, 0.5), got)
     assert res.result == "pass" and res.selector == "gw1"
+
+
+def test_tagged_outbound_forward_still_verifies(gw: GatewayThread, sink: Any,
+                                                dnsd: DNSServer) -> None:
+    """The gateway's X-SKOT-Policy tag is added before signing and is covered by the
+    signature: the receiver sees the tag and a valid DKIM signature."""
+    body = ("Zie hieronder.\r\n\r\n---------- Forwarded message ---------\r\n"
+            "From: Dana Director <director@school.example>\r\nDate: Mon, 3 Mar 2025\r\n"
+            "Subject: rooster\r\n\r\nInterne notities.\r\n")
+    with gw.client() as c:
+        c.sendmail("someone@school.example", ["ouder@example.org"],
+                   make_message(to="ouder@example.org", subject="Fwd: rooster", body=body))
+    got = sink[0].messages[0].content
+    head = got.split(b"\r\n\r\n", 1)[0]
+    assert b"X-SKOT-Policy: FWD.manual-external; article=A1; action=tag" in head
+    (res,) = dkim_verify(Resolver(["127.0.0.1"], dnsd.port, 0.5), got)
+    assert res.result == "pass" and res.domain == "school.example"
+    signature = BytesParser().parsebytes(got, headersonly=True)["DKIM-Signature"]
+    tags = dkim.util.parse_tag_value(re.sub(r"\s+", "", signature).encode())
+    assert b"x-skot-policy" in tags[b"h"].lower().split(b":")
+    # Changing the tag breaks the signature: it really is covered.
+    (bad,) = dkim_verify(Resolver(["127.0.0.1"], dnsd.port, 0.5),
+                         got.replace(b"action=tag", b"action=none"))
+    assert bad.result == "fail"
 
 
 def test_inbound_spoof_of_school_domain_refused(gw: GatewayThread, sink: Any) -> None:
