@@ -216,7 +216,9 @@ class ProxyHandler:
             log.warning("tx=%s next hop unavailable at MAIL: %s", tx.txid, exc)
             if tx.downstream is not None:
                 await tx.downstream.close()
-            return f"451 4.4.1 Next hop unavailable, try again later ref={tx.txid}"
+            answer = f"451 4.4.1 Next hop unavailable, try again later ref={tx.txid}"
+            await self._next_hop_failed(session, tx, sender, answer, "MAIL", exc)
+            return answer
         if not reply.ok:
             await self._release(tx)
             return client_line(reply)
@@ -252,10 +254,16 @@ class ProxyHandler:
             metrics.NEXT_HOP_ERRORS.labels("rcpt").inc()
             log.warning("tx=%s next hop failed at RCPT: %s", tx.txid, exc)
             reply = Reply(421, f"4.4.1 Next hop unavailable, try again later ref={tx.txid}")
+            failure: Exception | str = exc
+        else:
+            failure = reply.line
         if reply.code == 421:
             # The next-hop session is gone: so is the transaction. The client starts
             # again with MAIL (without RSET, aiosmtpd would call that a nested MAIL).
             await self._drop(session)
+            sender = "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
+            await self._next_hop_failed(session, tx, sender, client_line(reply), "RCPT",
+                                        failure)
             envelope.mail_from = None
             envelope.mail_options.clear()
             envelope.rcpt_tos.clear()
@@ -399,6 +407,17 @@ class ProxyHandler:
         if reply.ok:
             gw.notify(evaluation, tx.txid, common["sender"], tx.rcpt_tos)
         return answer
+
+    async def _next_hop_failed(self, session: SMTPSession, tx: Transaction, sender: str,
+                               answer: str, stage: str, failure: Exception | str) -> None:
+        """The audit shows a next hop that failed before any policy ran (HOSTILE-INPUTS 33):
+        which transaction, at which command, what the client was told."""
+        common: dict[str, Any] = {"txid": tx.txid, "client": self._client(session),
+                                  "sender": sender, "recipients": tx.rcpt_tos,
+                                  "auth_user": self._auth_user(session)}
+        await self._audit_best_effort(None, "tempfailed", answer, common,
+                                      {"next_hop": tx.next_hop, "stage": stage,
+                                       "next_hop_error": str(failure)})
 
     async def _audit_best_effort(self, evaluation: Evaluation | None, event: str, reply: str,
                                  common: dict[str, Any], extra: dict[str, Any]) -> None:

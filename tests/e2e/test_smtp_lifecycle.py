@@ -112,7 +112,8 @@ def test_client_gone_after_final_dot_delivery_recorded_once(gateway: GatewayThre
 
 
 def test_next_hop_421_at_rcpt_is_451_and_the_client_starts_again(gateway: GatewayThread,
-                                                                 sink: Any) -> None:
+                                                                 sink: Any,
+                                                                 tmp_path: Path) -> None:
     sink[0].rcpt_replies["busy@example.org"] = "421 4.3.2 Sink shutting down"
     with gateway.client() as c:
         c.ehlo()
@@ -123,6 +124,8 @@ def test_next_hop_421_at_rcpt_is_451_and_the_client_starts_again(gateway: Gatewa
         assert c.rcpt("ouder@example.org")[0] == 503
         c.sendmail("someone@school.example", ["ouder@example.org"], CLEAN)
     assert [m.rcpt_tos for m in sink[0].messages] == [["ouder@example.org"]]
+    ev = events(tmp_path)  # the failed attempt is on record, then the delivery
+    assert [e[0] for e in ev] == ["tempfailed", "intent", "delivered"]
 
 
 def test_next_hop_421_at_end_of_data_is_451(gateway: GatewayThread, sink: Any,

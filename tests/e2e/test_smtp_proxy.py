@@ -87,6 +87,13 @@ def test_next_hop_down_gives_4xx(make_gateway: Any, tmp_path: Path) -> None:
         c.ehlo()
         code, msg = c.mail("someone@school.example")
     assert code == 451 and msg.startswith(b"4.4.1")
+    # the audit shows the attempt (HOSTILE-INPUTS 33)
+    store = SQLiteStore(tmp_path / "audit.sqlite3", "test")
+    (rec,) = list(store.records())
+    store.close()
+    assert (rec.event, rec.sender, rec.evidence["stage"]) == ("tempfailed",
+                                                              "someone@school.example", "MAIL")
+    assert rec.reply == f"451 {msg.decode()}" and rec.txid in rec.reply
 
 
 def test_next_hop_451_at_end_of_data_gives_4xx(gateway: GatewayThread, sink: Any,
