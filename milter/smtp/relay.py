@@ -13,6 +13,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -105,11 +106,29 @@ class SMTPSession:
         return await self._command(b"RCPT", f"TO:<{address}>".encode())
 
     async def data(self, content: bytes) -> Reply:
+        """DATA, the message dot-stuffed in line-aligned chunks with flow control, the dot.
+
+        aiosmtplib's own ``data`` rewrites the line ends and stuffs dots with two regex
+        passes over the whole message and hands it to the transport in one piece: three
+        copies of a 10 MB message at once. Ours is CRLF already (normalised at ingress)."""
+        protocol = self._smtp.protocol
+        if protocol is None or protocol._command_lock is None:
+            raise NextHopError("next hop failed before DATA: connection lost")
         try:
-            resp = await self._smtp.data(content)
-        except aiosmtplib.SMTPResponseException as exc:
-            return Reply(exc.code, exc.message)
+            async with protocol._command_lock:
+                protocol._response_pending = True
+                protocol.write(b"DATA\r\n")
+                start = await protocol.read_response(timeout=self._timeout)
+                if start.code != 354:
+                    return Reply(start.code, start.message)
+                protocol._response_pending = True
+                for chunk in stuffed_chunks(content):
+                    protocol.write(chunk)
+                    await protocol._drain_helper()
+                protocol.write(b".\r\n")
+                resp = await protocol.read_response(timeout=self._timeout)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            self._smtp.close()
             raise NextHopError(f"next hop failed during DATA: {exc}") from exc
         return Reply(resp.code, resp.message)
 
@@ -137,6 +156,27 @@ class SMTPSession:
             pass
         finally:
             self._smtp.close()
+
+
+CHUNK = 256 * 1024
+
+
+def stuffed_chunks(content: bytes, size: int = CHUNK) -> Iterator[bytes]:
+    """``content`` (CRLF line ends) as DATA: line-aligned pieces of about ``size`` bytes with
+    every line that starts with a dot given a second one (RFC 5321 4.5.2), ending in CRLF."""
+    pos, end = 0, len(content)
+    while pos < end:
+        cut = content.find(b"\r\n", pos + size) if end - pos > size else -1
+        cut = end if cut < 0 else cut + 2
+        piece = content[pos:cut] if pos or cut < end else content
+        if b"\r\n." in piece:
+            piece = piece.replace(b"\r\n.", b"\r\n..")
+        if piece.startswith(b"."):
+            piece = b"." + piece
+        yield piece
+        pos = cut
+    if content and not content.endswith(b"\r\n"):
+        yield b"\r\n"  # an empty message is just the dot
 
 
 def maildir_deliver(root: Path, content: bytes) -> str:
