@@ -140,7 +140,7 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     gateway = Gateway(runtime, audit, QuarantineStore(cfg.quarantine_dir),
                       make_notifier(runtime, audit), make_authenticator(runtime),
                       Signer.from_config(cfg))
-    handler = ProxyHandler(gateway)
+    handler = ProxyHandler(gateway, cfg.get("gateway", "message_memory"))
     workers = cfg.get("gateway", "workers") if reuse_port else 1
     limits = ConnectionLimits(-(-cfg.get("gateway", "max_connections") // workers),
                               -(-cfg.get("gateway", "max_connections_per_ip") // workers))
@@ -154,6 +154,8 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
         return GatewaySMTP(handler, limits=limits,
                            data_timeout=cfg.get("gateway", "data_timeout"),
                            greet_pause=cfg.get("gateway", "greet_pause"),
+                           spool_dir=cfg.state_dir / "spool",
+                           spool_threshold=cfg.get("gateway", "spool_threshold"),
                            data_size_limit=cfg.get("gateway", "max_message_size"),
                            enable_SMTPUTF8=True, decode_data=False,
                            hostname=cfg.get("gateway", "hostname"), ident="skot-milter",

@@ -13,9 +13,11 @@ import contextlib
 import ipaddress
 import logging
 import re
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -32,6 +34,7 @@ from milter.core.verdict import reply_line
 from milter.gateway import Gateway, QuarantineError, new_txid
 from milter.runtime import Evaluation
 from milter.smtp.relay import NextHopError, Reply, Session, SessionPool, open_session
+from milter.smtp.spool import MemoryBudget, Spooled
 
 log = logging.getLogger("skot-milter.smtp")
 
@@ -69,9 +72,10 @@ def check_address(address: str, *, allow_empty: bool) -> str | None:
 class ProxyHandler:
     """aiosmtpd handler hooks. Holds a reference to the gateway (swapped on reload)."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, memory: int = 64 * 2**20) -> None:
         self.gateway = gateway
         self.pool = SessionPool()
+        self.memory = MemoryBudget(memory)  # spooled messages in processing, per process
         self._txs: WeakKeyDictionary[SMTPSession, Transaction] = WeakKeyDictionary()
         # Postfix's smtpd_proxy_filter tells us the real client with XFORWARD (trusted peers).
         self.xforward: WeakKeyDictionary[SMTPSession, dict[str, str]] = WeakKeyDictionary()
@@ -290,17 +294,23 @@ class ProxyHandler:
             return "503 5.5.1 Need MAIL command"
         started = time.perf_counter()
         try:
-            return await self._finish(session, envelope, tx)
+            spooled = getattr(server, "spooled", None)
+            if not isinstance(spooled, Spooled):
+                content = envelope.content if isinstance(envelope.content, bytes) else b""
+                return await self._finish(session, envelope, tx, content)
+            # A large message is read back only when the process has memory for it: the
+            # budget covers the raw bytes and the decoded attachments, until it is relayed.
+            async with self.memory.hold(2 * spooled.size):
+                return await self._finish(session, envelope, tx, spooled.read())
         finally:
             metrics.LATENCY_SECONDS.observe(time.perf_counter() - started)
             if not tx.sending:  # else the send task releases it when the next hop answered
                 await self._release(tx)
 
     async def _finish(self, session: SMTPSession, envelope: SMTPEnvelope,
-                      tx: Transaction) -> str:
+                      tx: Transaction, content: bytes) -> str:
         gw = self.gateway
         assert tx.downstream is not None
-        content = envelope.content if isinstance(envelope.content, bytes) else b""
         client = self._client(session)
         sender = "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
         auth_user = self._auth_user(session)
@@ -448,8 +458,13 @@ class GatewaySMTP(SMTP):
     """aiosmtpd's SMTP with connection limits, raw-argument capture and cleanup on drop."""
 
     def __init__(self, handler: ProxyHandler, *, limits: ConnectionLimits,
-                 data_timeout: float = 600.0, greet_pause: float = 0.0, **kwargs: Any) -> None:
+                 data_timeout: float = 600.0, greet_pause: float = 0.0,
+                 spool_dir: Path | None = None, spool_threshold: int = 256 * 1024,
+                 **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        self._spool_dir = spool_dir or Path(tempfile.gettempdir())
+        self._spool_threshold = spool_threshold
+        self.spooled: Spooled | None = None  # the message in DATA, when it went to disk
         self._limits = limits
         self._counted: str | None = None
         self._data_timeout = data_timeout
@@ -573,43 +588,79 @@ class GatewaySMTP(SMTP):
         buffer: bytearray = reader._buffer
         limit = self.data_size_limit or 0
         kept = bytearray(b"\r\n")  # the data starts at a line start
-        size, scan_from, too_much = 0, 0, False
-        while True:
-            if buffer:
-                kept += buffer
-                size += len(buffer)
-                buffer.clear()
-                reader._maybe_resume_transport()  # we emptied its buffer
-                end = kept.find(b"\r\n.\r\n", scan_from)
-                if end >= 0:
-                    rest = bytes(kept[end + 5:])
-                    del kept[end + 2:]
-                    buffer[:0] = rest  # pipelined commands after the dot
-                    size -= len(rest)
-                    break
-                scan_from = max(0, len(kept) - 4)
-                if limit and size > limit + 5:
-                    too_much = True
-                    del kept[:-4]  # drain without holding it: keep only a possible prefix
-                    scan_from = 0
-            if reader.at_eof():
+        size, scan_from, too_much, too_long = 0, 0, False, False
+        spool: Spooled | None = None
+        try:
+            while True:
+                if buffer:
+                    kept += buffer
+                    size += len(buffer)
+                    buffer.clear()
+                    reader._maybe_resume_transport()  # we emptied its buffer
+                    end = kept.find(b"\r\n.\r\n", scan_from)
+                    if end >= 0:
+                        rest = bytes(kept[end + 5:])
+                        del kept[end + 2:]
+                        buffer[:0] = rest  # pipelined commands after the dot
+                        size -= len(rest)
+                        break
+                    scan_from = max(0, len(kept) - 4)
+                    if limit and size > limit + 5:
+                        too_much = True
+                        del kept[:-4]  # drain without holding it: keep only a possible prefix
+                        scan_from = 0
+                    elif len(kept) > self._spool_threshold:  # to disk, in pieces of this size
+                        if spool is None:
+                            spool = Spooled(self._spool_dir)
+                        too_long = self._spill(kept, spool, too_long)
+                        scan_from = 0
+                if reader.at_eof():
+                    return
+                await reader._wait_for_data("smtp_DATA")
+            if too_much or (limit and size - 2 > limit):
+                self.envelope = self._create_envelope()
+                await self.push("552 5.3.4 Message too big")
                 return
-            await reader._wait_for_data("smtp_DATA")
-        if too_much or (limit and len(kept) - 2 > limit):
-            self.envelope = self._create_envelope()
-            await self.push("552 5.3.4 Message too big")
-            return
-        if self._line_too_long(kept):
-            self.envelope = self._create_envelope()
-            await self.push("500 5.5.2 Line too long")
-            return
-        # unstuff only when a line starts with a dot; otherwise no extra copy of the message
-        content = (_UNSTUFF.sub(b"\\1", kept)[2:] if b"\r\n." in kept else bytes(kept[2:]))
-        self.envelope.content = content
-        self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
+            if spool is not None:
+                too_long = self._spill(kept, spool, too_long, last=True)
+            if too_long or (spool is None and self._line_too_long(kept)):
+                self.envelope = self._create_envelope()
+                await self.push("500 5.5.2 Line too long")
+                return
+            if spool is None:
+                # unstuff only when a line starts with a dot; else no extra copy of the message
+                content = (_UNSTUFF.sub(b"\\1", kept)[2:] if b"\r\n." in kept
+                           else bytes(kept[2:]))
+            else:
+                content = b""  # the handler reads ``self.spooled``
+                self.spooled = spool
+            self.envelope.content = content
+            self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self.spooled = None
+            if spool is not None:
+                spool.close()
         self.envelope = self._create_envelope()
         await self.push("250 OK" if not isinstance(status, str) else status)
+
+    def _spill(self, kept: bytearray, spool: Spooled, too_long: bool, last: bool = False) -> bool:
+        """Move the complete lines at the front of ``kept`` to the spool file, unstuffed;
+        ``kept`` keeps a CRLF and what follows (the partial line, a possible terminator).
+        Returns whether a line over the limit was seen (then nothing more is written)."""
+        cut = len(kept) if last else kept.rfind(b"\r\n", 0, len(kept) - 4)
+        if cut <= 0:
+            # no line end in the whole window: that line is over any limit; drop it
+            del kept[:-4]
+            return True
+        segment = kept[:cut]
+        del kept[:cut]
+        if too_long or max(map(len, segment.split(b"\r\n"))) > self.line_length_limit - 2:
+            return True
+        if b"\r\n." in segment:
+            segment = bytearray(_UNSTUFF.sub(b"\\1", segment))
+        spool.write(segment if spool.started else memoryview(segment)[2:])
+        return False
 
     def _line_too_long(self, kept: bytearray) -> bool:
         """A line (up to CRLF) over 1000 octets. One split in C; a regex that tries every

@@ -1,10 +1,12 @@
 """The chunked DATA reader: only CRLF.CRLF ends the data (HOSTILE-INPUTS 1-3), however the
-bytes are split; dots are unstuffed; pipelined commands after the dot are answered."""
+bytes are split; dots are unstuffed; pipelined commands after the dot are answered. Every
+test runs twice: messages held in memory, and messages spooled to disk past 4 KB."""
 
 from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,13 @@ from tests.reliability.test_hostile_clients import read_replies
 
 HEAD = (b"From: someone@school.example\r\nTo: ouder@example.org\r\nSubject: s\r\n"
         b"Message-ID: <d@school.example>\r\n\r\n")
+
+
+@pytest.fixture(params=["memory", "spool"])
+def gateway(request: pytest.FixtureRequest, sink: Any, make_gateway: Any) -> GatewayThread:
+    extra = "spool_threshold = 4096" if request.param == "spool" else ""
+    gw: GatewayThread = make_gateway(f"smtp://127.0.0.1:{sink[1]}", gateway_extra=extra)
+    return gw
 
 
 def session(gw: GatewayThread) -> socket.socket:
@@ -87,3 +96,43 @@ def test_line_length_limit(gateway: GatewayThread, sink: Any, line: bytes, code:
     assert read_replies(s, 1)[0][:3] == code
     s.close()
     assert len(sink[0].messages) == (1 if code == b"250" else 0)
+
+
+def spool_files(gw: GatewayThread) -> list[Path]:
+    spool = gw.running.gateway.runtime.config.state_dir / "spool"
+    return list(spool.iterdir()) if spool.exists() else []
+
+
+@pytest.mark.parametrize("split", [1, 7, 4093, 4096, 65536])
+def test_spooled_message_arrives_byte_for_byte(gateway: GatewayThread, sink: Any,
+                                               split: int) -> None:
+    """Dots, bare CR/LF and the terminator fall on every kind of boundary; the next hop
+    gets exactly what an in-memory message would have given it."""
+    lines = [b"." * (i % 5) + b"regel %d" % i + (b"\r" if i % 97 == 0 else b"")
+             for i in range(6000)]
+    body = HEAD + b"\r\n".join(lines) + b"\r\n"
+    s = session(gateway)
+    wire = body.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    for i in range(0, len(wire), split):
+        s.sendall(wire[i:i + split])
+    assert read_replies(s, 1)[0][:3] == b"250"
+    s.close()
+    expected = body.replace(b"\r\r\n", b"\r\n\r\n")  # the bare CRs, normalised
+    assert sink[0].messages[0].content.endswith(expected.split(b"\r\n\r\n", 1)[1])
+    assert sink[0].messages[0].content.count(b"regel ") == 6000
+    assert spool_files(gateway) == []  # anonymous files: nothing left behind
+
+
+def test_spooled_line_too_long_and_too_big(sink: Any, make_gateway: Any) -> None:
+    gw = make_gateway(f"smtp://127.0.0.1:{sink[1]}",
+                      gateway_extra="spool_threshold = 4096\nmax_message_size = 200000")
+    s = session(gw)  # a long line far past the spool threshold
+    s.sendall(HEAD + (b"y" * 70 + b"\r\n") * 1000 + b"z" * 5000 + b"\r\nend\r\n.\r\n")
+    assert read_replies(s, 1)[0][:3] == b"500"
+    s.sendall(b"RSET\r\nMAIL FROM:<someone@school.example>\r\nRCPT TO:<ouder@example.org>\r\n"
+              b"DATA\r\n")
+    assert [r[:3] for r in read_replies(s, 4)] == [b"250", b"250", b"250", b"354"]
+    s.sendall(HEAD + (b"w" * 70 + b"\r\n") * 4000 + b".\r\n")  # 288 KB > 200000
+    assert read_replies(s, 1)[0][:3] == b"552"
+    s.close()
+    assert sink[0].messages == []
