@@ -171,9 +171,9 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "max_connections": (_int(1), 500),
         # A message past this many bytes is received into a temporary file in
         # <state>/spool instead of memory; at most message_memory bytes of such messages
-        # (counted twice: raw and decoded) are read back and processed at once per process.
+        # (counted three times: raw, decoded, working copy) are processed at once per process.
         "spool_threshold": (_int(4096), 256 * 1024),
-        "message_memory": (_int(2**20), 64 * 2**20),
+        "message_memory": (_int(2**20), 48 * 2**20),
         # Worker processes sharing the listening ports (SO_REUSEPORT): one per core uses the
         # whole machine. Metrics then come from worker 1 only.
         "workers": (_int(1), 1),

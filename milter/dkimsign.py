@@ -60,6 +60,10 @@ class Signer:
 
     def sign(self, message: bytes, author: str) -> bytes:
         """Prepend DKIM-Signature header(s) for the author's domain (RSA and Ed25519 alike)."""
+        return self.signature(message, author) + message
+
+    def signature(self, message: bytes, author: str) -> bytes:
+        """The DKIM-Signature header line(s) for the author's domain (empty for others)."""
         domain = domain_of(author)
         sigs = b""
         for key in self.keys:
@@ -68,7 +72,7 @@ class Signer:
             sigs += dkim.sign(message, key.selector.encode(), key.domain.encode(), key.private,
                               include_headers=SIGNED_HEADERS,
                               signature_algorithm=key.algorithm, linesep=b"\r\n")
-        return sigs + message
+        return sigs
 
 
 def keygen(domain: str, selector: str, directory: Path, kind: str = "rsa") -> tuple[Path, str]:

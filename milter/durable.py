@@ -18,11 +18,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_synced(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` (which must not be in use) and fsync the file."""
+def write_synced(path: Path, data: bytes | tuple[bytes, ...], mode: int = 0o644) -> None:
+    """Write ``data`` (or its pieces, in order) to ``path`` (which must not be in use) and
+    fsync the file."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+        for piece in (data,) if isinstance(data, bytes) else data:
+            fh.write(piece)
         fh.flush()
         os.fsync(fh.fileno())
 

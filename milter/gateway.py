@@ -146,17 +146,18 @@ class Gateway:
                                            self.authenticator)
         return runtime.evaluate(envelope, content)
 
-    def outgoing(self, evaluation: Evaluation) -> bytes:
-        """The bytes for the next hop: our headers, the message, then a DKIM signature."""
-        data = policy_headers(evaluation, self.runtime.config.get("gateway", "hostname")) \
-            + evaluation.raw
+    def outgoing(self, evaluation: Evaluation) -> tuple[bytes, bytes]:
+        """The next hop's message as (head, body): our headers and any DKIM signature, then
+        the message as received. Two pieces, so a 10 MB message is never copied to prepend
+        a few header lines."""
+        head = policy_headers(evaluation, self.runtime.config.get("gateway", "hostname"))
         message = evaluation.message
         if self.signer is not None and message is not None and \
                 evaluation.verdict.direction == "outbound":
             authors = [a.addr_spec for a in message.authors if a.valid]
             if len(authors) == 1:
-                data = self.signer.sign(data, authors[0])
-        return data
+                head = self.signer.signature(head + evaluation.raw, authors[0]) + head
+        return head, evaluation.raw
 
     def notify(self, evaluation: Evaluation, txid: str, sender: str,
                recipients: Sequence[str]) -> None:

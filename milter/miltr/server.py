@@ -186,8 +186,7 @@ class MilterSession:
             added_name, _, added_value = added.partition(": ")
             out += codec.encode_addheader(added_name, added_value)
         if gw.signer is not None:
-            signed = gw.outgoing(evaluation)
-            head = signed[: len(signed) - len(evaluation.raw)]
+            head, _body = gw.outgoing(evaluation)
             for field_line in _unfold(head):
                 if field_line.lower().startswith(b"dkim-signature:"):
                     sig = field_line.split(b":", 1)[1].strip().decode("ascii")

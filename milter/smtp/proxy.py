@@ -72,7 +72,7 @@ def check_address(address: str, *, allow_empty: bool) -> str | None:
 class ProxyHandler:
     """aiosmtpd handler hooks. Holds a reference to the gateway (swapped on reload)."""
 
-    def __init__(self, gateway: Gateway, memory: int = 64 * 2**20) -> None:
+    def __init__(self, gateway: Gateway, memory: int = 48 * 2**20) -> None:
         self.gateway = gateway
         self.pool = SessionPool()
         self.memory = MemoryBudget(memory)  # spooled messages in processing, per process
@@ -299,8 +299,9 @@ class ProxyHandler:
                 content = envelope.content if isinstance(envelope.content, bytes) else b""
                 return await self._finish(session, envelope, tx, content)
             # A large message is read back only when the process has memory for it: the
-            # budget covers the raw bytes and the decoded attachments, until it is relayed.
-            async with self.memory.hold(2 * spooled.size):
+            # budget covers the raw bytes, the decoded attachments and the decoder's working
+            # copy (about three times the size, measured), until it is relayed.
+            async with self.memory.hold(3 * spooled.size):
                 return await self._finish(session, envelope, tx, spooled.read())
         finally:
             metrics.LATENCY_SECONDS.observe(time.perf_counter() - started)
@@ -395,7 +396,7 @@ class ProxyHandler:
         gw = self.gateway
         assert tx.downstream is not None
         try:
-            reply = await tx.downstream.data(gw.outgoing(evaluation))
+            reply = await tx.downstream.data(*gw.outgoing(evaluation))
         except NextHopError as exc:
             await tx.downstream.close()  # state unknown mid-DATA: never reuse this session
             metrics.NEXT_HOP_ERRORS.labels("data").inc()

@@ -47,7 +47,7 @@ class Session(Protocol):
 
     async def rcpt(self, address: str) -> Reply: ...
 
-    async def data(self, content: bytes) -> Reply: ...
+    async def data(self, *pieces: bytes) -> Reply: ...
 
     async def reset(self) -> None: ...
 
@@ -105,8 +105,9 @@ class SMTPSession:
             return refused
         return await self._command(b"RCPT", f"TO:<{address}>".encode())
 
-    async def data(self, content: bytes) -> Reply:
-        """DATA, the message dot-stuffed in line-aligned chunks with flow control, the dot.
+    async def data(self, *pieces: bytes) -> Reply:
+        """DATA, the message (``pieces`` of whole lines) dot-stuffed in line-aligned chunks
+        with flow control, then the dot.
 
         aiosmtplib's own ``data`` rewrites the line ends and stuffs dots with two regex
         passes over the whole message and hands it to the transport in one piece: three
@@ -122,7 +123,7 @@ class SMTPSession:
                 if start.code != 354:
                     return Reply(start.code, start.message)
                 protocol._response_pending = True
-                for chunk in stuffed_chunks(content):
+                for chunk in stuffed_chunks(*pieces):
                     protocol.write(chunk)
                     await protocol._drain_helper()
                 protocol.write(b".\r\n")
@@ -161,31 +162,34 @@ class SMTPSession:
 CHUNK = 256 * 1024
 
 
-def stuffed_chunks(content: bytes, size: int = CHUNK) -> Iterator[bytes]:
-    """``content`` (CRLF line ends) as DATA: line-aligned pieces of about ``size`` bytes with
-    every line that starts with a dot given a second one (RFC 5321 4.5.2), ending in CRLF."""
-    pos, end = 0, len(content)
-    while pos < end:
-        cut = content.find(b"\r\n", pos + size) if end - pos > size else -1
-        cut = end if cut < 0 else cut + 2
-        piece = content[pos:cut] if pos or cut < end else content
-        if b"\r\n." in piece:
-            piece = piece.replace(b"\r\n.", b"\r\n..")
-        if piece.startswith(b"."):
-            piece = b"." + piece
-        yield piece
-        pos = cut
-    if content and not content.endswith(b"\r\n"):
+def stuffed_chunks(*pieces: bytes, size: int = CHUNK) -> Iterator[bytes]:
+    """The message (``pieces`` of whole lines, CRLF line ends) as DATA: line-aligned chunks
+    of about ``size`` bytes, every line that starts with a dot given a second one (RFC 5321
+    4.5.2), ending in CRLF."""
+    last = b""
+    for content in pieces:
+        pos, end = 0, len(content)
+        while pos < end:
+            cut = content.find(b"\r\n", pos + size) if end - pos > size else -1
+            cut = end if cut < 0 else cut + 2
+            piece = content[pos:cut] if pos or cut < end else content
+            if b"\r\n." in piece:
+                piece = piece.replace(b"\r\n.", b"\r\n..")
+            if piece.startswith(b"."):
+                piece = b"." + piece
+            yield piece
+            last, pos = piece, cut
+    if last and not last.endswith(b"\r\n"):
         yield b"\r\n"  # an empty message is just the dot
 
 
-def maildir_deliver(root: Path, content: bytes) -> str:
+def maildir_deliver(root: Path, *pieces: bytes) -> str:
     """Write one message durably into a Maildir (tmp/, fsync, rename into new/, fsync dir)."""
     for sub in ("tmp", "new", "cur"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     name = f"{time.time_ns()}.{uuid.uuid4().hex[:12]}.{socket.gethostname()}"
     tmp = root / "tmp" / name
-    write_synced(tmp, content, 0o600)
+    write_synced(tmp, pieces, 0o600)
     os.rename(tmp, root / "new" / name)
     fsync_dir(root / "new")
     return name
@@ -203,9 +207,9 @@ class MaildirSession:
     async def rcpt(self, address: str) -> Reply:
         return Reply(250, "2.1.5 Ok")
 
-    async def data(self, content: bytes) -> Reply:
+    async def data(self, *pieces: bytes) -> Reply:
         try:
-            name = await asyncio.to_thread(maildir_deliver, self.root, content)
+            name = await asyncio.to_thread(maildir_deliver, self.root, *pieces)
         except OSError as exc:
             raise NextHopError(f"maildir delivery failed: {exc}") from exc
         return Reply(250, f"2.0.0 Ok: delivered as {name}")

@@ -14,7 +14,7 @@ _lines = st.lists(st.sampled_from([b"", b".", b"..", b".x", b"x.", b"abc", b"a" 
 @given(_lines, st.integers(1, 120))
 def test_chunks_are_the_stuffed_message(lines: list[bytes], size: int) -> None:
     content = b"".join(line + b"\r\n" for line in lines)
-    chunks = list(stuffed_chunks(content, size))
+    chunks = list(stuffed_chunks(content, size=size))
     wire = b"".join(chunks)
     # what a receiving server unstuffs (RFC 5321 4.5.2) is the message, byte for byte
     received = [line[1:] if line.startswith(b".") else line
@@ -27,6 +27,12 @@ def test_chunks_are_the_stuffed_message(lines: list[bytes], size: int) -> None:
 def test_message_without_final_line_end_gets_one() -> None:
     assert b"".join(stuffed_chunks(b"a\r\n.b")) == b"a\r\n..b\r\n"
     assert b"".join(stuffed_chunks(b"")) == b""  # DATA, then only the dot
+
+
+@given(_lines, _lines, st.integers(1, 50))
+def test_head_and_body_are_one_message(head: list[bytes], body: list[bytes], size: int) -> None:
+    h, b = (b"".join(line + b"\r\n" for line in x) for x in (head, body))
+    assert b"".join(stuffed_chunks(h, b, size=size)) == b"".join(stuffed_chunks(h + b))
 
 
 def test_large_message_is_sent_in_bounded_pieces() -> None:
