@@ -6,6 +6,7 @@ clock is passed in, never read here, so the core stays a pure function of its in
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,13 +42,7 @@ class Context:
 
     @property
     def client_is_internal(self) -> bool:
-        try:
-            ip = ipaddress.ip_address(self.envelope.client_ip.split("%")[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.internal_networks)
+        return _in_networks(self.envelope.client_ip, self.internal_networks)
 
     @property
     def direction(self) -> str:
@@ -74,6 +69,18 @@ class Context:
     @property
     def internal_recipients(self) -> tuple[str, ...]:
         return tuple(r for r in self.envelope.rcpt_tos if self.is_internal(r))
+
+
+@functools.lru_cache(maxsize=4096)
+def _in_networks(client_ip: str, networks: tuple[Network, ...]) -> bool:
+    """Asked for every command of every transaction, for a few client addresses."""
+    try:
+        ip = ipaddress.ip_address(client_ip.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
 
 
 def domain_of(address: str) -> str:

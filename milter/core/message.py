@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import functools
 import hashlib
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.message import Message as StdMessage
@@ -138,6 +140,7 @@ class Part:
 # message. Parsing a 10 MB attachment line by line in Python cost a second and 100 MB.
 _B64_RUN = re.compile(rb"\n((?:[A-Za-z0-9+/]++\r\n){32,}+)")  # possessive: no backtrack stack
 _B64_TEXT = re.compile(r"[A-Za-z0-9+/]*")
+_TOKEN = re.compile("0SKOTELIDED([0-9a-f]{16})N([0-9]+)(\r\n)?")
 _B64_LAST = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
@@ -148,7 +151,6 @@ class Elided:
         self.raw = raw
         self.nonce = secrets.token_hex(8)  # unguessable: a sender cannot forge a token
         self.spans: list[tuple[int, int]] = []
-        self.token = re.compile(f"0SKOTELIDED{self.nonce}N([0-9]+)(\r\n)?")
 
     def skeleton(self) -> bytes:
         """The message with every long base64 run replaced by one token line."""
@@ -168,14 +170,18 @@ class Elided:
     def has_token(self, text: object) -> bool:
         return isinstance(text, str) and self.nonce in text
 
+    def tokens(self, text: str) -> Iterator[re.Match[str]]:
+        return (m for m in _TOKEN.finditer(text) if m.group(1) == self.nonce)
+
     def restore(self, text: str) -> str:
-        return self.token.sub(lambda m: self._span(m).decode("ascii"), text)
+        return _TOKEN.sub(lambda m: self._span(m).decode("ascii")
+                          if m.group(1) == self.nonce else m.group(0), text)
 
     def _span(self, m: re.Match[str]) -> bytes:
         """The run a token stands for; without its last line end where the parser took the
         token's (the line before a boundary, the end of a preamble)."""
-        start, end = self.spans[int(m.group(1))]
-        return self.raw[start:end if m.group(2) else end - 2]
+        start, end = self.spans[int(m.group(2))]
+        return self.raw[start:end if m.group(3) else end - 2]
 
     def decode_base64(self, msg: StdMessage) -> bytes:
         """What ``get_payload(decode=True)`` gives for the restored payload, without
@@ -186,7 +192,7 @@ class Elided:
         pieces: list[bytes] = []
         texts: list[str] = []
         total, pos = 0, 0
-        for m in self.token.finditer(text):
+        for m in self.tokens(text):
             texts.append("".join(text[pos:m.start()].splitlines()))
             run = self._span(m)
             pieces += [texts[-1].encode("ascii", "surrogateescape"), run]
@@ -269,18 +275,22 @@ def _header_str(msg: StdMessage, name: str) -> str:
 
 
 def _authors(msg: EmailMessage) -> tuple[tuple[Author, ...], int]:
-    fields = []
-    try:
-        fields = msg.get_all("From") or []
-    except Exception:  # noqa: BLE001 - header objects that fail to parse
-        return (Author("", "", False),), 1
+    values = tuple(v for k, v in msg.raw_items() if k.lower() == "from")
+    return _parse_authors(values)
+
+
+@functools.lru_cache(maxsize=2048)
+def _parse_authors(values: tuple[str, ...]) -> tuple[tuple[Author, ...], int]:
+    """The authors of raw ``From:`` values. A relay sees the same few thousand senders all
+    day; the address parser costs more than the rest of the message parse."""
     out: list[Author] = []
-    for f in fields:
+    for value in values:
         try:
+            f = POLICY.header_fetch_parse("From", value)
             addresses = f.addresses
             defects = f.defects
-        except Exception:  # noqa: BLE001
-            out.append(Author("", str(f), False))
+        except Exception:  # noqa: BLE001 - header objects that fail to parse
+            out.append(Author("", str(value), False))
             continue
         if not addresses:
             out.append(Author("", "", False))
@@ -290,7 +300,7 @@ def _authors(msg: EmailMessage) -> tuple[tuple[Author, ...], int]:
                      and not _CTL.search(spec) and not _CTL.search(a.display_name or "")
                      and spec.count("@") == 1)
             out.append(Author(a.display_name or "", spec, valid))
-    return tuple(out), len(fields)
+    return tuple(out), len(values)
 
 
 def _is_base64(node: StdMessage) -> bool:

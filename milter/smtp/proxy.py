@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import re
@@ -55,8 +56,10 @@ class Transaction:
     smtputf8: bool = False  # MAIL carried SMTPUTF8: non-ASCII addresses are allowed
 
 
+@functools.lru_cache(maxsize=4096)
 def check_address(address: str, *, allow_empty: bool) -> str | None:
-    """None if the address may be relayed exactly as given, else the reason it may not."""
+    """None if the address may be relayed exactly as given, else the reason it may not.
+    (Cached: the same addresses come back all day, and the validator is not cheap.)"""
     if _CTL.search(address):
         return "control characters in address"
     if not address:

@@ -62,6 +62,9 @@ class SMTPSession:
                                      local_hostname=helo, start_tls=False, use_tls=False)
         self._timeout = timeout
         self.esmtp: set[str] = set()
+        # No transaction open at the next hop: after the greeting, and after the reply to
+        # the end of data, whatever it was (RFC 5321 4.1.1.4). Then no RSET is needed.
+        self.between = True
 
     async def connect(self) -> None:
         try:
@@ -97,6 +100,7 @@ class SMTPSession:
         keep = [p for p in params if p.split("=")[0].upper() in self.esmtp
                 or (p.upper().startswith("BODY=") and "8BITMIME" in self.esmtp)]
         args = [b"MAIL", f"FROM:<{address}>".encode()] + [p.encode() for p in keep]
+        self.between = False
         return await self._command(*args)
 
     async def rcpt(self, address: str) -> Reply:
@@ -123,11 +127,15 @@ class SMTPSession:
                 if start.code != 354:
                     return Reply(start.code, start.message)
                 protocol._response_pending = True
-                for chunk in stuffed_chunks(*pieces):
+                chunks = stuffed_chunks(*pieces)
+                chunk = next(chunks, b"")
+                for following in chunks:
                     protocol.write(chunk)
                     await protocol._drain_helper()
-                protocol.write(b".\r\n")
+                    chunk = following
+                protocol.write(chunk + b".\r\n")  # the last piece and the dot in one send
                 resp = await protocol.read_response(timeout=self._timeout)
+                self.between = True
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             self._smtp.close()
             raise NextHopError(f"next hop failed during DATA: {exc}") from exc
@@ -144,7 +152,8 @@ class SMTPSession:
         except (TimeoutError, aiosmtplib.SMTPException, OSError):
             await self.close()
             return False
-        return resp.code == 250
+        self.between = resp.code == 250
+        return self.between
 
     async def reset(self) -> None:
         await self.rset()
@@ -280,7 +289,7 @@ class SessionPool:
             await session.close()
             return
         idle = self._idle.setdefault(next_hop, [])
-        if len(idle) >= self.max_idle or not await session.rset():
+        if len(idle) >= self.max_idle or not (session.between or await session.rset()):
             await session.close()
             return
         idle.append((time.monotonic(), session))

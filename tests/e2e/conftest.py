@@ -36,6 +36,11 @@ class SinkHandler:
     data_delay: float = 0.0  # seconds the sink takes before answering end of data
     sessions: int = 0
     greetings: int = 0  # EHLOs seen: one per next-hop connection
+    resets: int = 0     # RSETs seen
+
+    async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
+        self.resets += 1
+        return "250 OK"
 
     async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
                           responses: list[str]) -> list[str]:

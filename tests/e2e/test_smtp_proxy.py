@@ -354,9 +354,11 @@ def test_next_hop_sessions_are_reused(gateway: GatewayThread, sink: Any) -> None
         with gateway.client() as c:
             c.sendmail("someone@school.example", ["ouder@example.org"], CLEAN)
     assert len(sink[0].messages) == 5
-    assert sink[0].greetings == 1  # one next-hop connection, RSET between transactions
+    assert sink[0].greetings == 1  # one next-hop connection for all of them
+    assert sink[0].resets == 0     # a completed transaction needs no RSET (RFC 5321 4.1.1.4)
     with gateway.client() as c, pytest.raises(smtplib.SMTPDataError):
         c.sendmail("me@gmail.example", ["ouder@example.org"], make_message(frm="me@gmail.example"))
     with gateway.client() as c:
         c.sendmail("someone@school.example", ["ouder@example.org"], CLEAN)
     assert len(sink[0].messages) == 6 and sink[0].greetings == 1
+    assert sink[0].resets == 1     # the refused one left MAIL/RCPT open there: reset
