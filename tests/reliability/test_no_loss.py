@@ -1,6 +1,6 @@
 """No mail lost under faults: soaks of a couple of thousand messages from concurrent clients
 while the next hop fails, stalls, goes away and comes back, while the audit store refuses
-writes, and while the gateway is SIGKILLed
+writes or loses its connections (SQLite and PostgreSQL), and while the gateway is SIGKILLed
 and restarted. Afterwards, for every message a client sent: either it got 250 and the sink has
 it exactly once with its audit record, or it got 4xx/5xx (and for 5xx the audit has the
 verdict), or its connection failed. Nothing else."""
@@ -24,13 +24,16 @@ from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from aiosmtpd.controller import Controller
 
+from milter.audit.postgres import PostgresStore
 from milter.audit.sqlite import SQLiteStore
 from milter.audit.store import OUTCOMES, AuditStore
 from tests.conftest import write_config
 from tests.e2e.conftest import GatewayThread, free_port
+from tests.postgres.conftest import ADMIN
 
 CLIENTS = 8  # concurrent client threads in every soak
 NO_NOTICES = "[notices]\nenabled = false\n"
@@ -316,11 +319,84 @@ def test_soak_sqlite_with_next_hop_and_audit_faults(tmp_path: Path, hop: Hop) ->
     store.close()
 
 
-def test_gateway_sigkilled_and_restarted(tmp_path: Path, hop: Hop) -> None:
+def audit_to(cfg: Path, url: str) -> Path:
+    """The config ``cfg`` with its audit store at ``url``."""
+    cfg.write_text(cfg.read_text().replace('url = "sqlite:///audit.sqlite3"', f'url = "{url}"'))
+    return cfg
+
+
+def admin(sql: str) -> int:
+    """Run ``sql`` as the PostgreSQL superuser; the number of rows it returned."""
+    with psycopg.connect(ADMIN, autocommit=True, connect_timeout=5) as conn:
+        cur = conn.execute(sql)
+        return len(cur.fetchall()) if cur.description else 0
+
+
+def test_soak_postgres_with_next_hop_and_audit_faults(tmp_path: Path, hop: Hop,
+                                                      pg_url: str) -> None:
+    db = pg_url.rsplit("/", 1)[1]
+    gw = GatewayThread(audit_to(write_config(tmp_path, next_hop=f"smtp://127.0.0.1:{hop.port}",
+                                             gateway_extra=HOP_TIMEOUT, extra=NO_NOTICES),
+                                pg_url))
+    # Only our own database's sessions: the server is shared with other tests and sessions.
+    # The victims are chosen in a materialized CTE: with pg_terminate_backend() in the WHERE
+    # clause of pg_stat_activity, the planner runs it on every backend of the server before
+    # the join that filters on datname.
+    kill = (f"WITH victims AS MATERIALIZED (SELECT pid FROM pg_stat_activity "
+            f"WHERE datname = '{db}' AND pid <> pg_backend_pid()) "
+            f"SELECT pid FROM victims WHERE pg_terminate_backend(pid)")
+    killed = 0
+
+    def faults(soak: Soak) -> None:
+        nonlocal killed
+        soak.wait_claimed(150)
+        hop.stop()
+        soak.enter("hop-down")
+        soak.wait_claimed(250)
+        hop.start()
+        soak.enter("clean")
+        soak.wait_claimed(400)
+        soak.enter("connections-killed")   # the store's sessions die, again and again
+        while soak.claimed < 550 and not soak.abort:
+            killed += admin(kill)
+            time.sleep(0.02)
+        soak.enter("clean")
+        soak.wait_claimed(650)
+        # Writes refused: new sessions are read-only, and the old ones are ended so that the
+        # gateway's pool must open new ones (a failover to a read-only standby looks so).
+        admin(f'ALTER DATABASE "{db}" SET default_transaction_read_only = on')
+        killed += admin(kill)
+        soak.enter("audit-refused")
+        soak.wait_claimed(750)
+        admin(f'ALTER DATABASE "{db}" RESET default_transaction_read_only')
+        killed += admin(kill)    # the read-only sessions go; the next ones may write
+        soak.enter("recovering")
+        soak.wait_claimed(750 + CLIENTS)
+        soak.enter("clean")
+
+    soak = Soak(gw.port, 1000)
+    try:
+        soak.run(faults)
+    finally:
+        gw.stop()
+    assert killed > 0
+    assert_faults_bit(soak, refused=("audit-refused",))
+    assert sum(a.reason == "audit" for a in soak.inside("connections-killed")) > 0
+    store = PostgresStore(pg_url, "test")
+    check_invariant(soak.codes(), hop.sink.ids, store)
+    store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_gateway_sigkilled_and_restarted(tmp_path: Path, hop: Hop, backend: str,
+                                         request: pytest.FixtureRequest) -> None:
     port = free_port()
     cfg = write_config(tmp_path, listen=f"127.0.0.1:{port}",
                        next_hop=f"smtp://127.0.0.1:{hop.port}", gateway_extra=HOP_TIMEOUT,
                        extra=NO_NOTICES)
+    pg_url = request.getfixturevalue("pg_url") if backend == "postgres" else ""
+    if pg_url:
+        audit_to(cfg, pg_url)
 
     def start() -> subprocess.Popen[bytes]:
         p = subprocess.Popen([sys.executable, "-m", "milter.cli", "serve", "--config",
@@ -365,6 +441,7 @@ def test_gateway_sigkilled_and_restarted(tmp_path: Path, hop: Hop) -> None:
     assert len(down) >= 3 * CLIENTS and all(a.code == 0 for a in down)
     last = [a for a in soak.answers.values() if a.phases[0] == len(soak.phases) - 1]
     assert sum(a.code == 250 for a in last) > 50  # the last restart serves again
-    store = SQLiteStore(tmp_path / "audit.sqlite3", "test")
+    store: AuditStore = PostgresStore(pg_url, "test") if pg_url \
+        else SQLiteStore(tmp_path / "audit.sqlite3", "test")
     check_invariant(soak.codes(), hop.sink.ids, store)
     store.close()
