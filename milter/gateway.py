@@ -12,14 +12,22 @@ import secrets
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from milter import metrics
 from milter.audit import checkpoint
 from milter.audit.checkpoint import SigningKey
-from milter.audit.store import AuditEvent, AuditRecord, AuditStore, AuditUnavailable
+from milter.audit.sql import now_iso
+from milter.audit.store import (
+    OUTCOMES,
+    AuditEvent,
+    AuditRecord,
+    AuditStore,
+    AuditUnavailable,
+    Filters,
+)
 from milter.core.context import Envelope
 from milter.core.verdict import ascii_line
 from milter.dkimsign import Signer
@@ -45,7 +53,18 @@ class AsyncAudit:
 
     Appends queued while a commit is in progress go out together in the next commit (group
     commit); each caller still returns only once its own record is durable.
+
+    The outcome of a transaction whose intent was recorded here (delivered, rejected, ...)
+    states what the next hop already did. When the store refuses it, the caller hears
+    AuditUnavailable as always, and the SMTP front still answers the next hop's 250 (a 4xx
+    then would only cause a duplicate, HOSTILE-INPUTS 35); but the record is kept and written
+    as soon as the store takes writes again, so every 250 ends up with its outcome on record.
+    Only a crash before then leaves the intent alone, which ``audit verify`` warns about.
     """
+
+    MAX_OWED = 100_000      # outcomes kept for a later write; beyond, the oldest are given up
+    MAX_OPEN = 100_000      # intents remembered while their outcome is awaited
+    RETRY = (0.5, 30.0)     # first and longest pause before writing owed outcomes again
 
     def __init__(self, store: AuditStore, checkpointer: Checkpointer | None = None) -> None:
         self.store = store
@@ -53,47 +72,144 @@ class AsyncAudit:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
         self._pending: list[tuple[AuditEvent, asyncio.Future[AuditRecord]]] = []
         self._running = False
+        self._open: dict[str, None] = {}   # txids whose intent is durable, in append order
+        self._owed: list[AuditEvent] = []  # outcomes the store refused, to be written later
+        self._retry: asyncio.TimerHandle | None = None
+        self._pause = self.RETRY[0]        # grows while the store keeps refusing them
+        self._settle_at = 0.0              # monotonic time of the next attempt at them
 
     async def append(self, event: AuditEvent) -> AuditRecord:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[AuditRecord] = loop.create_future()
         self._pending.append((event, fut))
+        self._start(loop)
+        return await fut
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._running:
             self._running = True
             loop.create_task(self._drain())
-        return await fut
+
+    def _settle_due(self) -> bool:
+        return bool(self._owed) and time.monotonic() >= self._settle_at
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while self._pending:
+            while self._pending or self._settle_due():
                 batch, self._pending = self._pending, []
                 events = [e for e, _ in batch]
                 started = time.perf_counter()
-                try:
-                    many = getattr(self.store, "append_many", None)
-                    if many is not None:
-                        records = await loop.run_in_executor(self._executor, many, events)
+                written: list[AuditRecord] = []
+                if self._settle_due():
+                    # Owed outcomes go first and in their own transaction: whatever becomes
+                    # of them, the new records are not held back.
+                    owed, self._owed = self._owed, []
+                    still, written = await loop.run_in_executor(self._executor, self._settle,
+                                                                owed)
+                    self._owed = still + self._owed
+                    if still:
+                        self._settle_at = time.monotonic() + self._pause
+                        self._pause = min(self._pause * 2, self.RETRY[1])
                     else:
-                        records = [await loop.run_in_executor(self._executor, self.store.append,
-                                                              e) for e in events]
-                except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
-                    err = exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(str(exc))
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(err)
-                    continue
-                metrics.AUDIT_WRITE_SECONDS.observe(time.perf_counter() - started)
-                for (_, fut), rec in zip(batch, records, strict=True):
-                    if not fut.done():
-                        fut.set_result(rec)
-                if self.checkpointer is not None and records:
+                        self._pause = self.RETRY[0]
+                if events:
+                    try:
+                        records = await loop.run_in_executor(self._executor, self._write,
+                                                             events)
+                    except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
+                        err = exc if isinstance(exc, AuditUnavailable) \
+                            else AuditUnavailable(str(exc))
+                        self._owe([e for e in events if self._is_owed(e)])
+                        for _, fut in batch:
+                            if not fut.done():
+                                fut.set_exception(err)
+                    else:
+                        metrics.AUDIT_WRITE_SECONDS.observe(time.perf_counter() - started)
+                        for (_, fut), rec in zip(batch, records, strict=True):
+                            if not fut.done():
+                                fut.set_result(rec)
+                        written += records
+                for rec in written:
+                    self._track(rec)
+                if self.checkpointer is not None and written:
                     await loop.run_in_executor(self._executor, self.checkpointer.seen,
-                                               records[-1], len(records))
+                                               written[-1], len(written))
         finally:
             self._running = False
+            self._schedule_retry(loop)
+
+    def _write(self, events: list[AuditEvent]) -> list[AuditRecord]:
+        many = getattr(self.store, "append_many", None)
+        if many is not None:
+            records: list[AuditRecord] = many(events)
+            return records
+        return [self.store.append(e) for e in events]
+
+    def _settle(self, owed: list[AuditEvent]) -> tuple[list[AuditEvent], list[AuditRecord]]:
+        """Write owed outcomes (writer thread): what is still owed, and what was written.
+
+        A commit whose connection broke may have happened after all: an outcome already on
+        record for its transaction is not written twice."""
+        if not owed:
+            return [], []
+        try:
+            todo = [e for e in owed if not any(
+                r.event == e.event for r in self.store.records(Filters(txid=e.txid)))]
+            written = self._write(todo) if todo else []
+        except Exception as exc:  # noqa: BLE001 - kept for the next attempt
+            log.warning("audit store still refuses %d outcome record(s): %s", len(owed), exc)
+            return owed, []
+        log.warning("audit: %d outcome record(s) written late, %d were on record already",
+                    len(written), len(owed) - len(written))
+        return [], written
+
+    def _is_owed(self, event: AuditEvent) -> bool:
+        return event.event in OUTCOMES and event.txid in self._open
+
+    def _owe(self, events: list[AuditEvent]) -> None:
+        if not events:
+            return
+        for e in events:
+            self._open.pop(e.txid, None)
+            log.error("tx=%s %s record refused by the audit store; kept to write later",
+                      e.txid, e.event)
+            self._owed.append(replace(e, evidence={**e.evidence, "deferred_since": now_iso()}))
+        if len(self._owed) > self.MAX_OWED:
+            lost, self._owed = self._owed[:-self.MAX_OWED], self._owed[-self.MAX_OWED:]
+            log.error("audit: gave up %d outcome record(s); their intents stay without an "
+                      "outcome", len(lost))
+        # The store just refused: the next attempt at them waits a pause.
+        self._settle_at = max(self._settle_at, time.monotonic() + self._pause)
+
+    def _track(self, record: AuditRecord) -> None:
+        if record.event == "intent":
+            self._open[record.txid] = None
+            if len(self._open) > self.MAX_OPEN:
+                del self._open[next(iter(self._open))]
+        elif record.event in OUTCOMES:
+            self._open.pop(record.txid, None)
+
+    def _schedule_retry(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._owed and self._retry is None and not loop.is_closed():
+            delay = max(0.0, self._settle_at - time.monotonic())
+            self._retry = loop.call_later(delay, self._retry_now, loop)
+
+    def _retry_now(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._retry = None
+        if self._owed:
+            self._start(loop)
 
     def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._owed:  # a last chance for outcomes still owed (after any write in flight)
+            owed, self._owed = self._owed, []
+            self._owed, _ = self._executor.submit(self._settle, owed).result()
+        if self._owed:
+            log.error("audit: %d outcome record(s) never written; verify will name their "
+                      "intents", len(self._owed))
         self._executor.shutdown(wait=True)
         self.store.close()
 

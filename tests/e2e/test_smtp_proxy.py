@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from milter.audit.sqlite import SQLiteStore
 from milter.cli import main
@@ -183,6 +184,59 @@ def test_audit_intent_failure_gives_451_and_delivers_nothing(gateway: GatewayThr
         c.sendmail("someone@school.example", ["ouder@example.org"], CLEAN)
     assert err.value.smtp_code == 451 and err.value.smtp_error.startswith(b"4.3.0")
     assert sink[0].messages == []
+
+
+def deny_writes(db: Path, on: bool) -> None:
+    """Make the audit store refuse (or take again) every insert: a trigger that aborts."""
+    con = sqlite3.connect(db, timeout=30)
+    con.execute("CREATE TRIGGER deny BEFORE INSERT ON records BEGIN "
+                "SELECT RAISE(ABORT, 'disk full'); END" if on else "DROP TRIGGER deny")
+    con.commit()
+    con.close()
+
+
+class RefusingSink(SinkHandler):
+    """A next hop that takes the message and, before its 250, makes the audit store refuse
+    writes: the intent is on record, the outcome write fails."""
+
+    db: Path
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        deny_writes(self.db, True)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_outcome_refused_after_relay_is_250_and_recorded_once_store_is_back(
+        make_gateway: Any, tmp_path: Path) -> None:
+    handler = RefusingSink()
+    handler.db = tmp_path / "audit.sqlite3"
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        gw = make_gateway(f"smtp://127.0.0.1:{port}")
+        with gw.client() as c:
+            # The next hop has it: a 4xx now would only make the client send it twice.
+            c.sendmail("someone@school.example", ["ouder@example.org"], CLEAN)
+            # While the store refuses, a policy rejection is not given: 451, and it stays
+            # unrecorded (the client was never told 550).
+            with pytest.raises(smtplib.SMTPDataError) as err:
+                c.sendmail("me@gmail.example", ["ouder@example.org"],
+                           make_message(frm="me@gmail.example", to="ouder@example.org"))
+            assert err.value.smtp_code == 451
+        assert len(handler.messages) == 1
+        deny_writes(handler.db, False)
+        deadline = time.monotonic() + 20
+        while [e[0] for e in events(tmp_path)] != ["intent", "delivered"]:
+            assert time.monotonic() < deadline, events(tmp_path)
+            time.sleep(0.05)
+        store = SQLiteStore(handler.db, "test")
+        delivered = [r for r in store.records() if r.event == "delivered"][0]
+        assert delivered.reply.startswith("250 ") and "deferred_since" in delivered.evidence
+        assert store.verify().ok and not store.verify().warnings
+        store.close()
+    finally:
+        controller.stop()
 
 
 def test_audit_verify_passes_then_fails_after_sqlite_edit(gateway: GatewayThread, sink: Any,
