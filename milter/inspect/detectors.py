@@ -35,8 +35,14 @@ _DIGIT_RUN = re.compile(r"\d[\d. -]{7,11}\d")
 
 
 def count_bsn(text: str) -> int:
-    count, last_end = 0, -1
-    for run in _DIGIT_RUN.finditer(text):
+    count, last_end, after = 0, -1, 0
+    for start in _digit_starts(text):
+        if start < after:
+            continue
+        run = _DIGIT_RUN.match(text, start)
+        if run is None:
+            continue
+        after = run.end()
         # re-check the exact BSN shapes, with their boundaries, around the candidate run
         lo = max(0, run.start() - 1)
         for m in _BSN.finditer(text, lo, min(len(text), run.end() + 2)):
@@ -44,6 +50,29 @@ def count_bsn(text: str) -> int:
                 count += 1
                 last_end = m.end(1)
     return count
+
+
+_DIGITS = "0123456789"
+_ANY_DIGIT = re.compile(r"\d")
+_MANY_DIGITS = 4096  # past this many, one regex pass is cheaper than a loop over digits
+
+
+def _digit_starts(text: str) -> Iterable[int]:
+    """Every position of a digit, in order: where a pattern that starts with ``\\d`` can
+    match. The regex engine looks at every character (about 15 ns each, a millisecond for
+    a 60 KB document); for ASCII text ten C-speed counts and finds do it in microseconds,
+    and prose has few digits or none."""
+    if text.isascii():
+        positions: list[int] = []
+        for d in _DIGITS:
+            pos = text.find(d)
+            while pos >= 0 and len(positions) <= _MANY_DIGITS:
+                positions.append(pos)
+                pos = text.find(d, pos + 1)
+        if len(positions) <= _MANY_DIGITS:
+            positions.sort()
+            return positions
+    return (m.start() for m in _ANY_DIGIT.finditer(text))
 
 
 def iban_valid(candidate: str) -> bool:
@@ -60,18 +89,24 @@ def iban_valid(candidate: str) -> bool:
 
 
 
-_TWO_DIGITS = re.compile(r"\d\d")
-
-
 _IBAN_CI = re.compile(_IBAN.pattern, re.IGNORECASE)
 
 
+def _digit_pairs(text: str) -> Iterable[int]:
+    """Where ``\\d\\d`` matches, left to right, without overlap."""
+    after = 0
+    for pos in _digit_starts(text):
+        if pos >= after and text[pos + 1:pos + 2].isdecimal():
+            yield pos
+            after = pos + 2
+
+
 def count_iban(text: str) -> int:
-    """IBANs start with two letters and two check digits: scan for the digit pairs (rare in
-    prose, and a regex that starts with \\d skips ahead fast), then look two letters back."""
+    """IBANs start with two letters and two check digits: find the digit pairs (rare in
+    prose), then look two letters back."""
     count, last_end = 0, -1
-    for pair in _TWO_DIGITS.finditer(text):
-        pos = pair.start() - 2
+    for start in _digit_pairs(text):
+        pos = start - 2
         if pos < last_end or pos < 0 or not text[pos:pos + 2].isalpha() \
                 or (pos and text[pos - 1].isalnum()):
             continue
