@@ -8,14 +8,27 @@ also at open). A commit returns only once PostgreSQL has made it durable.
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from milter.audit.sql import GENESIS, PURGE_SHAPE, SQLStore, records_table
-from milter.audit.store import AuditUnavailable
+from milter.audit.sql import (
+    COLUMNS,
+    GENESIS,
+    PURGE_SHAPE,
+    SQLStore,
+    encode,
+    now_iso,
+    records_table,
+)
+from milter.audit.store import AuditEvent, AuditRecord, AuditUnavailable, seal
+
+_INSERTED = tuple(c for c in COLUMNS if c != "id")
 
 MIGRATIONS = [
     # 1: the records, the chain heads, and the append-only guard
@@ -65,6 +78,8 @@ class PostgresStore(SQLStore):
     def __init__(self, url: str, chain: str, pool_size: int = 4) -> None:
         self.url = url
         self.chain = chain
+        self._append_lock = threading.Lock()
+        self._known_head: tuple[int, str] | None = None  # as of our last write
         try:
             self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True,
                                         timeout=10, kwargs={"autocommit": True},
@@ -104,6 +119,74 @@ class PostgresStore(SQLStore):
             if isinstance(exc, AuditUnavailable):
                 raise
             raise AuditUnavailable(f"audit write failed: {exc}") from exc
+
+    def append_many(self, events: list[AuditEvent]) -> list[AuditRecord]:
+        """Append in one statement, one round trip, committed on its own (autocommit).
+
+        The records are sealed against the head this store last wrote or read; the
+        statement moves the head only if it is still that one (compare and set) and
+        inserts only if the head moved. When another writer of the chain (another worker
+        process of this node) got there first, nothing is written: read the head, seal
+        again. A locked BEGIN/SELECT/INSERT/UPDATE/COMMIT took six waits for the server
+        per record and made this store half as fast as SQLite for one client."""
+        if not events:
+            return []
+        with self._append_lock:
+            try:
+                with self._pool.connection() as conn:
+                    for _ in range(50):
+                        head = self._known_head or self._read_head(conn)
+                        records = self._seal(events, head)
+                        rows = conn.execute(self._insert_sql(len(records)), self._params(
+                            records, head)).fetchall()
+                        if rows:
+                            self._known_head = (records[-1].seq, records[-1].hash)
+                            ids = {int(seq): int(i) for i, seq in rows}
+                            return [AuditRecord(**{**asdict(r), "id": ids[r.seq],
+                                                   "recipients": r.recipients,
+                                                   "rules": r.rules}) for r in records]
+                        self._known_head = None  # another writer moved it: read it again
+            except psycopg.Error as exc:
+                self._known_head = None
+                raise AuditUnavailable(f"audit write failed: {exc}") from exc
+            except Exception as exc:  # pool time-out and the like: the front must tempfail
+                self._known_head = None
+                if isinstance(exc, AuditUnavailable):
+                    raise
+                raise AuditUnavailable(f"audit write failed: {exc}") from exc
+        raise AuditUnavailable("audit write failed: the chain head kept moving")
+
+    def _read_head(self, conn: psycopg.Connection[Any]) -> tuple[int, str]:
+        conn.execute("INSERT INTO chain_heads (chain, seq, hash) VALUES (%s, 0, %s) "
+                     "ON CONFLICT (chain) DO NOTHING", (self.chain, GENESIS))
+        row = conn.execute("SELECT seq, hash FROM chain_heads WHERE chain = %s",
+                           (self.chain,)).fetchone()
+        assert row is not None
+        return int(row[0]), str(row[1])
+
+    def _seal(self, events: list[AuditEvent], head: tuple[int, str]) -> list[AuditRecord]:
+        seq, prev = head
+        records = []
+        for ev in events:
+            seq += 1
+            records.append(seal(ev, self.chain, seq, prev, now_iso()))
+            prev = records[-1].hash
+        return records
+
+    @functools.cache  # noqa: B019 - one entry per batch size, for the store's lifetime
+    def _insert_sql(self, n: int) -> str:
+        cols = ", ".join(_INSERTED)
+        row = "(" + ", ".join(["%s"] * len(_INSERTED)) + ")"
+        return (f"WITH head AS (UPDATE chain_heads SET seq = %s, hash = %s "
+                f"WHERE chain = %s AND seq = %s AND hash = %s RETURNING 1), "
+                f"new AS (INSERT INTO records ({cols}) SELECT * FROM (VALUES "
+                f"{', '.join([row] * n)}) AS v WHERE EXISTS (SELECT 1 FROM head) "
+                f"RETURNING id, seq) SELECT id, seq FROM new")
+
+    def _params(self, records: list[AuditRecord], head: tuple[int, str]) -> tuple[Any, ...]:
+        last = records[-1]
+        values = [encoded[c] for r in records for encoded in (encode(r),) for c in _INSERTED]
+        return (last.seq, last.hash, self.chain, head[0], head[1], *values)
 
     def _head(self, execute: Any) -> tuple[int, str]:
         execute("INSERT INTO chain_heads (chain, seq, hash) VALUES (?, 0, ?) "

@@ -195,3 +195,20 @@ def test_failed_purge_leaves_nothing_half_done(pg_url: str, monkeypatch: Any) ->
     assert [r.purged for r in store.records()] == [0, 0, 0]
     assert store.verify().ok
     store.close()
+
+
+def test_a_writer_whose_head_is_stale_seals_again(pg_url: str) -> None:
+    """Two writers of one chain (two worker processes of a node): each appends in one
+    statement against the head it knows; the one that is behind writes nothing, reads the
+    head, and appends after the other."""
+    a, b = PostgresStore(pg_url, "node"), PostgresStore(pg_url, "node")
+    first = a.append(AuditEvent(event="viewed", txid="a1"))
+    second = b.append(AuditEvent(event="viewed", txid="b1"))
+    third = a.append(AuditEvent(event="viewed", txid="a2"))   # a still knows seq 1 as head
+    assert (first.seq, second.seq, third.seq) == (1, 2, 3)
+    assert third.prev_hash == second.hash
+    result = a.verify()
+    assert result.ok, result.problems
+    assert [r.txid for r in a.records()] == ["a1", "b1", "a2"]
+    a.close()
+    b.close()
