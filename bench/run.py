@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -86,6 +87,66 @@ def rss_kib(pids: list[int]) -> int:
         except OSError:
             continue
     return total
+
+
+def tree(pid: int) -> list[int]:
+    """The process and its descendants (the gateway's supervisor and its workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of the tree now: shared pages counted once, not per process."""
+    total = 0
+    for p in tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+class PeakSampler:
+    """Samples a process tree's PSS every 50 ms in a thread; ``peak`` is the highest sum."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, pss_kib(self.pid))
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def smtp_source(tool: str, port: int, sessions: int, count: int, size: int) -> Result:
+    """Postfix's C load generator: ``count`` messages of ``size`` bytes over ``sessions``
+    connections, several messages per connection; messages/s from the wall time."""
+    start = time.monotonic()
+    proc = subprocess.run([tool, "-d", "-s", str(sessions), "-m", str(count), "-l", str(size),
+                           "-f", "someone@school.example", "-t", "ouder@example.org",
+                           f"127.0.0.1:{port}"], capture_output=True, timeout=600)
+    r = Result(seconds=time.monotonic() - start)
+    r.sent = count
+    r.ok = count if proc.returncode == 0 else 0
+    r.errors = 0 if proc.returncode == 0 else 1
+    return r
 
 
 def gateway_config(tmp: Path, port: int, sink: int, audit_url: str,
@@ -191,12 +252,15 @@ def main() -> None:
         for mix_name, sessions, per_conn in scenarios:
             print(f"{mix_name}, {sessions} session(s), {per_conn} message(s) per connection")
             totals: dict[str, Result] = {}
+            pss_peak: dict[str, int] = {}
             for _ in range(args.rounds):
                 for name, (port, _proc) in targets.items():
                     if name == "smtp-sink" and (mix_name, sessions) != ("50KB", 20):
                         continue
-                    r = asyncio.run(run(port, all_mixes[mix_name], sessions, per_conn,
-                                        args.seconds))
+                    with PeakSampler(_proc.pid) as sampler:
+                        r = asyncio.run(run(port, all_mixes[mix_name], sessions, per_conn,
+                                            args.seconds))
+                    pss_peak[name] = max(pss_peak.get(name, 0), sampler.peak)
                     t = totals.setdefault(name, Result())
                     t.sent += r.sent
                     t.ok += r.ok
@@ -206,7 +270,10 @@ def main() -> None:
                     t.seconds += r.seconds
             for name, r in totals.items():
                 pid = targets[name][1].pid
-                print(line(name, r, rss_kib([pid])))
+                print(line(name, r, rss_kib(tree(pid))))
+                if args.memory:
+                    print(f"  {'':<10} peak PSS {pss_peak[name] / 1024:6.1f} MiB (sampled; shared "
+                          f"pages counted once), {len(tree(pid))} process(es)")
             b = totals["baseline"]
             for name in ("gateway", "gateway-pg", "smtp-sink"):
                 if name in totals and name != "smtp-sink":
@@ -220,6 +287,29 @@ def main() -> None:
                 print(f"  ratio gateway/smtp-sink: "
                       f"{totals['gateway'].rate / totals['smtp-sink'].rate:.3f}x")
             print()
+        source = shutil.which("smtp-source")
+        if source and not args.memory:
+            count = 400 if args.quick else 2000
+            for label, size in (("2KB", 2048), ("50KB", 51200)):
+                print(f"smtp-source (Postfix's C client), {label} plain text, 20 sessions, "
+                      f"{count} messages, several per connection")
+                res: dict[str, Result] = {}
+                for _ in range(args.rounds):
+                    for name, (port, _proc) in targets.items():
+                        r = smtp_source(source, port, 20, count, size)
+                        t = res.setdefault(name, Result())
+                        t.sent, t.ok, t.errors = t.sent + r.sent, t.ok + r.ok, t.errors + r.errors
+                        t.seconds += r.seconds
+                for name, r in res.items():
+                    print(f"  {name:<10} {r.rate:9.1f} msg/s" + ("" if not r.errors else
+                                                                "  (smtp-source failed)"))
+                for name in ("gateway", "gateway-pg"):
+                    if name in res:
+                        print(f"  ratio {name}/baseline: throughput "
+                              f"{res[name].rate / res['baseline'].rate:.2f}x")
+                print(f"  ratio gateway/smtp-sink: "
+                      f"{res['gateway'].rate / res['smtp-sink'].rate:.3f}x"
+                      if "smtp-sink" in res else "")
     finally:
         for p in procs:
             p.terminate()
