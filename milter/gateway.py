@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from milter.dkimsign import Signer
 from milter.notices import Notifier, request_for
 from milter.quarantine import QuarantineError, QuarantineStore
 from milter.runtime import Authenticator, Evaluation, Runtime
+from milter.spool import MemoryBudget
 
 log = logging.getLogger("skot-milter")
 
@@ -242,6 +243,8 @@ class Gateway:
     notifier: Notifier | None = None
     authenticator: Authenticator | None = None
     signer: Signer | None = None
+    # Spooled (large) messages in processing, both fronts together, this process.
+    memory: MemoryBudget = field(default_factory=lambda: MemoryBudget(48 * 2**20))
 
     async def evaluate(self, envelope: Envelope, content: bytes,
                        runtime: Runtime | None = None) -> Evaluation:

@@ -33,6 +33,7 @@ from milter.quarantine import QuarantineStore
 from milter.runtime import Authenticator, Runtime
 from milter.smtp.auth import load_authenticator
 from milter.smtp.proxy import ConnectionLimits, GatewaySMTP, ProxyHandler
+from milter.spool import MemoryBudget
 
 log = logging.getLogger("skot-milter")
 
@@ -139,8 +140,8 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     audit = AsyncAudit(store, make_checkpointer(runtime))
     gateway = Gateway(runtime, audit, QuarantineStore(cfg.quarantine_dir),
                       make_notifier(runtime, audit), make_authenticator(runtime),
-                      Signer.from_config(cfg))
-    handler = ProxyHandler(gateway, cfg.get("gateway", "message_memory"))
+                      Signer.from_config(cfg), MemoryBudget(cfg.get("gateway", "message_memory")))
+    handler = ProxyHandler(gateway)
     workers = cfg.get("gateway", "workers") if reuse_port else 1
     limits = ConnectionLimits(-(-cfg.get("gateway", "max_connections") // workers),
                               -(-cfg.get("gateway", "max_connections_per_ip") // workers))

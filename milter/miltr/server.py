@@ -22,6 +22,7 @@ from milter.dnsauth import strip_our_results
 from milter.gateway import Gateway, QuarantineError, new_txid, policy_headers
 from milter.miltr import codec
 from milter.runtime import Evaluation
+from milter.spool import Spooled
 
 log = logging.getLogger("skot-milter.milter")
 
@@ -35,7 +36,14 @@ class Transaction:
     rcpts: list[str] = field(default_factory=list)
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     body: bytearray = field(default_factory=bytearray)
+    spool: Spooled | None = None  # the whole message, once it passed gateway.spool_threshold
+    size: int = 0
     too_big: bool = False
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
 
 
 class MilterSession:
@@ -49,6 +57,7 @@ class MilterSession:
         self.tx = Transaction()
 
     def _reset(self) -> None:
+        self.tx.close()
         self.tx = Transaction()
 
     async def handle(self, event: codec.Event) -> bytes:
@@ -101,24 +110,51 @@ class MilterSession:
 
     def _add_body(self, chunk: bytes) -> None:
         tx = self.tx
-        limit = self.gateway.runtime.config.get("gateway", "max_message_size")
+        cfg = self.gateway.runtime.config
         if tx.too_big:
             return
-        tx.body += chunk
-        if len(tx.body) + sum(len(v) + len(n) for n, v in tx.headers) > limit:
+        if not tx.size:
+            tx.size = len(self._head())
+        tx.size += len(chunk)
+        if tx.size > cfg.get("gateway", "max_message_size"):
             tx.too_big = True
-            tx.body = bytearray()  # never hold more than the limit in memory
+            tx.close()
+            tx.body = bytearray()  # never hold more than the limit
+            return
+        if tx.spool is None and tx.size > cfg.get("gateway", "spool_threshold"):
+            # Past the threshold the whole message goes to disk, as the SMTP front does.
+            tx.spool = Spooled(cfg.state_dir / "spool")
+            tx.spool.write(self._head())
+            tx.spool.write(tx.body)
+            tx.body = bytearray()
+        if tx.spool is not None:
+            tx.spool.write(chunk)
+        else:
+            tx.body += chunk
 
-    def _raw(self) -> bytes:
+    def _head(self) -> bytes:
         lines = [f"{name}:".encode() + (b"" if value.startswith((b" ", b"\t")) else b" ")
                  + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
                  for name, value in self.tx.headers]
-        return b"".join(lines) + b"\r\n" + bytes(self.tx.body)
+        return b"".join(lines) + b"\r\n"
+
+    def _raw(self) -> bytes:
+        if self.tx.spool is not None:
+            return self.tx.spool.read()
+        return self._head() + bytes(self.tx.body)
 
     async def _end_of_message(self) -> bytes:
-        gw, tx = self.gateway, self.tx
+        tx = self.tx
         if tx.too_big:
             return codec.encode_replycode(f"552 5.3.4 Message too big ref={tx.txid}")
+        if tx.spool is None:
+            return await self._decide()
+        # read back only when the process has memory for it (see milter.spool)
+        async with self.gateway.memory.hold(3 * tx.spool.size):
+            return await self._decide()
+
+    async def _decide(self) -> bytes:
+        gw, tx = self.gateway, self.tx
         auth_user = self.macros.get("{auth_authen}", "")
         env = Envelope(mail_from=tx.mail_from, rcpt_tos=tuple(tx.rcpts),
                        client_ip=self.macros.get("{client_addr}", self.client_ip),

@@ -35,7 +35,7 @@ from milter.core.verdict import reply_line
 from milter.gateway import Gateway, QuarantineError, new_txid
 from milter.runtime import Evaluation
 from milter.smtp.relay import NextHopError, Reply, Session, SessionPool, open_session
-from milter.smtp.spool import MemoryBudget, Spooled
+from milter.spool import Spooled
 
 log = logging.getLogger("skot-milter.smtp")
 
@@ -75,10 +75,9 @@ def check_address(address: str, *, allow_empty: bool) -> str | None:
 class ProxyHandler:
     """aiosmtpd handler hooks. Holds a reference to the gateway (swapped on reload)."""
 
-    def __init__(self, gateway: Gateway, memory: int = 48 * 2**20) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.pool = SessionPool()
-        self.memory = MemoryBudget(memory)  # spooled messages in processing, per process
         self._txs: WeakKeyDictionary[SMTPSession, Transaction] = WeakKeyDictionary()
         # Postfix's smtpd_proxy_filter tells us the real client with XFORWARD (trusted peers).
         self.xforward: WeakKeyDictionary[SMTPSession, dict[str, str]] = WeakKeyDictionary()
@@ -304,7 +303,7 @@ class ProxyHandler:
             # A large message is read back only when the process has memory for it: the
             # budget covers the raw bytes, the decoded attachments and the decoder's working
             # copy (about three times the size, measured), until it is relayed.
-            async with self.memory.hold(3 * spooled.size):
+            async with self.gateway.memory.hold(3 * spooled.size):
                 return await self._finish(session, envelope, tx, spooled.read())
         finally:
             metrics.LATENCY_SECONDS.observe(time.perf_counter() - started)

@@ -220,3 +220,34 @@ def test_body_over_size_limit_refused(tmp_path: Path) -> None:
         g.stop()
 
 
+
+
+def test_large_message_is_spooled_and_judged_as_in_memory(tmp_path: Path) -> None:
+    """Past gateway.spool_threshold the milter front keeps the message on disk; the verdict,
+    the quarantined bytes and the audit evidence are those of the in-memory path."""
+    raw = files.mail_with([("verslag.docx", files.docx(["x"] * 400, label="Vertrouwelijk"), DOCX),
+                           ("foto.jpg", files.photo(300, 200), "image/jpeg")])
+    assert len(raw) > 20_000
+    held = []
+    for name, extra in (("memory", ""), ("spool", "spool_threshold = 4096")):
+        d = tmp_path / name
+        d.mkdir()
+        g = GatewayThread(write_config(d, listen="", gateway_extra=extra,
+                                       extra=f'[milter]\nlisten = "127.0.0.1:{free_port()}"\n'))
+        try:
+            mta = MTA(g.running.milter_port)
+            mta.negotiate()
+            replies = mta.message(raw, "someone@school.example", ["ouder@example.org"])
+            assert replies[0].cmd == b"q" and replies[-1].cmd == b"c"
+            (entry,) = g.running.gateway.quarantine.entries()
+            (record,) = records(d)
+            held.append(([(r.cmd, r.data.split(b"ref=")[0]) for r in replies], entry.raw,
+                         record.evidence["sha256"], record.evidence["attachments"]))
+            # the next message on the same connection is judged on its own
+            assert mta.message(make_message(), "someone@school.example",
+                               ["o@example.org"])[-1].cmd == b"c"
+            mta.close()
+            assert not list((d / "var" / "spool").glob("*")) if (d / "var").exists() else True
+        finally:
+            g.stop()
+    assert held[0] == held[1]

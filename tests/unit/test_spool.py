@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from milter.smtp.spool import MemoryBudget, Spooled
+from milter.spool import MemoryBudget, Spooled
 
 
 async def _run(budget: MemoryBudget, name: str, n: int, log: list[str],
