@@ -12,6 +12,7 @@ import binascii
 import contextlib
 import functools
 import hashlib
+import quopri
 import re
 import secrets
 from collections.abc import Iterator
@@ -93,7 +94,7 @@ class Part:
     @cached_property
     def payload(self) -> bytes:
         if self._elided is not None:
-            return self._elided.decode_base64(self._msg)
+            return self._elided.payload(self._msg)
         try:
             data = self._msg.get_payload(decode=True)
         except Exception:  # noqa: BLE001 - a broken transfer encoding must not crash a rule
@@ -133,15 +134,20 @@ class Part:
                 "sha256": self.sha256}
 
 
-# Lines of the base64 alphabet only (no "=": padding ends a run), 32 or more in a row: the
-# body of an encoded attachment. Such a line is never a boundary (those start with "--"), a
-# header (no colon) or a blank line, so the stdlib parser reads the same structure when a run
-# is replaced by one such line; the part's bytes are then decoded straight from the raw
-# message. Parsing a 10 MB attachment line by line in Python cost a second and 100 MB.
-_B64_RUN = re.compile(rb"\n((?:[A-Za-z0-9+/]++\r\n){32,}+)")  # possessive: no backtrack stack
+# Runs of 32 or more "plain" lines: not empty, no colon, not starting with white space, "-"
+# or "From ". Such a line is never a boundary (those start with "--"), a header or its
+# continuation, or a blank line, so the stdlib parser reads the same structure when a run is
+# replaced by one such line (the token); a part's bytes are then taken straight from the raw
+# message. The body of an encoded attachment is one long run, and so is most plain text:
+# parsing a 10 MB attachment line by line in Python cost a second and 100 MB.
+_RUN = re.compile(rb"\n((?:(?!From )[^\r\n:\t \-][^\r\n:]*+\r\n)++)")
+_B64_RUN = re.compile(rb"\n((?:[A-Za-z0-9+/]++\r\n){32,}+)")  # the same, found faster
+_MIN_LINES = 32
+_B64_LINES = re.compile(rb"(?:[A-Za-z0-9+/]++(?:\r\n|\Z))*+")
 _B64_TEXT = re.compile(r"[A-Za-z0-9+/]*")
-_TOKEN = re.compile("0SKOTELIDED([0-9a-f]{16})N([0-9]+)(\r\n)?")
 _B64_LAST = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_TOKEN = re.compile("0SKOTELIDED([0-9a-f]{16})N([0-9]+)(\r\n)?")
+_UU = ("x-uuencode", "uuencode", "uue", "x-uue")
 
 
 class Elided:
@@ -153,19 +159,30 @@ class Elided:
         self.spans: list[tuple[int, int]] = []
 
     def skeleton(self) -> bytes:
-        """The message with every long base64 run replaced by one token line."""
+        """The message with every long run of plain lines replaced by one token line."""
+        raw = self.raw
+        gap = 0
+        for m in _B64_RUN.finditer(raw):  # attachments first; other text between them
+            self._plain_runs(gap, m.start(1))
+            self.spans.append(m.span(1))
+            gap = m.end(1)
+        self._plain_runs(gap, len(raw))
+        if not self.spans:
+            return raw
         out: list[bytes] = []
         pos = 0
-        for m in _B64_RUN.finditer(self.raw):
-            start, end = m.span(1)
-            out += [self.raw[pos:start],
-                    f"0SKOTELIDED{self.nonce}N{len(self.spans)}\r\n".encode()]
-            self.spans.append((start, end))
+        for n, (start, end) in enumerate(self.spans):
+            out += [raw[pos:start], f"0SKOTELIDED{self.nonce}N{n}\r\n".encode()]
             pos = end
-        if not self.spans:
-            return self.raw
-        out.append(self.raw[pos:])
+        out.append(raw[pos:])
         return b"".join(out)
+
+    def _plain_runs(self, start: int, end: int) -> None:
+        raw = self.raw
+        for m in _RUN.finditer(raw, max(start - 1, 0), end):
+            a, b = m.span(1)
+            if b - a >= 2 * _MIN_LINES and raw.count(b"\n", a, b) >= _MIN_LINES:
+                self.spans.append((a, b))
 
     def has_token(self, text: object) -> bool:
         return isinstance(text, str) and self.nonce in text
@@ -174,7 +191,7 @@ class Elided:
         return (m for m in _TOKEN.finditer(text) if m.group(1) == self.nonce)
 
     def restore(self, text: str) -> str:
-        return _TOKEN.sub(lambda m: self._span(m).decode("ascii")
+        return _TOKEN.sub(lambda m: self._span(m).decode("ascii", "surrogateescape")
                           if m.group(1) == self.nonce else m.group(0), text)
 
     def _span(self, m: re.Match[str]) -> bytes:
@@ -183,34 +200,51 @@ class Elided:
         start, end = self.spans[int(m.group(2))]
         return self.raw[start:end if m.group(3) else end - 2]
 
-    def decode_base64(self, msg: StdMessage) -> bytes:
+    def payload(self, msg: StdMessage) -> bytes:
         """What ``get_payload(decode=True)`` gives for the restored payload, without
-        building it as text: valid base64 (the common case) straight from the raw bytes."""
-        text = msg.get_payload()
+        building it as text: the raw bytes as they are, quoted-printable decoded, or valid
+        base64 (the common case) decoded straight from them."""
+        text = _stored(msg)
         if not isinstance(text, str):
             return b""
+        cte = str(msg.get("content-transfer-encoding", "")).lower()  # exactly as the stdlib
+        if cte in _UU:
+            return self._stdlib(msg, text)
         pieces: list[bytes] = []
-        texts: list[str] = []
-        total, pos = 0, 0
+        runs: list[bytes] = []
+        pos = 0
         for m in self.tokens(text):
-            texts.append("".join(text[pos:m.start()].splitlines()))
-            run = self._span(m)
-            pieces += [texts[-1].encode("ascii", "surrogateescape"), run]
-            total += len(texts[-1]) + len(run) - 2 * run.count(b"\r\n")
+            runs.append(self._span(m))
+            pieces += [text[pos:m.start()].encode("ascii", "surrogateescape"), runs[-1]]
             pos = m.end()
-        texts.append("".join(text[pos:].splitlines()))
-        pieces.append(texts[-1].encode("ascii", "surrogateescape"))
-        total += len(texts[-1])
+        pieces.append(text[pos:].encode("ascii", "surrogateescape"))
+        if cte == "quoted-printable":
+            return quopri.decodestring(b"".join(pieces))
+        if cte != "base64":
+            return b"".join(pieces)
+        texts = ["".join(p.decode("ascii", "surrogateescape").splitlines())
+                 for p in pieces[0::2]]
+        total = sum(map(len, texts)) + sum(len(r) - 2 * r.count(b"\r\n") for r in runs)
         if total % 4 == 0 and all(_B64_TEXT.fullmatch(t) for t in texts[:-1]) \
-                and _B64_LAST.fullmatch(texts[-1]):
+                and _B64_LAST.fullmatch(texts[-1]) \
+                and all(_B64_LINES.fullmatch(r) for r in runs):
             return binascii.a2b_base64(b"".join(pieces))  # skips line ends, as the join does
-        # Anything odd: the stdlib's own lenient reading of the restored text, defects and all.
+        return self._stdlib(msg, text)
+
+    def _stdlib(self, msg: StdMessage, text: str) -> bytes:
+        """Anything odd: the stdlib's own reading of the restored text, defects and all."""
         msg.set_payload(self.restore(text))
         try:
             value = msg.get_payload(decode=True)
         except Exception:  # noqa: BLE001 - a broken transfer encoding must not crash a rule
             return b""
         return value if isinstance(value, bytes) else b""
+
+
+def _stored(msg: StdMessage) -> object:
+    """The payload as the parser stored it: ``get_payload()`` would decode 8-bit text by
+    its declared charset first."""
+    return msg._payload  # type: ignore[attr-defined]
 
 
 def _filename(msg: StdMessage) -> str:
@@ -303,15 +337,11 @@ def _parse_authors(values: tuple[str, ...]) -> tuple[tuple[Author, ...], int]:
     return tuple(out), len(values)
 
 
-def _is_base64(node: StdMessage) -> bool:
-    return str(node.get("content-transfer-encoding", "")).strip().lower() == "base64"
-
-
 def parse(raw: bytes, *, elide: bool = True) -> Message:
     """Parse normalised bytes once. Raises Unparseable for a message no retry will fix.
 
-    With ``elide`` (always, outside the tests that prove it changes nothing) long base64
-    runs are parsed as one line each and decoded from ``raw`` when a rule asks."""
+    With ``elide`` (always, outside the tests that prove it changes nothing) long runs of
+    plain lines are parsed as one line each and read from ``raw`` when a rule asks."""
     try:
         elided = Elided(raw) if elide else None
         msg = BytesParser(policy=POLICY).parsebytes(elided.skeleton() if elided else raw)
@@ -351,13 +381,9 @@ def parse(raw: bytes, *, elide: bool = True) -> Message:
                     if isinstance(child, StdMessage):
                         stack.append((child, depth + 1, f"{path}.{i}"))
             else:
-                lean, text = None, node.get_payload()
-                if elided is not None and isinstance(text, str) and elided.has_token(text):
-                    if _is_base64(node):
-                        lean = elided  # decoded from the raw bytes on demand
-                    else:  # any other encoding: the stdlib reads the restored text
-                        node.set_payload(elided.restore(text))
-                parts.append(Part(node, depth, len(parts), path, lean))
+                text = _stored(node)
+                lean = elided if elided is not None and elided.has_token(text) else None
+                parts.append(Part(node, depth, len(parts), path, lean))  # bytes from raw
         authors, count_from = _authors(msg)
         headers = tuple((k, _CTL.sub(" ", str(v))) for k, v in msg.raw_items())
         return Message(raw=raw, email=msg, authors=authors, from_field_count=count_from,

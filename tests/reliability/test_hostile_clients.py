@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
+import smtplib
 import socket
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 
-from tests.conftest import make_message
-from tests.e2e.conftest import GatewayThread
+from tests.conftest import make_message, write_config
+from tests.e2e.conftest import GatewayThread, SinkHandler, free_port
 
 
 def raw_session(port: int, source: str = "127.0.0.1") -> socket.socket:
@@ -181,3 +187,60 @@ def test_many_idle_connections_then_normal_client(sink: Any, make_gateway: Any) 
     assert len(sink[0].messages) == 1
 
 
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_concurrent_large_messages_are_spooled_not_held(tmp_path: Path) -> None:
+    """16 clients send 4 MB each at once: the gateway's memory grows by far less than the
+    64 MB they send (messages past the threshold go to disk; at most message_memory bytes
+    of them are processed at a time), and every message arrives whole."""
+    sink = SinkHandler()
+    sink_port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=sink_port, data_size_limit=2**26)
+    controller.start()
+    port = free_port()
+    cfg = write_config(tmp_path, listen=f"127.0.0.1:{port}",
+                       next_hop=f"smtp://127.0.0.1:{sink_port}",
+                       gateway_extra="spool_threshold = 65536\nmessage_memory = 8388608",
+                       extra="[notices]\nenabled = false\n")
+    proc = subprocess.Popen([sys.executable, "-m", "milter.cli", "serve", "--config", str(cfg)],
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=5) as c:
+                    c.sendmail("someone@school.example", ["o@example.org"], make_message())
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        before = _peak_rss_kib(proc.pid)
+        big = make_message(body=("regel " * 12 + "\r\n") * 55_000)  # 4 MB
+        codes: list[int] = []
+
+        def send() -> None:
+            with smtplib.SMTP("127.0.0.1", port, timeout=120) as c:
+                c.sendmail("someone@school.example", ["o@example.org"], big)
+                codes.append(250)
+
+        threads = [threading.Thread(target=send) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=180)
+        growth = _peak_rss_kib(proc.pid) - before
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        controller.stop()
+    assert codes == [250] * 16
+    assert len(sink.messages) == 17 and all(m.content.endswith(big.split(b"\r\n\r\n", 1)[1])
+                                            for m in sink.messages[1:])
+    assert growth < 40 * 1024, f"peak RSS grew by {growth // 1024} MiB for 64 MiB sent"

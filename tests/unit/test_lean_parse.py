@@ -70,6 +70,21 @@ def test_large_attachment_is_decoded_exactly_and_cheaply() -> None:
     same(raw)
 
 
+def test_large_text_body_is_read_from_the_raw_bytes() -> None:
+    text = ("Beste ouders, de rapporten komen vrijdag mee naar huis. " * 2 + "\r\n") * 40_000
+    raw = normalize_line_endings(mail(b"Content-Type: text/plain\r\n\r\n" + text.encode(),
+                                      attachment("q.txt", text.encode(), "quoted-printable")))
+    tracemalloc.start()
+    try:
+        message = parse(raw)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < len(raw) // 2  # the stdlib holds every line as a string, and then some
+    assert message.parts[0].text == text
+    same(raw)
+
+
 def test_runs_outside_base64_parts_are_restored() -> None:
     same(mail(b"Content-Type: text/plain\r\n\r\n" + RUN + b"groet\r\n",
               attachment("a.txt", RUN, "7bit"), attachment("q.txt", RUN, "quoted-printable"),
@@ -106,7 +121,12 @@ _line = st.sampled_from([
     b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3", b"YWJj", b"YQ==", b"=", b"--XYZ", b"--XYZ--",
     b"--inner", b"--inner--", b"", b"Content-Type: text/plain", b"x: y", b" folded",
     b"Content-Transfer-Encoding: base64", b"Content-Type: multipart/mixed; boundary=inner",
-    b"Content-Type: message/rfc822", b"hello world", b".", b"From: c@school.example"])
+    b"Content-Type: message/rfc822", b"hello world", b".", b"From: c@school.example",
+    b"From me to you", b"\tindented", b"-dash", b"plain words, no colon", b"caf\xc3\xa9 =C3=A9",
+    b"soft break=", b"Content-Transfer-Encoding: quoted-printable",
+    b"Content-Transfer-Encoding: base64 ", b"Content-Transfer-Encoding: 8bit",
+    b"Content-Transfer-Encoding: x-uuencode", b"begin 644 f.txt", b"#86)C", b"end",
+    b"Content-Type: message/delivery-status", b"Content-Type: text/plain; charset=utf-8"])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
