@@ -35,14 +35,8 @@ _DIGIT_RUN = re.compile(r"\d[\d. -]{7,11}\d")
 
 
 def count_bsn(text: str) -> int:
-    count, last_end, after = 0, -1, 0
-    for start in _digit_starts(text):
-        if start < after:
-            continue
-        run = _DIGIT_RUN.match(text, start)
-        if run is None:
-            continue
-        after = run.end()
+    count, last_end = 0, -1
+    for run in _digit_runs(text):
         # re-check the exact BSN shapes, with their boundaries, around the candidate run
         lo = max(0, run.start() - 1)
         for m in _BSN.finditer(text, lo, min(len(text), run.end() + 2)):
@@ -55,6 +49,17 @@ def count_bsn(text: str) -> int:
 _DIGITS = "0123456789"
 _ANY_DIGIT = re.compile(r"\d")
 _MANY_DIGITS = 4096  # past this many, one regex pass is cheaper than a loop over digits
+
+
+def _digit_runs(text: str) -> Iterable[re.Match[str]]:
+    """What ``_DIGIT_RUN.finditer(text)`` finds, trying only where a digit is."""
+    after = 0
+    for start in _digit_starts(text):
+        if start >= after:
+            run = _DIGIT_RUN.match(text, start)
+            if run is not None:
+                after = run.end()
+                yield run
 
 
 def _digit_starts(text: str) -> Iterable[int]:

@@ -234,6 +234,17 @@ def check_invariant(results: dict[int, int], delivered_ids: list[str],
           f"{len(result.warnings)} intents without outcome")
 
 
+def soak_through(gw: GatewayThread, faults: Callable[[Soak], None],
+                 messages: int = 1000) -> Soak:
+    """Send ``messages`` through the gateway while ``faults`` runs; stop the gateway."""
+    soak = Soak(gw.port, messages)
+    try:
+        soak.run(faults)
+    finally:
+        gw.stop()
+    return soak
+
+
 def assert_faults_bit(soak: Soak, refused: tuple[str, ...]) -> None:
     """Each fault window made itself heard, and none let a message through that should not."""
     tally = soak.tally()
@@ -307,11 +318,7 @@ def test_soak_sqlite_with_next_hop_and_audit_faults(tmp_path: Path, hop: Hop) ->
                 chattr(False, *files)
             soak.enter("clean")
 
-    soak = Soak(gw.port, 1000)
-    try:
-        soak.run(faults)
-    finally:
-        gw.stop()
+    soak = soak_through(gw, faults)
     assert_faults_bit(soak, refused=("audit-refused", "disk-refused") if immutable
                       else ("audit-refused",))
     store = SQLiteStore(audit, "test")
@@ -374,11 +381,7 @@ def test_soak_postgres_with_next_hop_and_audit_faults(tmp_path: Path, hop: Hop,
         soak.wait_claimed(750 + CLIENTS)
         soak.enter("clean")
 
-    soak = Soak(gw.port, 1000)
-    try:
-        soak.run(faults)
-    finally:
-        gw.stop()
+    soak = soak_through(gw, faults)
     assert killed > 0
     assert_faults_bit(soak, refused=("audit-refused",))
     assert sum(a.reason == "audit" for a in soak.inside("connections-killed")) > 0
