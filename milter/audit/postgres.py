@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -142,9 +142,7 @@ class PostgresStore(SQLStore):
                         if rows:
                             self._known_head = (records[-1].seq, records[-1].hash)
                             ids = {int(seq): int(i) for i, seq in rows}
-                            return [AuditRecord(**{**asdict(r), "id": ids[r.seq],
-                                                   "recipients": r.recipients,
-                                                   "rules": r.rules}) for r in records]
+                            return [replace(r, id=ids[r.seq]) for r in records]
                         self._known_head = None  # another writer moved it: read it again
             except psycopg.Error as exc:
                 self._known_head = None

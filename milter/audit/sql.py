@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,8 +80,16 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+_FIELDS = tuple(f.name for f in fields(AuditRecord))
+
+
+def shallow(rec: AuditRecord) -> dict[str, Any]:
+    """The record's fields (``asdict`` deep-copies every rule and evidence dict first)."""
+    return {name: getattr(rec, name) for name in _FIELDS}
+
+
 def encode(rec: AuditRecord) -> dict[str, Any]:
-    values = asdict(rec)
+    values = shallow(rec)
     del values["id"]
     for k in JSON_COLUMNS:
         v = values[k]
@@ -190,8 +198,7 @@ class SQLStore:
             marks = ", ".join([self.placeholder] * len(values))
             new_id = execute(f"INSERT INTO records ({cols}) VALUES ({marks}) RETURNING id",
                              tuple(values.values()))
-            out.append(AuditRecord(**{**asdict(rec), "id": int(new_id),
-                                      "recipients": rec.recipients, "rules": rec.rules}))
+            out.append(replace(rec, id=int(new_id)))
             prev = rec.hash
         self._set_head(execute, seq, prev)
         return out
