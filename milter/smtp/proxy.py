@@ -366,39 +366,57 @@ class ProxyHandler:
 
     async def _relay(self, evaluation: Evaluation, tx: Transaction,
                      common: dict[str, Any]) -> str:
+        """The decision becomes durable while the message goes downstream, all but the final
+        dot; the dot follows once the intent record is committed. A failed intent drops the
+        next-hop connection before the dot: nothing is delivered."""
         gw = self.gateway
+        assert tx.downstream is not None
+        loop = asyncio.get_running_loop()
+        intent = loop.create_task(gw.audit.append(gw.event(evaluation, "intent", **common)))
+        self.background.add(intent)
+        intent.add_done_callback(self.background.discard)
+        before_dot: Reply | NextHopError | None = None
         try:
-            await gw.audit.append(gw.event(evaluation, "intent", **common))
+            try:
+                before_dot = await tx.downstream.start_data(*gw.outgoing(evaluation))
+            except NextHopError as exc:
+                before_dot = exc
+            await asyncio.shield(intent)
         except AuditUnavailable as exc:
+            tx.downstream.abort()
             log.error("tx=%s audit intent failed, nothing relayed: %s", tx.txid, exc)
             return f"451 4.3.0 Audit store unavailable, try again later ref={tx.txid}"
         except asyncio.CancelledError:
             # The client vanished before the dot went downstream: nothing is relayed, and
             # the intent (written regardless) gets its outcome.
+            tx.downstream.abort()
             await self._audit_best_effort(evaluation, "tempfailed", "client disconnected",
                                           common, {})
             raise
         # Past this point the next hop may accept the message at any moment: the send runs
         # in its own task so that a client hanging up cannot leave a delivery unrecorded.
         tx.sending = True
-        task = asyncio.get_running_loop().create_task(self._send(evaluation, tx, common))
+        task = loop.create_task(self._send(evaluation, tx, common, before_dot))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
         return await asyncio.shield(task)
 
-    async def _send(self, evaluation: Evaluation, tx: Transaction,
-                    common: dict[str, Any]) -> str:
+    async def _send(self, evaluation: Evaluation, tx: Transaction, common: dict[str, Any],
+                    before_dot: Reply | NextHopError | None) -> str:
         try:
-            return await self._send_and_record(evaluation, tx, common)
+            return await self._send_and_record(evaluation, tx, common, before_dot)
         finally:
             await self._release(tx)
 
     async def _send_and_record(self, evaluation: Evaluation, tx: Transaction,
-                               common: dict[str, Any]) -> str:
+                               common: dict[str, Any],
+                               before_dot: Reply | NextHopError | None) -> str:
         gw = self.gateway
         assert tx.downstream is not None
         try:
-            reply = await tx.downstream.data(*gw.outgoing(evaluation))
+            if isinstance(before_dot, NextHopError):
+                raise before_dot
+            reply = before_dot or await tx.downstream.finish_data()
         except NextHopError as exc:
             await tx.downstream.close()  # state unknown mid-DATA: never reuse this session
             metrics.NEXT_HOP_ERRORS.labels("data").inc()
@@ -415,7 +433,8 @@ class ProxyHandler:
                                            extra={"next_hop_reply": reply.line}, **common))
         except AuditUnavailable as exc:
             # The next hop already has it: a 4xx now would only cause a duplicate. The
-            # durable intent record is the audit of the decision; verify flags the gap.
+            # durable intent record is the audit of the decision; the store writes this one
+            # when it takes writes again.
             log.error("tx=%s outcome record failed after relay: %s", tx.txid, exc)
         if reply.ok:
             gw.notify(evaluation, tx.txid, common["sender"], tx.rcpt_tos)

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiosmtplib
 
@@ -48,6 +48,12 @@ class Session(Protocol):
     async def rcpt(self, address: str) -> Reply: ...
 
     async def data(self, *pieces: bytes) -> Reply: ...
+
+    async def start_data(self, *pieces: bytes) -> Reply | None: ...
+
+    async def finish_data(self) -> Reply: ...
+
+    def abort(self) -> None: ...
 
     async def reset(self) -> None: ...
 
@@ -110,36 +116,56 @@ class SMTPSession:
         return await self._command(b"RCPT", f"TO:<{address}>".encode())
 
     async def data(self, *pieces: bytes) -> Reply:
-        """DATA, the message (``pieces`` of whole lines) dot-stuffed in line-aligned chunks
-        with flow control, then the dot.
+        """DATA, the message and the final dot; the next hop's answer."""
+        refused = await self.start_data(*pieces)
+        return refused if refused is not None else await self.finish_data()
 
-        aiosmtplib's own ``data`` rewrites the line ends and stuffs dots with two regex
-        passes over the whole message and hands it to the transport in one piece: three
-        copies of a 10 MB message at once. Ours is CRLF already (normalised at ingress)."""
-        protocol = self._smtp.protocol
-        if protocol is None or protocol._command_lock is None:
-            raise NextHopError("next hop failed before DATA: connection lost")
+    async def start_data(self, *pieces: bytes) -> Reply | None:
+        """DATA and the message (``pieces`` of whole lines), all but the final dot: None
+        when the next hop waits for the dot, else its refusal of DATA.
+
+        The message goes dot-stuffed in line-aligned chunks with flow control. (aiosmtplib's
+        own ``data`` rewrites the line ends and stuffs dots with two regex passes over the
+        whole message and hands it to the transport in one piece: three copies of a 10 MB
+        message at once. Ours is CRLF already, normalised at ingress.)"""
+        protocol = self._protocol()
         try:
-            async with protocol._command_lock:
-                protocol._response_pending = True
-                protocol.write(b"DATA\r\n")
-                start = await protocol.read_response(timeout=self._timeout)
-                if start.code != 354:
-                    return Reply(start.code, start.message)
-                protocol._response_pending = True
-                chunks = stuffed_chunks(*pieces)
-                chunk = next(chunks, b"")
-                for following in chunks:
-                    protocol.write(chunk)
-                    await protocol._drain_helper()
-                    chunk = following
-                protocol.write(chunk + b".\r\n")  # the last piece and the dot in one send
-                resp = await protocol.read_response(timeout=self._timeout)
-                self.between = True
+            protocol._response_pending = True
+            protocol.write(b"DATA\r\n")
+            start = await protocol.read_response(timeout=self._timeout)
+            if start.code != 354:
+                return Reply(start.code, start.message)
+            for chunk in stuffed_chunks(*pieces):
+                protocol.write(chunk)
+                await protocol._drain_helper()
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             self._smtp.close()
             raise NextHopError(f"next hop failed during DATA: {exc}") from exc
+        return None
+
+    async def finish_data(self) -> Reply:
+        """The final dot: from here on the next hop may accept the message."""
+        protocol = self._protocol()
+        try:
+            protocol._response_pending = True
+            protocol.write(b".\r\n")
+            resp = await protocol.read_response(timeout=self._timeout)
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            self._smtp.close()
+            raise NextHopError(f"next hop failed after the final dot: {exc}") from exc
+        self.between = True
         return Reply(resp.code, resp.message)
+
+    def abort(self) -> None:
+        """Drop the connection mid-DATA: without the final dot the next hop delivers
+        nothing (and a QUIT now would be read as message text)."""
+        self._smtp.close()
+
+    def _protocol(self) -> Any:
+        protocol = self._smtp.protocol
+        if protocol is None or not self._smtp.is_connected:
+            raise NextHopError("next hop failed during DATA: connection lost")
+        return protocol
 
     @property
     def alive(self) -> bool:
@@ -209,6 +235,7 @@ class MaildirSession:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._pieces: tuple[bytes, ...] = ()
 
     async def mail(self, address: str, params: list[str]) -> Reply:
         return Reply(250, "2.1.0 Ok")
@@ -222,6 +249,17 @@ class MaildirSession:
         except OSError as exc:
             raise NextHopError(f"maildir delivery failed: {exc}") from exc
         return Reply(250, f"2.0.0 Ok: delivered as {name}")
+
+    async def start_data(self, *pieces: bytes) -> Reply | None:
+        self._pieces = pieces
+        return None
+
+    async def finish_data(self) -> Reply:
+        pieces, self._pieces = self._pieces, ()
+        return await self.data(*pieces)
+
+    def abort(self) -> None:
+        self._pieces = ()
 
     async def reset(self) -> None:
         return None

@@ -183,7 +183,17 @@ def test_audit_intent_failure_gives_451_and_delivers_nothing(gateway: GatewayThr
     with gateway.client() as c, pytest.raises(smtplib.SMTPDataError) as err:
         c.sendmail("someone@school.example", ["ouder@example.org"], CLEAN)
     assert err.value.smtp_code == 451 and err.value.smtp_error.startswith(b"4.3.0")
+    # the message went downstream while the intent was being written, but never its final
+    # dot: the next hop delivered nothing, and that half-sent session is not used again
     assert sink[0].messages == []
+    con = sqlite3.connect(db)
+    con.execute("DROP TRIGGER deny")
+    con.commit()
+    con.close()
+    with gateway.client() as c:
+        c.sendmail("someone@school.example", ["ouder@example.org"], CLEAN)
+    assert len(sink[0].messages) == 1 and sink[0].messages[0].content.endswith(
+        CLEAN.split(b"\r\n\r\n", 1)[1])
 
 
 def deny_writes(db: Path, on: bool) -> None:
