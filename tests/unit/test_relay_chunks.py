@@ -39,3 +39,4 @@ def test_large_message_is_sent_in_bounded_pieces() -> None:
     content = b"x" * 70 + b"\r\n"
     chunks = list(stuffed_chunks(content * 100_000))
     assert len(chunks) > 20 and max(map(len, chunks)) < 300_000
+
