@@ -640,7 +640,8 @@ class GatewaySMTP(SMTP):
                 if reader.at_eof():
                     return
                 await reader._wait_for_data("smtp_DATA")
-            if too_much or (limit and size - 2 > limit):
+            # ``size`` counts the data and the ".\r\n" of the terminator
+            if too_much or (limit and size - 3 > limit):
                 self.envelope = self._create_envelope()
                 await self.push("552 5.3.4 Message too big")
                 return

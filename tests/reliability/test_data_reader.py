@@ -136,3 +136,20 @@ def test_spooled_line_too_long_and_too_big(sink: Any, make_gateway: Any) -> None
     assert read_replies(s, 1)[0][:3] == b"552"
     s.close()
     assert sink[0].messages == []
+
+
+@pytest.mark.parametrize("spool", ["", "spool_threshold = 4096\n"])
+def test_size_limit_is_exact(sink: Any, make_gateway: Any, spool: str) -> None:
+    """A message of exactly max_message_size octets is taken; one more octet is 552."""
+    gw = make_gateway(f"smtp://127.0.0.1:{sink[1]}",
+                      gateway_extra=spool + "max_message_size = 10000")
+    for extra, code in ((0, b"250"), (1, b"552")):
+        filler = 10000 - len(HEAD) - 2 + extra
+        body = HEAD + b"".join(b"x" * 98 + b"\r\n" for _ in range(filler // 100))
+        body += b"y" * (10000 + extra - len(body) - 2) + b"\r\n"
+        assert len(body) == 10000 + extra
+        s = session(gw)
+        s.sendall(body + b".\r\n")
+        assert read_replies(s, 1)[0][:3] == code
+        s.close()
+    assert len(sink[0].messages) == 1 and len(sink[0].messages[0].content) == 10000
