@@ -6,7 +6,7 @@ The audit store must not become a list of BSNs, so every detector returns a numb
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 _BSN = re.compile(r"(?<![\d.,-])(\d{9}|\d{4}[. ]\d{2}[. ]\d{3}|\d{3}[. -]\d{3}[. -]\d{3})"
                   r"(?![\d,]|\.\d)")
@@ -47,14 +47,18 @@ def count_bsn(text: str) -> int:
 
 
 _DIGITS = "0123456789"
-_ANY_DIGIT = re.compile(r"\d")
+_TWO_DIGITS = re.compile(r"\d\d")
 _MANY_DIGITS = 4096  # past this many, one regex pass is cheaper than a loop over digits
 
 
-def _digit_runs(text: str) -> Iterable[re.Match[str]]:
+def _digit_runs(text: str) -> Iterator[re.Match[str]]:
     """What ``_DIGIT_RUN.finditer(text)`` finds, trying only where a digit is."""
+    positions = _digit_positions(text)
+    if positions is None:
+        yield from _DIGIT_RUN.finditer(text)
+        return
     after = 0
-    for start in _digit_starts(text):
+    for start in positions:
         if start >= after:
             run = _DIGIT_RUN.match(text, start)
             if run is not None:
@@ -62,22 +66,24 @@ def _digit_runs(text: str) -> Iterable[re.Match[str]]:
                 yield run
 
 
-def _digit_starts(text: str) -> Iterable[int]:
+def _digit_positions(text: str) -> list[int] | None:
     """Every position of a digit, in order: where a pattern that starts with ``\\d`` can
     match. The regex engine looks at every character (about 15 ns each, a millisecond for
-    a 60 KB document); for ASCII text ten C-speed counts and finds do it in microseconds,
-    and prose has few digits or none."""
-    if text.isascii():
-        positions: list[int] = []
-        for d in _DIGITS:
-            pos = text.find(d)
-            while pos >= 0 and len(positions) <= _MANY_DIGITS:
-                positions.append(pos)
-                pos = text.find(d, pos + 1)
-        if len(positions) <= _MANY_DIGITS:
-            positions.sort()
-            return positions
-    return (m.start() for m in _ANY_DIGIT.finditer(text))
+    a 60 KB document); for ASCII text ten C-speed finds do it in microseconds, and prose
+    has few digits or none. None for text with many digits or non-ASCII digits possible:
+    there one regex pass is the cheaper way."""
+    if not text.isascii():
+        return None
+    positions: list[int] = []
+    for d in _DIGITS:
+        pos = text.find(d)
+        while pos >= 0:
+            if len(positions) >= _MANY_DIGITS:
+                return None
+            positions.append(pos)
+            pos = text.find(d, pos + 1)
+    positions.sort()
+    return positions
 
 
 def iban_valid(candidate: str) -> bool:
@@ -97,10 +103,14 @@ def iban_valid(candidate: str) -> bool:
 _IBAN_CI = re.compile(_IBAN.pattern, re.IGNORECASE)
 
 
-def _digit_pairs(text: str) -> Iterable[int]:
+def _digit_pairs(text: str) -> Iterator[int]:
     """Where ``\\d\\d`` matches, left to right, without overlap."""
+    positions = _digit_positions(text)
+    if positions is None:
+        yield from (m.start() for m in _TWO_DIGITS.finditer(text))
+        return
     after = 0
-    for pos in _digit_starts(text):
+    for pos in positions:
         if pos >= after and text[pos + 1:pos + 2].isdecimal():
             yield pos
             after = pos + 2
