@@ -8,6 +8,7 @@ turn a rule off.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,11 @@ def _int(minimum: int = 0) -> Validator:
         return v
 
     return check
+
+
+def _workers(v: Any) -> int:
+    n = _int(0)(v)
+    return n or (os.cpu_count() or 1)
 
 
 def _float(minimum: float = 0.0) -> Validator:
@@ -175,8 +181,8 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "spool_threshold": (_int(4096), 256 * 1024),
         "message_memory": (_int(2**20), 48 * 2**20),
         # Worker processes sharing the listening ports (SO_REUSEPORT): one per core uses the
-        # whole machine. Metrics then come from worker 1 only.
-        "workers": (_int(1), 1),
+        # whole machine; 0 means exactly that. Metrics then come from worker 1 only.
+        "workers": (_workers, 1),
         "max_connections_per_ip": (_int(1), 50),
         "tls_cert": (_opt_str, ""),
         "tls_key": (_opt_str, ""),

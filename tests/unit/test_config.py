@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,9 @@ def test_absolute_sqlite_url(tmp_path: Path) -> None:
      "gateway.internal_networks", "CIDR"),
     ('url = "sqlite:///audit.sqlite3"', 'url = "mysql://x"', "audit.url", "postgresql://"),
     ('[directory]', '[dirs]', "dirs", "unknown section"),
+    ('node = "test"', 'node = "test"\nworkers = -1', "gateway.workers", ">= 0"),
+    ('node = "test"', 'node = "test"\nspool_threshold = 100', "gateway.spool_threshold",
+     ">= 4096"),
 ])
 def test_config_errors_name_file_key_and_allowed(tmp_path: Path, old: str, new: str, key: str,
                                                   allowed: str) -> None:
@@ -50,6 +54,13 @@ def test_config_errors_name_file_key_and_allowed(tmp_path: Path, old: str, new: 
         config.load(cfg)
     msg = str(err.value)
     assert str(cfg) in msg and key in msg and allowed in msg
+
+
+def test_workers_zero_means_one_per_core(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, gateway_extra="workers = 0")
+    assert config.load(cfg).get("gateway", "workers") == (os.cpu_count() or 1)
+    cfg = write_config(tmp_path, gateway_extra="workers = 3")
+    assert config.load(cfg).get("gateway", "workers") == 3
 
 
 def test_missing_required_key(tmp_path: Path) -> None:
