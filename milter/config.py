@@ -181,7 +181,7 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "spool_threshold": (_int(4096), 256 * 1024),
         "message_memory": (_int(2**20), 48 * 2**20),
         # Worker processes sharing the listening ports (SO_REUSEPORT): one per core uses the
-        # whole machine; 0 means exactly that. Metrics then come from worker 1 only.
+        # whole machine; 0 means exactly that. Worker 1 exports the metrics of all of them.
         "workers": (_workers, 1),
         "max_connections_per_ip": (_int(1), 50),
         "tls_cert": (_opt_str, ""),

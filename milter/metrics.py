@@ -6,7 +6,17 @@ few nanoseconds, and nothing is exported unless a listen address is configured.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
+
+from milter import metrics_dir
 
 TRANSACTIONS = Counter("skot_transactions_total", "Messages decided, by direction and action",
                        ["front", "direction", "action"])
@@ -20,7 +30,8 @@ LATENCY_SECONDS = Histogram("skot_transaction_seconds",
                             "End of DATA to our answer, per message (SMTP front)")
 AUDIT_WRITE_SECONDS = Histogram("skot_audit_write_seconds",
                                 "Durable audit append (one commit per batch)")
-QUARANTINE_MESSAGES = Gauge("skot_quarantine_messages", "Messages held in quarantine")
+QUARANTINE_MESSAGES = Gauge("skot_quarantine_messages", "Messages held in quarantine",
+                            multiprocess_mode="livesum")
 
 
 def record_verdict(front: str, direction: str, action: str,
@@ -31,5 +42,16 @@ def record_verdict(front: str, direction: str, action: str,
 
 
 def serve(listen: str) -> None:
+    """Export on ``listen``; with several workers, the sum of all of them."""
     host, _, port = listen.rpartition(":")
-    start_http_server(int(port), addr=host.strip("[]"))
+    registry: CollectorRegistry = REGISTRY
+    if metrics_dir.active():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+
+
+def worker_gone(pid: int) -> None:
+    """A worker exited: its live gauges no longer count (its counters still do)."""
+    if metrics_dir.active():
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

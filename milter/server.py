@@ -297,6 +297,7 @@ def _supervise(config_path: str | None, workers: int) -> int:
         except InterruptedError:
             continue
         index = children.pop(pid, None)
+        metrics.worker_gone(pid)
         code = os.waitstatus_to_exitcode(status)
         if index is not None and not stopping:
             log.error("worker %d exited with %d; starting a new one", index, code)

@@ -15,6 +15,19 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from milter import config as config_mod
+    from milter.config import ConfigError
+
+    try:
+        cfg = config_mod.load(args.config)
+        if cfg.get("gateway", "workers") > 1 and cfg.get("metrics", "listen"):
+            # Before prometheus_client is imported: several workers keep their figures in
+            # files the exporter adds up, instead of each answering for itself alone.
+            from milter.metrics_dir import prepare
+
+            prepare(cfg.state_dir / "metrics")
+    except (ConfigError, OSError):
+        pass  # server.run reports configuration problems itself
     import milter.server as server
 
     code: int = server.run(args.config)

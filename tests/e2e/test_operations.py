@@ -174,3 +174,21 @@ def test_worker_processes_share_the_port_and_one_chain(served: Any, tmp_path: Pa
     assert proc.log.read_text().count("ready") == 2
     assert main(["audit", "verify", "--config", str(proc.cfg)]) == 0
     assert "intact: 24 records" in capsys.readouterr().out
+
+
+def test_metrics_add_up_over_worker_processes(served: Any, tmp_path: Path) -> None:
+    """With several workers the exporter (worker 1) reports what all of them did."""
+    mport = free_port()
+    proc, port = served(gateway_extra="workers = 2",
+                        extra=f'[metrics]\nlisten = "127.0.0.1:{mport}"\n')
+    assert [send(port, make_message(), "someone@school.example") for _ in range(16)] == \
+        [250] * 16
+    assert send(port, VIOLATION, "me@gmail.example") == 550
+    served_by = {r.txid for r in SQLiteStore(tmp_path / "audit.sqlite3", "test").records()}
+    assert len(served_by) == 17
+    body = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+    assert 'skot_transactions_total{action="accept",direction="outbound",front="smtp"} 16.0' \
+        in body
+    assert 'skot_rule_hits_total{mode="enforce",rule="B1.sender-domain"} 1.0' in body
+    proc.signal(signal.SIGTERM)
+    assert proc.proc.wait(timeout=30) == 0
