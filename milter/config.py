@@ -179,6 +179,10 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         # <state>/spool instead of memory; at most message_memory bytes of such messages
         # (counted three times: raw, decoded, working copy) are processed at once per process.
         "spool_threshold": (_int(4096), 256 * 1024),
+        # Local state (spool, metrics of several workers, notice limits, the quarantine
+        # unless [quarantine] says otherwise); default: beside a SQLite audit store, else
+        # beside this file. Must be writable (the systemd unit allows /var/lib/skot-milter).
+        "state_dir": (_opt_str, ""),
         "message_memory": (_int(2**20), 48 * 2**20),
         # Worker processes sharing the listening ports (SO_REUSEPORT): one per core uses the
         # whole machine; 0 means exactly that. Worker 1 exports the metrics of all of them.
@@ -319,7 +323,11 @@ class Config:
 
     @property
     def state_dir(self) -> Path:
-        """Where local state lives beside the audit store (or the config without SQLite)."""
+        """Where local state lives: ``gateway.state_dir``, else beside a SQLite audit store,
+        else beside the config file."""
+        v = self.get("gateway", "state_dir")
+        if v:
+            return self.resolve(v)
         url = self.audit_url
         if url.startswith("sqlite:///"):
             return Path(url[len("sqlite:///"):]).parent

@@ -39,6 +39,7 @@ class Transaction:
     spool: Spooled | None = None  # the whole message, once it passed gateway.spool_threshold
     size: int = 0
     too_big: bool = False
+    spool_error: str = ""  # the spool could not be written: the MTA hears 451
 
     def close(self) -> None:
         if self.spool is not None:
@@ -111,7 +112,7 @@ class MilterSession:
     def _add_body(self, chunk: bytes) -> None:
         tx = self.tx
         cfg = self.gateway.runtime.config
-        if tx.too_big:
+        if tx.too_big or tx.spool_error:
             return
         if not tx.size:
             tx.size = len(self._head())
@@ -121,16 +122,22 @@ class MilterSession:
             tx.close()
             tx.body = bytearray()  # never hold more than the limit
             return
-        if tx.spool is None and tx.size > cfg.get("gateway", "spool_threshold"):
-            # Past the threshold the whole message goes to disk, as the SMTP front does.
-            tx.spool = Spooled(cfg.state_dir / "spool")
-            tx.spool.write(self._head())
-            tx.spool.write(tx.body)
+        try:
+            if tx.spool is None and tx.size > cfg.get("gateway", "spool_threshold"):
+                # Past the threshold the whole message goes to disk, as the SMTP front does.
+                tx.spool = Spooled(cfg.state_dir / "spool")
+                tx.spool.write(self._head())
+                tx.spool.write(tx.body)
+                tx.body = bytearray()
+            if tx.spool is not None:
+                tx.spool.write(chunk)
+            else:
+                tx.body += chunk
+        except OSError as exc:
+            log.error("tx=%s cannot spool the message: %s", tx.txid, exc)
+            tx.spool_error = str(exc)
+            tx.close()
             tx.body = bytearray()
-        if tx.spool is not None:
-            tx.spool.write(chunk)
-        else:
-            tx.body += chunk
 
     def _head(self) -> bytes:
         lines = [f"{name}:".encode() + (b"" if value.startswith((b" ", b"\t")) else b" ")
@@ -147,6 +154,8 @@ class MilterSession:
         tx = self.tx
         if tx.too_big:
             return codec.encode_replycode(f"552 5.3.4 Message too big ref={tx.txid}")
+        if tx.spool_error:
+            return codec.encode_replycode(f"451 4.3.0 Temporary local problem ref={tx.txid}")
         if tx.spool is None:
             return await self._decide()
         # read back only when the process has memory for it (see milter.spool)

@@ -613,6 +613,7 @@ class GatewaySMTP(SMTP):
         kept = bytearray(b"\r\n")  # the data starts at a line start
         size, scan_from, too_much, too_long = 0, 0, False, False
         spool: Spooled | None = None
+        spool_error: OSError | None = None  # disk full or not writable: 451, drained
         try:
             while True:
                 if buffer:
@@ -633,9 +634,15 @@ class GatewaySMTP(SMTP):
                         del kept[:-4]  # drain without holding it: keep only a possible prefix
                         scan_from = 0
                     elif len(kept) > self._spool_threshold:  # to disk, in pieces of this size
-                        if spool is None:
-                            spool = Spooled(self._spool_dir)
-                        too_long = self._spill(kept, spool, too_long)
+                        try:
+                            if spool_error is not None:
+                                raise spool_error
+                            if spool is None:
+                                spool = Spooled(self._spool_dir)
+                            too_long = self._spill(kept, spool, too_long)
+                        except OSError as exc:
+                            spool_error = exc
+                            del kept[:-4]  # drain, keeping only a possible terminator prefix
                         scan_from = 0
                 if reader.at_eof():
                     return
@@ -645,8 +652,16 @@ class GatewaySMTP(SMTP):
                 self.envelope = self._create_envelope()
                 await self.push("552 5.3.4 Message too big")
                 return
-            if spool is not None:
-                too_long = self._spill(kept, spool, too_long, last=True)
+            if spool_error is None and spool is not None:
+                try:
+                    too_long = self._spill(kept, spool, too_long, last=True)
+                except OSError as exc:
+                    spool_error = exc
+            if spool_error is not None:
+                log.error("cannot spool a message to %s: %s", self._spool_dir, spool_error)
+                self.envelope = self._create_envelope()
+                await self.push("451 4.3.0 Temporary local problem, try again later")
+                return
             if too_long or (spool is None and self._line_too_long(kept)):
                 self.envelope = self._create_envelope()
                 await self.push("500 5.5.2 Line too long")

@@ -251,3 +251,23 @@ def test_large_message_is_spooled_and_judged_as_in_memory(tmp_path: Path) -> Non
         finally:
             g.stop()
     assert held[0] == held[1]
+
+
+def test_spool_that_cannot_be_written_tempfails(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "spool").write_text("not a directory")
+    g = GatewayThread(write_config(tmp_path, listen="",
+                                   gateway_extra='spool_threshold = 4096\nstate_dir = "state"',
+                                   extra=f'[milter]\nlisten = "127.0.0.1:{free_port()}"\n'))
+    try:
+        mta = MTA(g.running.milter_port)
+        mta.negotiate()
+        big = make_message(body=("x" * 70 + "\r\n") * 200)
+        replies = mta.message(big, "someone@school.example", ["o@example.org"])
+        assert replies[-1].cmd == b"y" and replies[-1].data.startswith(b"451 4.3.0")
+        # the connection carries on, and a small message passes
+        assert mta.message(make_message(), "someone@school.example",
+                           ["o@example.org"])[-1].cmd == b"c"
+        mta.close()
+    finally:
+        g.stop()

@@ -153,3 +153,22 @@ def test_size_limit_is_exact(sink: Any, make_gateway: Any, spool: str) -> None:
         assert read_replies(s, 1)[0][:3] == code
         s.close()
     assert len(sink[0].messages) == 1 and len(sink[0].messages[0].content) == 10000
+
+
+def test_spool_that_cannot_be_written_gives_451(sink: Any, make_gateway: Any,
+                                                tmp_path: Path) -> None:
+    """A full or unwritable spool is a transient fault: 451, and the session goes on."""
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "spool").write_text("not a directory")
+    gw = make_gateway(f"smtp://127.0.0.1:{sink[1]}",
+                      gateway_extra='spool_threshold = 4096\nstate_dir = "state"')
+    s = session(gw)
+    s.sendall(HEAD + (b"z" * 70 + b"\r\n") * 9000 + b".\r\n")  # 650 KB: many reads
+    assert read_replies(s, 1)[0][:9] == b"451 4.3.0"
+    s.sendall(b"MAIL FROM:<someone@school.example>\r\nRCPT TO:<ouder@example.org>\r\n"
+              b"DATA\r\n")
+    assert [r[:3] for r in read_replies(s, 3)] == [b"250", b"250", b"354"]
+    s.sendall(HEAD + b"klein\r\n.\r\n")
+    assert read_replies(s, 1)[0][:3] == b"250"
+    s.close()
+    assert len(sink[0].messages) == 1
