@@ -84,6 +84,14 @@ def test_postfix_in_front(mode: str, tmp_path: Path, sink: tuple[SinkHandler, in
             c.sendmail("someone@school.example", ["ouder@example.org"], clean)
         assert wait(lambda: len(handler.messages) == 1), postfix.maillog()
         assert b"Goedemorgen." in handler.messages[0].content
+        # 1b. a 2 MB message (spooled to disk by either front) arrives whole
+        big = make_message(frm="someone@school.example", to="ouder@example.org",
+                           body=("regel tekst voor de ouders " * 3 + "\r\n") * 25_000)
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as c:
+            c.sendmail("someone@school.example", ["ouder@example.org"], big)
+        assert wait(lambda: len(handler.messages) == 2), postfix.maillog()
+        assert handler.messages[1].content.split(b"\r\n\r\n", 1)[1] == \
+            big.split(b"\r\n\r\n", 1)[1]
         # 2. a B1 violation is refused in Postfix's SMTP dialogue with our reply text
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as c, \
                 pytest.raises(smtplib.SMTPDataError) as err:
@@ -98,10 +106,10 @@ def test_postfix_in_front(mode: str, tmp_path: Path, sink: tuple[SinkHandler, in
         if mode == "milter":
             assert wait(lambda: len(postfix.held()) == 1), postfix.maillog()
         time.sleep(1)
-        assert len(handler.messages) == 1  # nothing more reached the destination
+        assert len(handler.messages) == 2  # nothing more reached the destination
         # 4. the audit store has each
-        expected = (["intent", "delivered", "rejected", "quarantined"] if mode == "proxy"
-                    else ["delivered", "rejected", "quarantined"])
+        expected = (["intent", "delivered", "intent", "delivered", "rejected", "quarantined"]
+                    if mode == "proxy" else ["delivered", "delivered", "rejected", "quarantined"])
         assert events(tmp_path) == expected
     finally:
         gw.stop()
@@ -114,4 +122,4 @@ def test_postfix_in_front(mode: str, tmp_path: Path, sink: tuple[SinkHandler, in
              if isinstance(err_any, smtplib.SMTPRecipientsRefused) else [err_any.smtp_code])
     assert all(400 <= code < 500 for code in codes)
     time.sleep(0.5)
-    assert len(handler.messages) == 1
+    assert len(handler.messages) == 2
