@@ -205,23 +205,6 @@ def test_connection_cut_mid_message_applies_nothing(gw: GatewayThread, tmp_path:
     again.close()
 
 
-def test_body_over_size_limit_refused(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, listen="", gateway_extra="max_message_size = 4096",
-                       extra=f'[milter]\nlisten = "127.0.0.1:{free_port()}"\n')
-    g = GatewayThread(cfg)
-    try:
-        mta = MTA(g.running.milter_port)
-        mta.negotiate()
-        big = make_message(body=("x" * 70 + "\r\n") * 200)
-        replies = mta.message(big, "someone@school.example", ["o@example.org"])
-        assert replies[-1].cmd == b"y" and replies[-1].data.startswith(b"552 5.3.4")
-        mta.close()
-    finally:
-        g.stop()
-
-
-
-
 def test_large_message_is_spooled_and_judged_as_in_memory(tmp_path: Path) -> None:
     """Past gateway.spool_threshold the milter front keeps the message on disk; the verdict,
     the quarantined bytes and the audit evidence are those of the in-memory path."""
@@ -253,18 +236,22 @@ def test_large_message_is_spooled_and_judged_as_in_memory(tmp_path: Path) -> Non
     assert held[0] == held[1]
 
 
-def test_spool_that_cannot_be_written_tempfails(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gateway_extra,answer", [
+    ("max_message_size = 4096", b"552 5.3.4"),                        # over the size limit
+    ('spool_threshold = 4096\nstate_dir = "state"', b"451 4.3.0"),    # spool not writable
+])
+def test_large_body_refused_or_tempfailed(tmp_path: Path, gateway_extra: str,
+                                          answer: bytes) -> None:
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "spool").write_text("not a directory")
-    g = GatewayThread(write_config(tmp_path, listen="",
-                                   gateway_extra='spool_threshold = 4096\nstate_dir = "state"',
+    g = GatewayThread(write_config(tmp_path, listen="", gateway_extra=gateway_extra,
                                    extra=f'[milter]\nlisten = "127.0.0.1:{free_port()}"\n'))
     try:
         mta = MTA(g.running.milter_port)
         mta.negotiate()
         big = make_message(body=("x" * 70 + "\r\n") * 200)
         replies = mta.message(big, "someone@school.example", ["o@example.org"])
-        assert replies[-1].cmd == b"y" and replies[-1].data.startswith(b"451 4.3.0")
+        assert replies[-1].cmd == b"y" and replies[-1].data.startswith(answer)
         # the connection carries on, and a small message passes
         assert mta.message(make_message(), "someone@school.example",
                            ["o@example.org"])[-1].cmd == b"c"
