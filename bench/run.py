@@ -193,6 +193,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per scenario")
     ap.add_argument("--postgres", action="store_true", help="also the PostgreSQL audit store")
     ap.add_argument("--quick", action="store_true", help="one scenario, short runs")
+    ap.add_argument("--only", metavar="MIX,SESSIONS,PER_CONN", default="",
+                    help="one scenario, e.g. 2KB,1,10 (mixes: 2KB 50KB 1MB mix)")
     ap.add_argument("--memory", action="store_true",
                     help="only: peak RSS with 50 concurrent 10 MB messages")
     args = ap.parse_args()
@@ -242,6 +244,9 @@ def main() -> None:
                      ("2KB", 1, 10), ("50KB", 1, 10), ("mix", 20, 10)]
         if args.quick:
             scenarios = [("mix", 20, 10)]
+        if args.only:
+            name, n, per = args.only.split(",")
+            scenarios = [(name, int(n), int(per))]
         if args.memory:
             big = files.mail_with([("archief.pdf", bytes(range(256)) * 40_000,
                                     "application/pdf")])  # ~10 MB after base64
@@ -288,7 +293,7 @@ def main() -> None:
                       f"{totals['gateway'].rate / totals['smtp-sink'].rate:.3f}x")
             print()
         source = shutil.which("smtp-source")
-        if source and not args.memory:
+        if source and not args.memory and not args.only:
             count = 400 if args.quick else 2000
             for label, size in (("2KB", 2048), ("50KB", 51200)):
                 print(f"smtp-source (Postfix's C client), {label} plain text, 20 sessions, "
