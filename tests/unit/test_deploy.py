@@ -23,3 +23,14 @@ def test_systemd_unit_reloads_with_sighup_and_is_hardened() -> None:
     for line in ("ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes",
                  "ProtectSystem=strict", "User=skot-milter", "StateDirectory=skot-milter"):
         assert line in unit
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    """A newcomer's two set-up commands are in README.md; CI must run the test one as is."""
+    import re
+
+    blocks = re.findall(r"```sh\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)
+    setup = [b for b in blocks if b.startswith("python3 -m venv .venv")]
+    assert len(setup) == 2 and setup[0].endswith("skot-milter serve")
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert setup[1] in ci and setup[1].endswith("-m pytest")
