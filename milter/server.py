@@ -272,6 +272,8 @@ def _supervise(config_path: str | None, workers: int) -> int:
             code = 1
             try:
                 code = asyncio.run(_serve(config_path, worker=index, reuse_port=True))
+            except BaseException:  # os._exit below would swallow the traceback
+                log.exception("worker %d failed", index)
             finally:
                 os._exit(code)
         children[pid] = index
@@ -302,7 +304,8 @@ def _supervise(config_path: str | None, workers: int) -> int:
         if index is not None and not stopping:
             log.error("worker %d exited with %d; starting a new one", index, code)
             time.sleep(0.5)
-            spawn(index)
+            if not stopping:  # a SIGTERM during the pause: no new worker to outlive it
+                spawn(index)
         else:
             worst = max(worst, code if code > 0 else 0)
     return worst

@@ -4,6 +4,7 @@ PROXY protocol."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import smtplib
 import socket
@@ -192,3 +193,17 @@ def test_metrics_add_up_over_worker_processes(served: Any, tmp_path: Path) -> No
     assert 'skot_rule_hits_total{mode="enforce",rule="B1.sender-domain"} 1.0' in body
     proc.signal(signal.SIGTERM)
     assert proc.proc.wait(timeout=30) == 0
+
+
+def test_sigterm_while_a_worker_is_replaced_leaves_no_worker_behind(served: Any) -> None:
+    """A worker dies; during the pause before its replacement the supervisor gets SIGTERM:
+    no replacement starts (it would never hear the SIGTERM), and the gateway exits."""
+    proc, port = served(gateway_extra="workers = 2")
+    pid = proc.proc.pid
+    workers = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)
+    proc.wait_log("exited with")           # the supervisor is pausing before a new one
+    proc.signal(signal.SIGTERM)
+    assert proc.proc.wait(timeout=30) == 0
+    assert proc.log.read_text().count("ready") == 2  # no third worker was started
