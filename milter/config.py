@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from milter.spool import DEFAULT_MESSAGE_MEMORY
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "default" / "skot-milter.toml"
 
 
@@ -183,7 +185,7 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         # unless [quarantine] says otherwise); default: beside a SQLite audit store, else
         # beside this file. Must be writable (the systemd unit allows /var/lib/skot-milter).
         "state_dir": (_opt_str, ""),
-        "message_memory": (_int(2**20), 48 * 2**20),
+        "message_memory": (_int(2**20), DEFAULT_MESSAGE_MEMORY),
         # Worker processes sharing the listening ports (SO_REUSEPORT): one per core uses the
         # whole machine; 0 means exactly that. Worker 1 exports the metrics of all of them.
         "workers": (_workers, 1),

@@ -34,7 +34,7 @@ from milter.dkimsign import Signer
 from milter.notices import Notifier, request_for
 from milter.quarantine import QuarantineError, QuarantineStore
 from milter.runtime import Authenticator, Evaluation, Runtime
-from milter.spool import MemoryBudget
+from milter.spool import DEFAULT_MESSAGE_MEMORY, MemoryBudget
 
 log = logging.getLogger("skot-milter")
 
@@ -244,7 +244,7 @@ class Gateway:
     authenticator: Authenticator | None = None
     signer: Signer | None = None
     # Spooled (large) messages in processing, both fronts together, this process.
-    memory: MemoryBudget = field(default_factory=lambda: MemoryBudget(48 * 2**20))
+    memory: MemoryBudget = field(default_factory=lambda: MemoryBudget(DEFAULT_MESSAGE_MEMORY))
 
     async def evaluate(self, envelope: Envelope, content: bytes,
                        runtime: Runtime | None = None) -> Evaluation:

@@ -17,6 +17,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
 
+DEFAULT_MESSAGE_MEMORY = 48 * 2**20
+# What processing a message holds at its peak, as a multiple of its size: the raw bytes, the
+# decoded attachments and the decoder's working copy (measured with tracemalloc).
+PEAK_PER_BYTE = 3
+
 
 class Spooled:
     """A message received into a temporary file (already dot-unstuffed)."""
@@ -39,12 +44,6 @@ class Spooled:
 
     def close(self) -> None:
         self.file.close()
-
-    def __enter__(self) -> Spooled:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class MemoryBudget:
@@ -77,6 +76,10 @@ class MemoryBudget:
             yield
         finally:
             self._give(n)
+
+    def hold_message(self, size: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """Memory for processing a spooled message of ``size`` bytes."""
+        return self.hold(PEAK_PER_BYTE * size)
 
     def _give(self, n: int) -> None:
         self.free += n

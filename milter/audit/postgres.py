@@ -8,9 +8,10 @@ also at open). A commit returns only once PostgreSQL has made it durable.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -23,10 +24,10 @@ from milter.audit.sql import (
     PURGE_SHAPE,
     SQLStore,
     encode,
-    now_iso,
     records_table,
+    seal_after,
 )
-from milter.audit.store import AuditEvent, AuditRecord, AuditUnavailable, seal
+from milter.audit.store import AuditEvent, AuditRecord, AuditUnavailable
 
 _INSERTED = tuple(c for c in COLUMNS if c != "id")
 
@@ -66,6 +67,35 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
     return version
 
 
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Any failure to write (the server, the pool's time-out) is AuditUnavailable: the front
+    tempfails."""
+    try:
+        yield
+    except AuditUnavailable:
+        raise
+    except Exception as exc:
+        raise AuditUnavailable(f"audit write failed: {exc}") from exc
+
+
+def _executor(conn: psycopg.Connection[Any]) -> Any:
+    """The ``execute(sql, args, fetch)`` the shared SQL code calls, on this connection."""
+
+    def execute(sql: str, args: Sequence[Any] = (), fetch: bool | str = True) -> Any:
+        cur = conn.execute(sql.replace("?", "%s"), tuple(args))
+        if fetch == "all":
+            return cur.fetchall()
+        if fetch == "row":
+            return cur.fetchone()
+        if fetch:
+            row = cur.fetchone()
+            return row[0] if row else None
+        return None
+
+    return execute
+
+
 def _durable(conn: psycopg.Connection[Any]) -> None:
     """A commit must survive a power cut before we answer 250, whatever the database's
     default says (``synchronous_commit = off`` acknowledges before the WAL is flushed)."""
@@ -97,28 +127,10 @@ class PostgresStore(SQLStore):
             raise AuditUnavailable(f"audit read failed: {exc}") from exc
 
     def _write(self, work: Any) -> Any:
-        try:
-            with self._pool.connection() as conn, conn.transaction():
-                # The connection is bound here, per call: one store serves many threads (the
-                # web view's request threads), and each transaction must keep its own.
-                def execute(sql: str, args: Sequence[Any] = (), fetch: bool | str = True) -> Any:
-                    cur = conn.execute(sql.replace("?", "%s"), tuple(args))
-                    if fetch == "all":
-                        return cur.fetchall()
-                    if fetch == "row":
-                        return cur.fetchone()
-                    if fetch:
-                        row = cur.fetchone()
-                        return row[0] if row else None
-                    return None
-
-                return work(execute)
-        except psycopg.Error as exc:
-            raise AuditUnavailable(f"audit write failed: {exc}") from exc
-        except Exception as exc:  # pool time-out and the like: the front must tempfail
-            if isinstance(exc, AuditUnavailable):
-                raise
-            raise AuditUnavailable(f"audit write failed: {exc}") from exc
+        # The connection is bound here, per call: one store serves many threads (the web
+        # view's request threads), and each transaction must keep its own.
+        with _unavailable(), self._pool.connection() as conn, conn.transaction():
+            return work(_executor(conn))
 
     def append_many(self, events: list[AuditEvent]) -> list[AuditRecord]:
         """Append in one statement, one round trip, committed on its own (autocommit).
@@ -133,10 +145,11 @@ class PostgresStore(SQLStore):
             return []
         with self._append_lock:
             try:
-                with self._pool.connection() as conn:
+                with _unavailable(), self._pool.connection() as conn:
                     for _ in range(50):
-                        head = self._known_head or self._read_head(conn)
-                        records = self._seal(events, head)
+                        # (autocommit: the head's row lock ends with its statement)
+                        head = self._known_head or self._head(_executor(conn))
+                        records = seal_after(head, self.chain, events)
                         rows = conn.execute(self._insert_sql(len(records)), self._params(
                             records, head)).fetchall()
                         if rows:
@@ -144,32 +157,10 @@ class PostgresStore(SQLStore):
                             ids = {int(seq): int(i) for i, seq in rows}
                             return [replace(r, id=ids[r.seq]) for r in records]
                         self._known_head = None  # another writer moved it: read it again
-            except psycopg.Error as exc:
+            except AuditUnavailable:
                 self._known_head = None
-                raise AuditUnavailable(f"audit write failed: {exc}") from exc
-            except Exception as exc:  # pool time-out and the like: the front must tempfail
-                self._known_head = None
-                if isinstance(exc, AuditUnavailable):
-                    raise
-                raise AuditUnavailable(f"audit write failed: {exc}") from exc
+                raise
         raise AuditUnavailable("audit write failed: the chain head kept moving")
-
-    def _read_head(self, conn: psycopg.Connection[Any]) -> tuple[int, str]:
-        conn.execute("INSERT INTO chain_heads (chain, seq, hash) VALUES (%s, 0, %s) "
-                     "ON CONFLICT (chain) DO NOTHING", (self.chain, GENESIS))
-        row = conn.execute("SELECT seq, hash FROM chain_heads WHERE chain = %s",
-                           (self.chain,)).fetchone()
-        assert row is not None
-        return int(row[0]), str(row[1])
-
-    def _seal(self, events: list[AuditEvent], head: tuple[int, str]) -> list[AuditRecord]:
-        seq, prev = head
-        records = []
-        for ev in events:
-            seq += 1
-            records.append(seal(ev, self.chain, seq, prev, now_iso()))
-            prev = records[-1].hash
-        return records
 
     @functools.cache  # noqa: B019 - one entry per batch size, for the store's lifetime
     def _insert_sql(self, n: int) -> str:

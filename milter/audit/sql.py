@@ -88,6 +88,18 @@ def shallow(rec: AuditRecord) -> dict[str, Any]:
     return {name: getattr(rec, name) for name in _FIELDS}
 
 
+def seal_after(head: tuple[int, str], chain: str,
+               events: list[AuditEvent]) -> list[AuditRecord]:
+    """``events`` sealed as the next records of ``chain`` after ``head`` (seq, hash)."""
+    seq, prev = head
+    records = []
+    for ev in events:
+        seq += 1
+        records.append(seal(ev, chain, seq, prev, now_iso()))
+        prev = records[-1].hash
+    return records
+
+
 def encode(rec: AuditRecord) -> dict[str, Any]:
     values = shallow(rec)
     del values["id"]
@@ -188,19 +200,15 @@ class SQLStore:
 
     def _append_in(self, execute: Any, events: list[AuditEvent]) -> list[AuditRecord]:
         """Seal and insert ``events`` inside the caller's transaction (chain head locked)."""
-        seq, prev = self._head(execute)
         out = []
-        for ev in events:
-            seq += 1
-            rec = seal(ev, self.chain, seq, prev, now_iso())
+        for rec in seal_after(self._head(execute), self.chain, events):
             values = encode(rec)
             cols = ", ".join(values)
             marks = ", ".join([self.placeholder] * len(values))
             new_id = execute(f"INSERT INTO records ({cols}) VALUES ({marks}) RETURNING id",
                              tuple(values.values()))
             out.append(replace(rec, id=int(new_id)))
-            prev = rec.hash
-        self._set_head(execute, seq, prev)
+        self._set_head(execute, out[-1].seq, out[-1].hash)
         return out
 
     def records(self, filters: Filters | None = None) -> Iterator[AuditRecord]:

@@ -141,8 +141,8 @@ class Part:
 # message. The body of an encoded attachment is one long run, and so is most plain text:
 # parsing a 10 MB attachment line by line in Python cost a second and 100 MB.
 _RUN = re.compile(rb"\n((?:(?!From )[^\r\n:\t \-][^\r\n:]*+\r\n)++)")
-_B64_RUN = re.compile(rb"\n((?:[A-Za-z0-9+/]++\r\n){32,}+)")  # the same, found faster
 _MIN_LINES = 32
+_B64_RUN = re.compile(rb"\n((?:[A-Za-z0-9+/]++\r\n){%d,}+)" % _MIN_LINES)  # found faster
 _B64_LINES = re.compile(rb"(?:[A-Za-z0-9+/]++(?:\r\n|\Z))*+")
 _B64_TEXT = re.compile(r"[A-Za-z0-9+/]*")
 _B64_LAST = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -155,7 +155,7 @@ class Elided:
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
-        self.nonce = secrets.token_hex(8)  # unguessable: a sender cannot forge a token
+        self.nonce = ""  # drawn only for a message that has runs (a system call each)
         self.spans: list[tuple[int, int]] = []
 
     def skeleton(self) -> bytes:
@@ -169,6 +169,7 @@ class Elided:
         self._plain_runs(gap, len(raw))
         if not self.spans:
             return raw
+        self.nonce = secrets.token_hex(8)  # unguessable: a sender cannot forge a token
         out: list[bytes] = []
         pos = 0
         for n, (start, end) in enumerate(self.spans):
@@ -185,7 +186,7 @@ class Elided:
                 self.spans.append((a, b))
 
     def has_token(self, text: object) -> bool:
-        return isinstance(text, str) and self.nonce in text
+        return bool(self.nonce) and isinstance(text, str) and self.nonce in text
 
     def tokens(self, text: str) -> Iterator[re.Match[str]]:
         return (m for m in _TOKEN.finditer(text) if m.group(1) == self.nonce)

@@ -159,7 +159,7 @@ class MilterSession:
         if tx.spool is None:
             return await self._decide()
         # read back only when the process has memory for it (see milter.spool)
-        async with self.gateway.memory.hold(3 * tx.spool.size):
+        async with self.gateway.memory.hold_message(tx.spool.size):
             return await self._decide()
 
     async def _decide(self) -> bytes:

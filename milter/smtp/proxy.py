@@ -14,7 +14,6 @@ import functools
 import ipaddress
 import logging
 import re
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -301,10 +300,9 @@ class ProxyHandler:
             if not isinstance(spooled, Spooled):
                 content = envelope.content if isinstance(envelope.content, bytes) else b""
                 return await self._finish(session, envelope, tx, content)
-            # A large message is read back only when the process has memory for it: the
-            # budget covers the raw bytes, the decoded attachments and the decoder's working
-            # copy (about three times the size, measured), until it is relayed.
-            async with self.gateway.memory.hold(3 * spooled.size):
+            # A large message is read back only when the process has memory for it, and
+            # holds it until it is relayed.
+            async with self.gateway.memory.hold_message(spooled.size):
                 return await self._finish(session, envelope, tx, spooled.read())
         finally:
             metrics.LATENCY_SECONDS.observe(time.perf_counter() - started)
@@ -480,12 +478,11 @@ _REPLY_REWRITES = {
 class GatewaySMTP(SMTP):
     """aiosmtpd's SMTP with connection limits, raw-argument capture and cleanup on drop."""
 
-    def __init__(self, handler: ProxyHandler, *, limits: ConnectionLimits,
-                 data_timeout: float = 600.0, greet_pause: float = 0.0,
-                 spool_dir: Path | None = None, spool_threshold: int = 256 * 1024,
+    def __init__(self, handler: ProxyHandler, *, limits: ConnectionLimits, spool_dir: Path,
+                 spool_threshold: int, data_timeout: float = 600.0, greet_pause: float = 0.0,
                  **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
-        self._spool_dir = spool_dir or Path(tempfile.gettempdir())
+        self._spool_dir = spool_dir
         self._spool_threshold = spool_threshold
         self.spooled: Spooled | None = None  # the message in DATA, when it went to disk
         self._limits = limits

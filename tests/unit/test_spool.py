@@ -4,6 +4,7 @@ the total at once, a message larger than the budget alone, and nothing leaked on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 from milter.spool import MemoryBudget, Spooled
@@ -60,7 +61,7 @@ def test_cancelled_waiter_gives_nothing_away() -> None:
 
 
 def test_spooled_file_reads_back_and_leaves_nothing(tmp_path: Path) -> None:
-    with Spooled(tmp_path / "spool") as spool:
+    with contextlib.closing(Spooled(tmp_path / "spool")) as spool:
         spool.write(b"abc")
         spool.write(memoryview(b"defg"))
         assert spool.read() == b"abcdefg" and spool.size == 7
