@@ -24,6 +24,7 @@ from milter.audit.sql import (
     PURGE_SHAPE,
     SQLStore,
     encode,
+    fetched,
     records_table,
     seal_after,
 )
@@ -83,15 +84,7 @@ def _executor(conn: psycopg.Connection[Any]) -> Any:
     """The ``execute(sql, args, fetch)`` the shared SQL code calls, on this connection."""
 
     def execute(sql: str, args: Sequence[Any] = (), fetch: bool | str = True) -> Any:
-        cur = conn.execute(sql.replace("?", "%s"), tuple(args))
-        if fetch == "all":
-            return cur.fetchall()
-        if fetch == "row":
-            return cur.fetchone()
-        if fetch:
-            row = cur.fetchone()
-            return row[0] if row else None
-        return None
+        return fetched(conn.execute(sql.replace("?", "%s"), tuple(args)), fetch)
 
     return execute
 

@@ -88,6 +88,19 @@ def shallow(rec: AuditRecord) -> dict[str, Any]:
     return {name: getattr(rec, name) for name in _FIELDS}
 
 
+def fetched(cur: Any, fetch: bool | str) -> Any:
+    """What the shared SQL code asked of a statement: "all" rows, one "row", its first value
+    (True), or nothing (False)."""
+    if fetch == "all":
+        return cur.fetchall()
+    if fetch == "row":
+        return cur.fetchone()
+    if fetch:
+        row = cur.fetchone()
+        return row[0] if row else None
+    return None
+
+
 def seal_after(head: tuple[int, str], chain: str,
                events: list[AuditEvent]) -> list[AuditRecord]:
     """``events`` sealed as the next records of ``chain`` after ``head`` (seq, hash)."""

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from milter.audit.sql import GENESIS, PURGE_SHAPE, SQLStore, records_table
+from milter.audit.sql import GENESIS, PURGE_SHAPE, SQLStore, fetched, records_table
 from milter.audit.store import AuditUnavailable
 
 SCHEMA = records_table("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER") + f"""
@@ -45,15 +45,7 @@ class SQLiteStore(SQLStore):
             return self._db.execute(sql, tuple(args)).fetchall()
 
     def _execute(self, sql: str, args: Sequence[Any] = (), fetch: bool | str = True) -> Any:
-        cur = self._db.execute(sql, tuple(args))
-        if fetch == "all":
-            return cur.fetchall()
-        if fetch == "row":
-            return cur.fetchone()
-        if fetch:
-            row = cur.fetchone()
-            return row[0] if row else None
-        return None
+        return fetched(self._db.execute(sql, tuple(args)), fetch)
 
     def _write(self, work: Any) -> Any:
         with self._lock:
