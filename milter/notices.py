@@ -279,7 +279,7 @@ class Notifier:
     limiter: RateLimiter
     directory: Any
     school_domains: Sequence[str]
-    audit: Any = None              # AsyncAudit
+    audit: Any = None              # AuditWriter
     retries: int = 3
     retry_delay: float = 5.0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -353,7 +353,7 @@ class Notifier:
                 raise
 
     async def send(self, notice: Notice) -> bool:
-        from milter.smtp.relay import NextHopError, send_message
+        from milter.nexthop import NextHopError, send_message
 
         error = ""
         cancelled = False

@@ -56,7 +56,7 @@ class MemoryBudget:
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
 
     @contextlib.asynccontextmanager
-    async def hold(self, n: int) -> AsyncIterator[None]:
+    async def reserve(self, n: int) -> AsyncIterator[None]:
         n = min(n, self.total)
         if self._waiters or self.free < n:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -77,9 +77,9 @@ class MemoryBudget:
         finally:
             self._give(n)
 
-    def hold_message(self, size: int) -> contextlib.AbstractAsyncContextManager[None]:
+    def reserve_message(self, size: int) -> contextlib.AbstractAsyncContextManager[None]:
         """Memory for processing a spooled message of ``size`` bytes."""
-        return self.hold(PEAK_PER_BYTE * size)
+        return self.reserve(PEAK_PER_BYTE * size)
 
     def _give(self, n: int) -> None:
         self.free += n

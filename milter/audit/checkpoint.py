@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,8 +23,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from milter.audit.store import canonical
+from milter.audit.store import AuditRecord, canonical
 from milter.durable import replace_synced
+
+log = logging.getLogger("skot-milter")
 
 
 @dataclass(frozen=True)
@@ -153,3 +157,23 @@ def check(cp: Any, trusted: dict[str, TrustedKey]) -> str | None:
         return (f"dated {cp['time']}, outside the validity of the epoch-{key.epoch} key "
                 f"(re-signed with a later key?)")
     return None
+
+
+class Checkpointer:
+    """Signs and exports the chain head every N records or minutes (``[audit] checkpoint_*``)."""
+
+    def __init__(self, key: SigningKey, directory: Path, every: int, minutes: float) -> None:
+        self.key, self.directory, self.every, self.seconds = key, directory, every, minutes * 60
+        self.count = 0
+        self.last = time.monotonic()
+
+    def seen(self, record: AuditRecord, n: int) -> None:
+        self.count += n
+        if self.count >= self.every or time.monotonic() - self.last >= self.seconds:
+            try:
+                write(sign(self.key, record.chain, record.seq,
+                                                 record.hash), self.directory)
+            except OSError as exc:  # the records are durable; the next checkpoint covers them
+                log.error("cannot write audit checkpoint: %s", exc)
+                return
+            self.count, self.last = 0, time.monotonic()

@@ -113,7 +113,7 @@ def release_entry(cfg: config_mod.Config, entry: Entry, actor: str) -> str:
     Raises CommandError when the next hop does not accept it (nothing changes then)."""
     import asyncio
 
-    from milter.smtp.relay import NextHopError, send_message
+    from milter.nexthop import NextHopError, send_message
 
     env = entry.meta.get("envelope", {})
     try:

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
             prepare(cfg.state_dir / "metrics")
     except (ConfigError, OSError):
         pass  # server.run reports configuration problems itself
-    import milter.server as server
+    import milter.daemon as server
 
     code: int = server.run(args.config)
     return code

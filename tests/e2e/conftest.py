@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from milter.daemon import Daemon, start
 from milter.runtime import Runtime
-from milter.server import Running, start
 from tests.conftest import write_config
 
 
@@ -97,7 +97,7 @@ class GatewayThread:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         runtime = Runtime.load(str(config))
-        self.running: Running = self.call(start(runtime, "127.0.0.1", 0))
+        self.running: Daemon = self.call(start(runtime, "127.0.0.1", 0))
         self.port = self.running.port
 
     def call(self, coro: Any) -> Any:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from milter.smtp.auth import hash_password
+from milter.fronts.smtp.auth import hash_password
 from tests.conftest import make_message
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from milter.miltr import codec
+from milter.fronts.milter import codec
 
 EVENTS: list[codec.Event] = [
     codec.OptNeg(6, 0x1FF, 0x1FFFFF),

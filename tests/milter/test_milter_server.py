@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from milter.audit.sqlite import SQLiteStore
-from milter.miltr import codec
+from milter.fronts.milter import codec
 from tests.conftest import make_message, write_config
 from tests.e2e.conftest import GatewayThread, free_port
 from tests.fixtures import files

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
-from milter.smtp.proxy import _getaddr
+from milter.fronts.smtp.connection import _getaddr
 
 
 def test_cached_address_reading_is_aiosmtpds() -> None:

@@ -155,7 +155,7 @@ def test_checkpoint_dated_before_its_record_rejected(setup: dict[str, Any],
 
 
 def test_gateway_checkpointer_exports_every_n_records(tmp_path: Path) -> None:
-    from milter.gateway import Checkpointer
+    from milter.audit.checkpoint import Checkpointer
 
     checkpoint.generate(tmp_path / "k", 1, valid_from="2020-01-01T00:00:00Z")
     cp = Checkpointer(checkpoint.load_signing_key(tmp_path / "k" / "epoch-1.key"),

@@ -10,6 +10,7 @@ import dkim
 import pytest
 
 from milter.core.context import Envelope
+from milter.daemon import make_authenticator
 from milter.dkimsign import Signer, keygen, read_key
 from milter.dnsauth import (
     DNSTempError,
@@ -22,7 +23,6 @@ from milter.dnsauth import (
     strip_our_results,
 )
 from milter.runtime import Runtime
-from milter.server import make_authenticator
 from tests.conftest import make_message, write_config
 from tests.dnsserver import DNSServer, running
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from milter.smtp.relay import stuffed_chunks
+from milter.nexthop import stuffed_chunks
 
 _lines = st.lists(st.sampled_from([b"", b".", b"..", b".x", b"x.", b"abc", b"a" * 50, b". ."]),
                   max_size=60)

@@ -12,7 +12,7 @@ from milter.spool import MemoryBudget, Spooled
 
 async def _run(budget: MemoryBudget, name: str, n: int, log: list[str],
                gate: asyncio.Event) -> None:
-    async with budget.hold(n):
+    async with budget.reserve(n):
         log.append(f"+{name}")
         await gate.wait()
         log.append(f"-{name}")

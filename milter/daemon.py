@@ -1,49 +1,49 @@
-"""Start the gateway: load the runtime, open the audit store, serve the SMTP front.
+"""The daemon: wires config, audit store, quarantine, notifier and the fronts together.
 
-SIGTERM/SIGINT stop accepting, let transactions in flight finish (bounded), then exit.
+This is the only module that imports the fronts. SIGTERM/SIGINT stop accepting, let
+transactions in flight finish (bounded), then exit; SIGHUP reloads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-import os
-import re
 import signal
 import ssl
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from milter import config as config_mod
 from milter import metrics
-from milter.audit.checkpoint import load_signing_key
+from milter.audit.checkpoint import Checkpointer, load_signing_key
 from milter.audit.store import AuditUnavailable, open_store
+from milter.audit.writer import AuditWriter
 from milter.config import ConfigError
 from milter.core.context import Context
 from milter.core.message import Message
 from milter.dkimsign import Signer
 from milter.dnsauth import AuthResults, Resolver, authenticate
-from milter.gateway import AsyncAudit, Checkpointer, Gateway
+from milter.fronts.milter import server as milter_server
+from milter.fronts.smtp.auth import load_authenticator
+from milter.fronts.smtp.connection import ConnectionLimits, SMTPConnection
+from milter.fronts.smtp.handler import SMTPHandler
+from milter.logs import configure_logging
 from milter.notices import Notifier, RateLimiter
 from milter.quarantine import QuarantineStore
 from milter.runtime import Authenticator, Runtime
-from milter.smtp.auth import load_authenticator
-from milter.smtp.proxy import ConnectionLimits, GatewaySMTP, ProxyHandler
 from milter.spool import MemoryBudget
+from milter.transaction import Gateway
 
 log = logging.getLogger("skot-milter")
 
 
 @dataclass
-class Running:
+class Daemon:
     """A started gateway: what tests and ``run`` need to reach and to stop it."""
 
     gateway: Gateway
-    handler: ProxyHandler
+    handler: SMTPHandler
     servers: list[asyncio.AbstractServer]
     port: int                 # the SMTP front's port (0 without one)
     milter_port: int = 0
@@ -70,7 +70,6 @@ class Running:
         # store closes, so their outcome is recorded.
         if self.gateway.notifier is not None:
             await self.gateway.notifier.drain()
-        await self.handler.pool.close()
         self.gateway.audit.close()
 
 
@@ -116,7 +115,7 @@ def make_authenticator(runtime: Runtime) -> Authenticator | None:
     return auth
 
 
-def make_notifier(runtime: Runtime, audit: AsyncAudit) -> Notifier | None:
+def make_notifier(runtime: Runtime, audit: AuditWriter) -> Notifier | None:
     cfg = runtime.config
     if not cfg.get("notices", "enabled"):
         return None
@@ -133,15 +132,15 @@ def make_notifier(runtime: Runtime, audit: AsyncAudit) -> Notifier | None:
 
 
 async def start(runtime: Runtime, host: str | None = None, port: int | None = None,
-                milter_override: str | None = None, reuse_port: bool = False) -> Running:
+                milter_override: str | None = None, reuse_port: bool = False) -> Daemon:
     """Open the store and listen; raises ConfigError or AuditUnavailable on bad set-up."""
     cfg = runtime.config
     store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
-    audit = AsyncAudit(store, make_checkpointer(runtime))
+    audit = AuditWriter(store, make_checkpointer(runtime))
     gateway = Gateway(runtime, audit, QuarantineStore(cfg.quarantine_dir),
                       make_notifier(runtime, audit), make_authenticator(runtime),
                       Signer.from_config(cfg), MemoryBudget(cfg.get("gateway", "message_memory")))
-    handler = ProxyHandler(gateway)
+    handler = SMTPHandler(gateway)
     workers = cfg.get("gateway", "workers") if reuse_port else 1
     limits = ConnectionLimits(-(-cfg.get("gateway", "max_connections") // workers),
                               -(-cfg.get("gateway", "max_connections_per_ip") // workers))
@@ -151,8 +150,8 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     host = host if host is not None else listen_host.strip("[]")
     port = port if port is not None else int(listen_port or 0)
 
-    def factory() -> GatewaySMTP:
-        return GatewaySMTP(handler, limits=limits,
+    def factory() -> SMTPConnection:
+        return SMTPConnection(handler, limits=limits,
                            data_timeout=cfg.get("gateway", "data_timeout"),
                            greet_pause=cfg.get("gateway", "greet_pause"),
                            spool_dir=cfg.state_dir / "spool",
@@ -182,17 +181,15 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     milter_listen = milter_override if milter_override is not None else cfg.get("milter",
                                                                                  "listen")
     if milter_listen:
-        from milter.miltr import server as milter_server
-
-        msrv = await milter_server.start(lambda: gateway, milter_listen, reuse_port)
+        msrv = await milter_server.start(gateway, milter_listen, reuse_port)
         servers.append(msrv)
         sock = msrv.sockets[0].getsockname()
         milter_port = sock[1] if isinstance(sock, tuple) else 0
         log.info("milter front on %s", milter_listen)
-    return Running(gateway, handler, servers, bound, milter_port)
+    return Daemon(gateway, handler, servers, bound, milter_port)
 
 
-def reload(running: Running, config_path: str | None) -> bool:
+def reload(running: Daemon, config_path: str | None) -> bool:
     """SIGHUP: load config, policy, directory and templates anew; keep the old on any error.
 
     Transactions in flight keep the runtime they started with; new ones get the new one."""
@@ -211,7 +208,7 @@ def reload(running: Running, config_path: str | None) -> bool:
     return True
 
 
-async def _serve(config_path: str | None, worker: int = 0, reuse_port: bool = False) -> int:
+async def serve(config_path: str | None, worker: int = 0, reuse_port: bool = False) -> int:
     runtime = Runtime.load(config_path)
     configure_logging(runtime)
     if runtime.config.get("metrics", "listen") and worker == 0:
@@ -230,95 +227,16 @@ async def _serve(config_path: str | None, worker: int = 0, reuse_port: bool = Fa
     return 0
 
 
-class JSONFormatter(logging.Formatter):
-    """One JSON object per line; the transaction id gets its own field."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-               "logger": record.name, "msg": message}
-        m = re.search(r"\btx=(\S+)", message)
-        if m:
-            out["txid"] = m.group(1)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
-
-
-def configure_logging(runtime: Runtime) -> None:
-    cfg = runtime.config
-    handler = logging.StreamHandler(sys.stderr)
-    if cfg.get("logging", "format") == "json":
-        handler.setFormatter(JSONFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(cfg.get("logging", "level").upper())
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command
-
-
-def _supervise(config_path: str | None, workers: int) -> int:
-    """Fork ``workers`` processes that share the ports; forward signals; replace a worker that
-    dies unexpectedly; exit when all have stopped after SIGTERM."""
-    children: dict[int, int] = {}
-    stopping = False
-
-    def spawn(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            code = 1
-            try:
-                code = asyncio.run(_serve(config_path, worker=index, reuse_port=True))
-            except BaseException:  # os._exit below would swallow the traceback
-                log.exception("worker %d failed", index)
-            finally:
-                os._exit(code)
-        children[pid] = index
-
-    def forward(sig: int, _frame: object) -> None:
-        nonlocal stopping
-        if sig in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    for i in range(workers):
-        spawn(i)
-    worst = 0
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        index = children.pop(pid, None)
-        metrics.worker_gone(pid)
-        code = os.waitstatus_to_exitcode(status)
-        if index is not None and not stopping:
-            log.error("worker %d exited with %d; starting a new one", index, code)
-            time.sleep(0.5)
-            if not stopping:  # a SIGTERM during the pause: no new worker to outlive it
-                spawn(index)
-        else:
-            worst = max(worst, code if code > 0 else 0)
-    return worst
-
-
 def run(config_path: str | None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         workers = config_mod.load(config_path).get("gateway", "workers")
         if workers > 1:
-            return _supervise(config_path, workers)
-        return asyncio.run(_serve(config_path))
+            from milter.supervisor import supervise
+
+            return supervise(config_path, workers)
+        return asyncio.run(serve(config_path))
     except ConfigError as exc:
         print(f"skot-milter: {exc}", file=sys.stderr)
         return 2

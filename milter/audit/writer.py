@@ -1,24 +1,19 @@
-"""What every front shares: the current runtime, the audit writer, the quarantine, ids.
+"""The audit writer of a running gateway: appends off the event loop, batched per commit.
 
-Fronts (SMTP proxy, milter) turn protocol events into calls here; this module owns the order
-of durable writes (audit before answers) so both fronts keep the same guarantees.
+Both fronts write through it; it also keeps outcome records the store refused, to write them
+once it takes writes again, and tells the checkpointer what was written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import replace
 
 from milter import metrics
-from milter.audit import checkpoint
-from milter.audit.checkpoint import SigningKey
+from milter.audit.checkpoint import Checkpointer
 from milter.audit.sql import now_iso
 from milter.audit.store import (
     OUTCOMES,
@@ -28,28 +23,11 @@ from milter.audit.store import (
     AuditUnavailable,
     Filters,
 )
-from milter.core.context import Envelope
-from milter.core.verdict import ascii_line
-from milter.dkimsign import Signer
-from milter.notices import Notifier, request_for
-from milter.quarantine import QuarantineError, QuarantineStore
-from milter.runtime import Authenticator, Evaluation, Runtime
-from milter.spool import DEFAULT_MESSAGE_MEMORY, MemoryBudget
 
 log = logging.getLogger("skot-milter")
 
-_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
-
-def new_txid() -> str:
-    """A short, sortable transaction id: it appears in logs, the audit and reply texts."""
-    t = int(time.time() * 1000)
-    stamp = "".join(_ALPHABET[(t >> s) & 31] for s in range(45, -5, -5))
-    r = secrets.randbits(30)  # one system call, not six
-    return stamp + "".join(_ALPHABET[(r >> s) & 31] for s in range(25, -5, -5))
-
-
-class AsyncAudit:
+class AuditWriter:
     """Audit appends off the event loop, one writer thread, records batched per fsync.
 
     Appends queued while a commit is in progress go out together in the next commit (group
@@ -213,127 +191,3 @@ class AsyncAudit:
                       "intents", len(self._owed))
         self._executor.shutdown(wait=True)
         self.store.close()
-
-
-class Checkpointer:
-    """Signs and exports the chain head every N records or minutes (``[audit] checkpoint_*``)."""
-
-    def __init__(self, key: SigningKey, directory: Path, every: int, minutes: float) -> None:
-        self.key, self.directory, self.every, self.seconds = key, directory, every, minutes * 60
-        self.count = 0
-        self.last = time.monotonic()
-
-    def seen(self, record: AuditRecord, n: int) -> None:
-        self.count += n
-        if self.count >= self.every or time.monotonic() - self.last >= self.seconds:
-            try:
-                checkpoint.write(checkpoint.sign(self.key, record.chain, record.seq,
-                                                 record.hash), self.directory)
-            except OSError as exc:  # the records are durable; the next checkpoint covers them
-                log.error("cannot write audit checkpoint: %s", exc)
-                return
-            self.count, self.last = 0, time.monotonic()
-
-
-@dataclass
-class Gateway:
-    runtime: Runtime
-    audit: AsyncAudit
-    quarantine: QuarantineStore
-    notifier: Notifier | None = None
-    authenticator: Authenticator | None = None
-    signer: Signer | None = None
-    # Spooled (large) messages in processing, both fronts together, this process.
-    memory: MemoryBudget = field(default_factory=lambda: MemoryBudget(DEFAULT_MESSAGE_MEMORY))
-
-    async def evaluate(self, envelope: Envelope, content: bytes,
-                       runtime: Runtime | None = None) -> Evaluation:
-        """Evaluate; inbound mail is authenticated first, off the loop (DNS look-ups).
-
-        ``runtime`` is the one the transaction started with: a reload never switches the
-        policy halfway through a message."""
-        runtime = runtime or self.runtime
-        started = time.perf_counter()
-        try:
-            return await self._evaluate(envelope, content, runtime)
-        finally:
-            metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
-
-    async def _evaluate(self, envelope: Envelope, content: bytes,
-                        runtime: Runtime) -> Evaluation:
-        if self.authenticator is not None and runtime.context(envelope).direction == "inbound":
-            return await asyncio.to_thread(runtime.evaluate, envelope, content, None,
-                                           self.authenticator)
-        return runtime.evaluate(envelope, content)
-
-    def outgoing(self, evaluation: Evaluation) -> tuple[bytes, bytes]:
-        """The next hop's message as (head, body): our headers and any DKIM signature, then
-        the message as received. Two pieces, so a 10 MB message is never copied to prepend
-        a few header lines."""
-        head = policy_headers(evaluation, self.runtime.config.get("gateway", "hostname"))
-        message = evaluation.message
-        if self.signer is not None and message is not None and \
-                evaluation.verdict.direction == "outbound":
-            authors = [a.addr_spec for a in message.authors if a.valid]
-            if len(authors) == 1:
-                head = self.signer.signature(head + evaluation.raw, authors[0]) + head
-        return head, evaluation.raw
-
-    def notify(self, evaluation: Evaluation, txid: str, sender: str,
-               recipients: Sequence[str]) -> None:
-        """Queue notices for a decision that was carried out (after the client's answer)."""
-        if self.notifier is None or evaluation.verdict.action == "tempfail":
-            return
-        req = request_for(txid, evaluation.verdict, self.runtime.policy, evaluation.message,
-                          sender, recipients, evaluation.summary)
-        if req is not None:
-            self.notifier.schedule(req)
-
-    def event(self, evaluation: Evaluation | None, event: str, *, txid: str, client: str,
-              sender: str, recipients: Sequence[str], auth_user: str = "", reply: str = "",
-              extra: dict[str, Any] | None = None) -> AuditEvent:
-        """An audit event for a transaction: who, which rules, what was done, evidence."""
-        evidence: dict[str, Any] = {}
-        rules: tuple[dict[str, Any], ...] = ()
-        action, direction, message_id, subject = "", "", "", ""
-        if evaluation is not None:
-            verdict = evaluation.verdict
-            action, direction = verdict.action, verdict.direction
-            rules = tuple({"id": r.id, "article": r.article, "action": r.action,
-                           "mode": r.mode, "reason": r.reason, "evidence": r.evidence}
-                          for r in verdict.rules)
-            evidence = {k: v for k, v in evaluation.summary.items()
-                        if k not in ("message_id", "subject")}
-            message_id = str(evaluation.summary.get("message_id", ""))
-            subject = str(evaluation.summary.get("subject", ""))
-        if extra:
-            evidence.update(extra)
-        return AuditEvent(event=event, txid=txid, message_id=message_id, client=client,
-                          direction=direction, sender=sender, recipients=tuple(recipients),
-                          auth_user=auth_user, rules=rules, action=action, reply=reply,
-                          evidence=evidence, subject=subject)
-
-    async def hold(self, evaluation: Evaluation, txid: str, envelope_json: dict[str, Any]) -> str:
-        """Quarantine durably (raises QuarantineError: the client must get 451)."""
-        qid = await asyncio.to_thread(self.quarantine.put, txid, evaluation.raw, envelope_json,
-                                      evaluation.verdict.to_json())
-        metrics.QUARANTINE_MESSAGES.inc()
-        return qid
-
-
-def policy_headers(evaluation: Evaluation, authserv_id: str = "") -> bytes:
-    """``Authentication-Results:`` and ``X-SKOT-Policy:`` lines; no CR, LF or NUL in values."""
-    lines = []
-    if evaluation.auth is not None and authserv_id:
-        value = ascii_line(evaluation.auth.header_value(authserv_id))
-        lines.append(f"Authentication-Results: {value}\r\n".encode("ascii"))
-    for r in evaluation.verdict.rules:
-        if r.mode != "enforce" or r.action != "tag":
-            continue
-        value = ascii_line(f"{r.id}; article={r.article}; action={r.action}; "
-                           f"ref={evaluation.verdict.ref}")
-        lines.append(f"X-SKOT-Policy: {value}\r\n".encode("ascii"))
-    return b"".join(lines)
-
-
-__all__ = ["AsyncAudit", "Gateway", "QuarantineError", "new_txid", "policy_headers"]

@@ -1,0 +1,1 @@
+"""The milter front: the sans-I/O codec and its asyncio server."""

@@ -1,0 +1,232 @@
+"""The milter front: an asyncio server around the sans-I/O codec, for Postfix's smtpd_milters.
+
+It feeds the same core as the SMTP front. Postfix queues the message after our answer, so the
+decision is made durable in the audit store *before* we answer; the verdict becomes accept
+(plus header changes), a reply code (reject/tempfail with our text), or quarantine (Postfix's
+hold queue plus our own copy). A peer that breaks the protocol gets its connection closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from milter.dnsauth import strip_our_results
+from milter.fronts.milter import codec
+from milter.spool import Spooled
+from milter.transaction import LOCAL_PROBLEM, TOO_BIG, Gateway, Transaction
+
+log = logging.getLogger("skot-milter.milter")
+
+ACTIONS = codec.SMFIF_ADDHDRS | codec.SMFIF_CHGHDRS | codec.SMFIF_QUARANTINE
+
+
+@dataclass
+class Message:
+    """The message of the transaction in progress, as the MTA sends it."""
+
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    spool: Spooled | None = None  # the whole message, once it passed gateway.spool_threshold
+    size: int = 0
+    too_big: bool = False
+    spool_error: str = ""  # the spool could not be written: the MTA hears 451
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+    def head(self) -> bytes:
+        lines = [f"{name}:".encode() + (b"" if value.startswith((b" ", b"\t")) else b" ")
+                 + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
+                 for name, value in self.headers]
+        return b"".join(lines) + b"\r\n"
+
+
+class MilterConnection:
+    """One connection from the MTA. ``handle`` turns an event into the bytes to answer."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.macros: dict[str, str] = {}
+        self.client_ip = ""
+        self.helo = ""
+        self.tx: Transaction | None = None
+        self.message = Message()
+
+    def _reset(self) -> None:
+        self.message.close()
+        self.message = Message()
+        self.tx = None
+
+    async def handle(self, event: codec.Event) -> bytes:
+        if isinstance(event, codec.OptNeg):
+            if event.version < 2:
+                raise codec.ProtocolError(f"milter version {event.version} too old")
+            # We take every step (protocol flags 0) and ask only for the actions we use.
+            return codec.encode_optneg(min(event.version, codec.VERSION),
+                                       ACTIONS & event.actions, 0)
+        if isinstance(event, codec.Macro):
+            self.macros.update(event.macros)
+            return b""
+        if isinstance(event, codec.Connect):
+            self.client_ip = event.address if event.family in ("4", "6") else "127.0.0.1"
+            self.client_ip = self.client_ip.removeprefix("IPv6:")
+            return codec.encode_continue()
+        if isinstance(event, codec.Helo):
+            self.helo = event.name
+            return codec.encode_continue()
+        if isinstance(event, codec.Mail):
+            self._reset()
+            self.tx = self.gateway.begin(
+                "milter", sender=event.address,
+                client=self.macros.get("{client_addr}", self.client_ip), helo=self.helo,
+                auth_user=self.macros.get("{auth_authen}", ""),
+                extra={"front": "milter", "queue_id": self.macros.get("i", "")})
+            return codec.encode_continue()
+        if isinstance(event, codec.Rcpt):
+            if self.tx is not None:
+                self.tx.recipients.append(event.address)
+            return codec.encode_continue()
+        if isinstance(event, codec.Header):
+            if not self.message.too_big:
+                self.message.headers.append((event.name, event.value))
+            return codec.encode_continue()
+        if isinstance(event, codec.Body):
+            self._add_body(event.chunk)
+            return codec.encode_continue()
+        if isinstance(event, codec.EndOfMessage):
+            self._add_body(event.chunk)
+            try:
+                return await self._end_of_message()
+            finally:
+                self._reset()
+        if isinstance(event, codec.Abort):
+            self._reset()
+            return b""
+        if isinstance(event, codec.Quit):
+            if event.new_connection:
+                self._reset()
+                self.macros.clear()
+            return b""
+        return codec.encode_continue()  # EOH, DATA, unknown SMTP commands
+
+    def _add_body(self, chunk: bytes) -> None:
+        msg = self.message
+        cfg = (self.tx.runtime if self.tx is not None else self.gateway.runtime).config
+        if msg.too_big or msg.spool_error:
+            return
+        if not msg.size:
+            msg.size = len(msg.head())
+        msg.size += len(chunk)
+        if msg.size > cfg.get("gateway", "max_message_size"):
+            msg.too_big = True
+            msg.close()
+            msg.body = bytearray()  # never hold more than the limit
+            return
+        try:
+            if msg.spool is None and msg.size > cfg.get("gateway", "spool_threshold"):
+                # Past the threshold the whole message goes to disk, as the SMTP front does.
+                msg.spool = Spooled(cfg.state_dir / "spool")
+                msg.spool.write(msg.head())
+                msg.spool.write(msg.body)
+                msg.body = bytearray()
+            if msg.spool is not None:
+                msg.spool.write(chunk)
+            else:
+                msg.body += chunk
+        except OSError as exc:
+            log.error("cannot spool the message: %s", exc)
+            msg.spool_error = str(exc)
+            msg.close()
+            msg.body = bytearray()
+
+    async def _end_of_message(self) -> bytes:
+        msg, tx = self.message, self.tx
+        if tx is None:
+            raise codec.ProtocolError("end of message without MAIL")
+        if msg.too_big:
+            return codec.encode_replycode(f"{TOO_BIG} ref={tx.txid}")
+        if msg.spool_error:
+            return codec.encode_replycode(tx.reply(LOCAL_PROBLEM))
+        source: bytes | Spooled = msg.spool if msg.spool is not None \
+            else msg.head() + bytes(msg.body)
+        async with self.gateway.message_bytes(source) as raw:
+            decision = await tx.decide(raw)
+            if not decision.deliver:
+                if decision.quarantine_id and decision.evaluation is not None:
+                    # the MTA's hold queue as well as our own copy
+                    rules = ",".join(r.id for r in decision.evaluation.verdict.rules)
+                    return (codec.encode_quarantine(f"skot-milter {rules} ref={tx.txid}")
+                            + self._header_changes(tx) + codec.encode_continue())
+                return codec.encode_replycode(decision.reply)
+            refused = await tx.handed_over()
+            if refused:
+                return codec.encode_replycode(refused)
+            return self._header_changes(tx) + codec.encode_continue()
+
+    def _header_changes(self, tx: Transaction) -> bytes:
+        """Delete forged results with our id, add ours and the policy tags (a DKIM signature
+        first, at the top)."""
+        evaluation = tx.evaluation
+        assert evaluation is not None
+        hostname = tx.runtime.config.get("gateway", "hostname")
+        out = b""
+        if evaluation.auth is not None:
+            seen = 0
+            for name, value in self.message.headers:
+                if name.lower() != "authentication-results":
+                    continue
+                seen += 1
+                probe = f"{name}: ".encode() + value.strip() + b"\r\n\r\n"
+                if strip_our_results(probe, hostname) != probe:
+                    out += codec.encode_chgheader(seen, name, "")
+        for field_name, field_value in self.gateway.added_fields(evaluation, hostname):
+            if field_name == "DKIM-Signature":
+                out += codec.encode_insheader(0, field_name, field_value)
+            else:
+                out += codec.encode_addheader(field_name, field_value)
+        return out
+
+
+async def serve_connection(gateway: Gateway, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+    """Drive one MTA connection (each transaction pins the runtime current at its MAIL)."""
+    session = MilterConnection(gateway)
+    idle_timeout = gateway.runtime.config.get("milter", "idle_timeout")
+    decoder = codec.Decoder()
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), timeout=idle_timeout)
+            if not data:
+                return
+            for event in decoder.feed(data):
+                if isinstance(event, codec.Quit) and not event.new_connection:
+                    return
+                reply = await session.handle(event)
+                if reply:
+                    writer.write(reply)
+            await writer.drain()
+    except codec.ProtocolError as exc:
+        log.warning("milter peer broke the protocol, closing: %s", exc)
+    except (TimeoutError, ConnectionError) as exc:
+        log.info("milter connection ended: %s", type(exc).__name__)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.wait_closed()
+
+
+async def start(gateway: Gateway, listen: str, reuse_port: bool = False) -> asyncio.Server:
+    def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Any:
+        return serve_connection(gateway, r, w)
+
+    if listen.startswith("unix:"):
+        return await asyncio.start_unix_server(handler, path=listen[len("unix:"):])
+    host, _, port = listen.rpartition(":")
+    return await asyncio.start_server(handler, host.strip("[]"), int(port),
+                                      reuse_port=reuse_port or None)

@@ -1,0 +1,1 @@
+"""The SMTP front: a before-queue proxy on aiosmtpd."""

@@ -1,1 +1,0 @@
-"""The milter front: sans-I/O codec and asyncio server."""

@@ -1,1 +1,0 @@
-"""The SMTP front (aiosmtpd) and the downstream client."""

@@ -1,0 +1,69 @@
+"""Worker processes sharing the listening ports (``gateway.workers``): fork, forward signals,
+replace a worker that dies, exit when all have stopped after SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+
+from milter import metrics
+from milter.daemon import serve
+
+log = logging.getLogger("skot-milter")
+
+
+def supervise(config_path: str | None, workers: int) -> int:
+    """Fork ``workers`` processes that share the ports; forward signals; replace a worker that
+    dies unexpectedly; exit when all have stopped after SIGTERM."""
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 1
+            try:
+                code = asyncio.run(serve(config_path, worker=index, reuse_port=True))
+            except BaseException:  # os._exit below would swallow the traceback
+                log.exception("worker %d failed", index)
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for i in range(workers):
+        spawn(i)
+    worst = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        index = children.pop(pid, None)
+        metrics.worker_gone(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if index is not None and not stopping:
+            log.error("worker %d exited with %d; starting a new one", index, code)
+            time.sleep(0.5)
+            if not stopping:  # a SIGTERM during the pause: no new worker to outlive it
+                spawn(index)
+        else:
+            worst = max(worst, code if code > 0 else 0)
+    return worst

@@ -1,0 +1,351 @@
+"""One transaction, from MAIL to outcome, the same for every front.
+
+``Gateway.begin`` pins the runtime (a reload never changes the policy halfway through a
+message) and the txid; ``Transaction.decide`` evaluates, counts, logs and, for a message that
+goes no further (reject, tempfail, quarantine), keeps it, records the decision durably and
+queues notices; a message to deliver then ends in ``outcome`` (SMTP front: after the next hop
+answered the final dot, its ``intent`` made durable before that dot) or ``handed_over``
+(milter front: before the MTA queues it). This module owns the order of durable writes: no
+client hears an answer that is not on record. Fronts only translate their protocol into these
+calls and the replies back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from milter import metrics
+from milter.audit.store import AuditEvent, AuditRecord, AuditUnavailable
+from milter.audit.writer import AuditWriter
+from milter.core.context import Envelope
+from milter.core.engine import RuleCrashed
+from milter.core.verdict import ascii_line
+from milter.dkimsign import Signer
+from milter.nexthop import NextHopError, Reply
+from milter.notices import Notifier, request_for
+from milter.quarantine import QuarantineError, QuarantineStore
+from milter.runtime import Authenticator, Evaluation, Runtime
+from milter.spool import DEFAULT_MESSAGE_MEMORY, MemoryBudget, Spooled
+
+log = logging.getLogger("skot-milter")
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+# What a client hears when we, not the policy, cannot go on. The same texts on every front.
+POLICY_FAILURE = "451 4.3.0 Temporary policy failure, try again later ref={ref}"
+AUDIT_DOWN = "451 4.3.0 Audit store unavailable, try again later ref={ref}"
+STORAGE_FAILURE = "451 4.3.0 Temporary storage failure, try again later ref={ref}"
+LOCAL_PROBLEM = "451 4.3.0 Temporary local problem, try again later ref={ref}"
+NEXT_HOP_DOWN = "451 4.4.1 Next hop unavailable, try again later ref={ref}"
+NEXT_HOP_FAILED = "4.4.2 Next hop failed, try again later ref={ref}"
+TOO_BIG = "552 5.3.4 Message too big"
+DELIVERED = "250 2.0.0 Ok: queued ref={ref}"
+
+
+def new_txid() -> str:
+    """A short, sortable transaction id: it appears in logs, the audit and reply texts."""
+    t = int(time.time() * 1000)
+    stamp = "".join(_ALPHABET[(t >> s) & 31] for s in range(45, -5, -5))
+    r = secrets.randbits(30)  # one system call, not six
+    return stamp + "".join(_ALPHABET[(r >> s) & 31] for s in range(25, -5, -5))
+
+
+def client_line(reply: Reply) -> str:
+    """The next hop's reply as ours to the client. Its 421 means *its* session is closing,
+    not ours: the client hears 451 with the next hop's text, and the connection stays."""
+    if reply.code == 421:
+        return Reply(451, reply.text or "4.4.2 Next hop closed the connection").line
+    return reply.line
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What ``decide`` made of a message. ``deliver``: it goes on (accept or tag), and the
+    front relays it or hands it to the MTA; else ``reply`` is the final answer, on record."""
+
+    evaluation: Evaluation | None
+    deliver: bool
+    reply: str = ""
+    quarantine_id: str = ""
+
+
+@dataclass
+class Gateway:
+    """What every transaction of a running gateway shares. ``runtime`` is swapped on reload;
+    a transaction keeps the one it began with."""
+
+    runtime: Runtime
+    audit: AuditWriter
+    quarantine: QuarantineStore
+    notifier: Notifier | None = None
+    authenticator: Authenticator | None = None
+    signer: Signer | None = None
+    # Spooled (large) messages in processing, both fronts together, this process.
+    memory: MemoryBudget = field(default_factory=lambda: MemoryBudget(DEFAULT_MESSAGE_MEMORY))
+
+    def begin(self, front: str, *, sender: str, client: str, helo: str = "",
+              auth_user: str = "", extra: dict[str, Any] | None = None) -> Transaction:
+        """A transaction at MAIL: the current runtime and a new txid, kept to the end."""
+        return Transaction(self, self.runtime, front, new_txid(), sender, client, helo,
+                           auth_user, dict(extra or {}))
+
+    @contextlib.asynccontextmanager
+    async def message_bytes(self, source: bytes | Spooled) -> AsyncIterator[bytes]:
+        """The message's bytes for as long as the transaction needs them. A spooled message
+        is read back only when the process has memory for it (see ``milter.spool``)."""
+        if isinstance(source, bytes | bytearray):
+            yield bytes(source)
+            return
+        async with self.memory.reserve_message(source.size):
+            yield source.read()
+
+    async def evaluate(self, envelope: Envelope, content: bytes, runtime: Runtime) -> Evaluation:
+        """Evaluate; inbound mail is authenticated first, off the loop (DNS look-ups)."""
+        started = time.perf_counter()
+        try:
+            if self.authenticator is not None and \
+                    runtime.context(envelope).direction == "inbound":
+                return await asyncio.to_thread(runtime.evaluate, envelope, content, None,
+                                               self.authenticator)
+            return runtime.evaluate(envelope, content)
+        finally:
+            metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
+
+    def added_fields(self, evaluation: Evaluation, authserv_id: str) -> list[tuple[str, str]]:
+        """Header fields we add, as (name, value): results, policy tags, then a DKIM
+        signature over them and the message. The SMTP front writes them before the message;
+        the milter front asks the MTA to add them."""
+        fields = policy_fields(evaluation, authserv_id)
+        message = evaluation.message
+        if self.signer is not None and message is not None and \
+                evaluation.verdict.direction == "outbound":
+            authors = [a.addr_spec for a in message.authors if a.valid]
+            if len(authors) == 1:
+                head = render_fields(fields)
+                sig = self.signer.signature(head + evaluation.raw, authors[0])
+                fields = [split_field(line) for line in unfold(sig)] + fields
+        return fields
+
+
+@dataclass
+class Transaction:
+    """One message's way through the gateway; see the module docstring for the order."""
+
+    gateway: Gateway
+    runtime: Runtime
+    front: str
+    txid: str
+    sender: str
+    client: str
+    helo: str = ""
+    auth_user: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # evidence on every record (milter)
+    recipients: list[str] = field(default_factory=list)
+    evaluation: Evaluation | None = None
+
+    def envelope(self) -> Envelope:
+        return Envelope(mail_from=self.sender, rcpt_tos=tuple(self.recipients),
+                        client_ip=self.client, helo=self.helo, auth_user=self.auth_user,
+                        txid=self.txid)
+
+    def reply(self, template: str) -> str:
+        return template.format(ref=self.txid)
+
+    # -- the decision ----------------------------------------------------------------------
+
+    async def decide(self, content: bytes) -> Decision:
+        """Evaluate; a message that goes no further is kept (quarantine), recorded and
+        notified here, and its reply is final. A rule that crashes is a 451, on record."""
+        try:
+            evaluation = await self.gateway.evaluate(self.envelope(), content, self.runtime)
+        except RuleCrashed as exc:
+            log.error("tx=%s policy evaluation failed: %s", self.txid, exc)
+            answer = self.reply(POLICY_FAILURE)
+            await self.record_best_effort("tempfailed", answer, {"error": str(exc)})
+            return Decision(None, False, answer)
+        self.evaluation = evaluation
+        verdict = evaluation.verdict
+        metrics.record_verdict(self.front, verdict.direction, verdict.action,
+                               [(r.id, r.mode) for r in verdict.rules])
+        log.info("tx=%s %s from=<%s> rcpts=%d action=%s rules=%s", self.txid, self.front,
+                 self.sender, len(self.recipients), verdict.action,
+                 ",".join(r.id for r in verdict.rules) or "-")
+        if verdict.action in ("accept", "tag"):
+            return Decision(evaluation, True)
+        extra: dict[str, Any] = {}
+        qid = ""
+        if verdict.action == "quarantine":
+            try:
+                qid = await asyncio.to_thread(
+                    self.gateway.quarantine.put, self.txid, evaluation.raw,
+                    {"mail_from": self.sender, "rcpt_tos": list(self.recipients),
+                     "client_ip": self.client, "auth_user": self.auth_user},
+                    verdict.to_json())
+            except QuarantineError as exc:
+                log.error("tx=%s quarantine failed: %s", self.txid, exc)
+                return Decision(evaluation, False, self.reply(STORAGE_FAILURE))
+            metrics.QUARANTINE_MESSAGES.inc()
+            extra["quarantine_id"] = qid
+        event = {"reject": "rejected", "quarantine": "quarantined"}.get(verdict.action,
+                                                                         "tempfailed")
+        try:
+            await self.record(event, verdict.smtp_reply, extra)
+        except AuditUnavailable as exc:
+            log.error("tx=%s audit unavailable: %s", self.txid, exc)
+            return Decision(evaluation, False, self.reply(AUDIT_DOWN))
+        self.notify()
+        return Decision(evaluation, False, verdict.smtp_reply, qid)
+
+    # -- a message that goes on --------------------------------------------------------------
+
+    def intent(self) -> asyncio.Task[AuditRecord]:
+        """Start the durable intent record (SMTP front: before the final dot goes out). The
+        task is shielded by the caller; it completes even if the client vanishes."""
+        return asyncio.get_running_loop().create_task(
+            self.gateway.audit.append(self.event("intent")))
+
+    async def outcome(self, result: Reply | NextHopError) -> str:
+        """The next hop answered the final dot (or failed): record it and answer the client.
+
+        After the next hop's 250 the client hears 250 even when the store refuses the
+        record (a 4xx would only cause a duplicate, HOSTILE-INPUTS 35); the writer keeps it
+        and writes it once the store takes writes again."""
+        if isinstance(result, NextHopError):
+            metrics.NEXT_HOP_ERRORS.labels("data").inc()
+            log.warning("tx=%s next hop failed at DATA: %s", self.txid, result)
+            reply = Reply(451, self.reply(NEXT_HOP_FAILED))
+        else:
+            reply = result
+        if reply.ok:
+            event, answer = "delivered", self.reply(DELIVERED)
+        elif 400 <= reply.code < 500:
+            event, answer = "tempfailed", client_line(reply)
+        else:
+            event, answer = "rejected", reply.line
+        try:
+            await self.record(event, answer, {"next_hop_reply": reply.line})
+        except AuditUnavailable as exc:
+            log.error("tx=%s outcome record failed after relay: %s", self.txid, exc)
+        if reply.ok:
+            self.notify()
+        return answer
+
+    async def handed_over(self) -> str:
+        """Milter front: the MTA queues the message after our answer, so its record is
+        durable before that answer. Returns "" to go on, or the 451 to give instead."""
+        try:
+            await self.record("delivered", "")
+        except AuditUnavailable as exc:
+            log.error("tx=%s audit unavailable: %s", self.txid, exc)
+            return self.reply(AUDIT_DOWN)
+        self.notify()
+        return ""
+
+    async def abandoned(self, why: str) -> None:
+        """The client vanished before the final dot: nothing was relayed; the intent gets
+        its outcome."""
+        await self.record_best_effort("tempfailed", why)
+
+    async def next_hop_failed(self, answer: str, stage: str, failure: Exception | str,
+                              next_hop: str) -> None:
+        """The audit shows a next hop that failed before any policy ran (HOSTILE-INPUTS 33):
+        which transaction, at which command, what the client was told."""
+        metrics.NEXT_HOP_ERRORS.labels(stage.lower()).inc()
+        await self.record_best_effort("tempfailed", answer, {
+            "next_hop": next_hop, "stage": stage, "next_hop_error": str(failure)})
+
+    # -- records and notices -------------------------------------------------------------------
+
+    def event(self, event: str, reply: str = "",
+              extra: dict[str, Any] | None = None) -> AuditEvent:
+        """An audit event for this transaction: who, which rules, what was done, evidence."""
+        evaluation = self.evaluation
+        evidence: dict[str, Any] = {}
+        rules: tuple[dict[str, Any], ...] = ()
+        action, direction, message_id, subject = "", "", "", ""
+        if evaluation is not None:
+            verdict = evaluation.verdict
+            action, direction = verdict.action, verdict.direction
+            rules = tuple({"id": r.id, "article": r.article, "action": r.action,
+                           "mode": r.mode, "reason": r.reason, "evidence": r.evidence}
+                          for r in verdict.rules)
+            evidence = {k: v for k, v in evaluation.summary.items()
+                        if k not in ("message_id", "subject")}
+            message_id = str(evaluation.summary.get("message_id", ""))
+            subject = str(evaluation.summary.get("subject", ""))
+        evidence.update(self.extra)
+        if extra:
+            evidence.update(extra)
+        return AuditEvent(event=event, txid=self.txid, message_id=message_id,
+                          client=self.client, direction=direction, sender=self.sender,
+                          recipients=tuple(self.recipients), auth_user=self.auth_user,
+                          rules=rules, action=action, reply=reply, evidence=evidence,
+                          subject=subject)
+
+    async def record(self, event: str, reply: str = "",
+                     extra: dict[str, Any] | None = None) -> AuditRecord:
+        """Append durably; raises AuditUnavailable."""
+        return await self.gateway.audit.append(self.event(event, reply, extra))
+
+    async def record_best_effort(self, event: str, reply: str,
+                                 extra: dict[str, Any] | None = None) -> None:
+        try:
+            await self.record(event, reply, extra)
+        except AuditUnavailable as exc:
+            log.error("tx=%s audit unavailable: %s", self.txid, exc)
+
+    def notify(self) -> None:
+        """Queue notices for a decision that was carried out (after the client's answer)."""
+        notifier, evaluation = self.gateway.notifier, self.evaluation
+        if notifier is None or evaluation is None or evaluation.verdict.action == "tempfail":
+            return
+        req = request_for(self.txid, evaluation.verdict, self.runtime.policy,
+                          evaluation.message, self.sender, self.recipients, evaluation.summary)
+        if req is not None:
+            notifier.schedule(req)
+
+
+def policy_fields(evaluation: Evaluation, authserv_id: str = "") -> list[tuple[str, str]]:
+    """``Authentication-Results:`` and ``X-SKOT-Policy:`` fields; no CR, LF or NUL in values."""
+    fields: list[tuple[str, str]] = []
+    if evaluation.auth is not None and authserv_id:
+        fields.append(("Authentication-Results",
+                       ascii_line(evaluation.auth.header_value(authserv_id))))
+    for r in evaluation.verdict.rules:
+        if r.mode != "enforce" or r.action != "tag":
+            continue
+        fields.append(("X-SKOT-Policy", ascii_line(f"{r.id}; article={r.article}; "
+                                                   f"action={r.action}; "
+                                                   f"ref={evaluation.verdict.ref}")))
+    return fields
+
+
+def render_fields(fields: Sequence[tuple[str, str]]) -> bytes:
+    """Header fields as message bytes (a folded value keeps its CRLF + whitespace)."""
+    return b"".join(f"{name}: {value}\r\n".encode("ascii") for name, value in fields)
+
+
+def unfold(head: bytes) -> list[bytes]:
+    """Header lines grouped into fields (continuation lines stay with their field)."""
+    lines: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and lines:
+            lines[-1] += b"\r\n" + line
+        elif line:
+            lines.append(line)
+    return lines
+
+
+def split_field(line: bytes) -> tuple[str, str]:
+    name, _, value = line.partition(b":")
+    return name.decode("ascii").strip(), value.strip().decode("ascii")
+
+
+__all__ = ["Decision", "Gateway", "Transaction", "client_line", "new_txid", "policy_fields"]
