@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from milter.spool import DEFAULT_MESSAGE_MEMORY
+# Bytes of spooled messages processed at once per process (``gateway.message_memory``).
+DEFAULT_MESSAGE_MEMORY = 48 * 2**20
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "default" / "skot-milter.toml"
 

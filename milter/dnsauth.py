@@ -13,8 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import dkim
 import dns.exception
@@ -22,6 +21,11 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 from publicsuffixlist import PublicSuffixList
+
+from milter.core.results import (
+    AuthResults as AuthResults,  # re-exported: the callers of authenticate
+)
+from milter.core.results import DKIMResult, DMARCResult
 
 _PSL = PublicSuffixList()  # bundled list: no network at run time
 
@@ -248,15 +252,6 @@ def _spf_match(state: _SPFState, domain: str, term: str, depth: int) -> bool:
 
 # -- DKIM ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class DKIMResult:
-    result: str          # pass / fail / temperror / permerror
-    domain: str
-    selector: str
-    body_length: int | None  # the l= tag, when the signature covers only part of the body
-    covers_body: bool    # False when l= leaves unsigned text after the signed part
-
-
 def dkim_verify(resolver: Resolver, raw: bytes) -> list[DKIMResult]:
     results: list[DKIMResult] = []
     count = len(re.findall(rb"(?im)^dkim-signature:", raw.split(b"\r\n\r\n", 1)[0]))
@@ -287,14 +282,6 @@ def dkim_verify(resolver: Resolver, raw: bytes) -> list[DKIMResult]:
 
 
 # -- DMARC -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DMARCResult:
-    result: str           # pass / fail / none / temperror / permerror
-    from_domain: str
-    policy: str           # none / quarantine / reject ('' without a record)
-    aligned_by: str       # "spf", "dkim" or "": the identifier that aligned with From:
-
 
 def dmarc_record(resolver: Resolver, domain: str) -> dict[str, str] | None:
     for name in dict.fromkeys([domain, org_domain(domain)]):
@@ -341,32 +328,6 @@ def dmarc_check(resolver: Resolver, from_domain: str, spf: str, mail_from: str, 
 
 
 # -- all together ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class AuthResults:
-    spf: str
-    dkim: tuple[DKIMResult, ...]
-    dmarc: tuple[DMARCResult, ...]
-    mail_from: str = ""
-    helo: str = ""
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    def header_value(self, authserv_id: str) -> str:
-        """The value of our ``Authentication-Results:`` header (RFC 8601)."""
-        parts = [authserv_id]
-        env = self.mail_from or f"postmaster@{self.helo}"
-        parts.append(f"spf={self.spf} smtp.mailfrom={env}")
-        if not self.dkim:
-            parts.append("dkim=none")
-        for d in self.dkim:
-            note = f" (l={d.body_length}, unsigned text appended)" if not d.covers_body else ""
-            parts.append(f"dkim={d.result}{note} header.d={d.domain or 'unknown'} "
-                         f"header.s={d.selector or 'unknown'}")
-        for m in self.dmarc:
-            policy = f" (p={m.policy})" if m.policy else ""
-            parts.append(f"dmarc={m.result}{policy} header.from={m.from_domain}")
-        return "; ".join(parts)
-
 
 def authenticate(resolver: Resolver, raw: bytes, client_ip: str, helo: str, mail_from: str,
                  from_domains: Sequence[str]) -> AuthResults:

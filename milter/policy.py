@@ -13,7 +13,6 @@ from typing import Any
 
 from milter.config import ConfigError, read_toml
 from milter.core.verdict import MODES, RULE_ACTIONS
-from milter.rules import load_all
 
 TEXT_KEYS = ("title_nl", "title_en", "reason_nl", "reason_en", "advice_nl", "advice_en")
 RULE_KEYS = {"article", "articles", "action", "mode", "notice", "notice_supervisor", "enabled",
@@ -47,6 +46,8 @@ class Policy:
 
 
 def iter_errors(data: Mapping[str, Any], path: Path) -> list[ConfigError]:
+    from milter.rules import load_all  # the rule families import the core, not the reverse
+
     registry = load_all()
     errors: list[ConfigError] = []
     for top in data:
@@ -110,6 +111,8 @@ def load(path: Path) -> Policy:
     errors = iter_errors(data, path)
     if errors:
         raise errors[0]
+    from milter.rules import load_all  # the rule families import the core, not the reverse
+
     registry = load_all()
     head = data.get("policy", {})
     default_mode = head.get("default_mode", "enforce")

@@ -2,12 +2,14 @@
 
 One directory per message (``<id>/message.eml`` and ``<id>/meta.json``), written to a
 temporary name, fsynced, then renamed and the parent fsynced: a power cut leaves either the
-whole entry or none. Entries are never modified in place; release and delete are audited by
-the caller.
+whole entry or none. Entries are never modified in place. ``release``, ``delete`` and
+``purge`` are what the CLI and the web view call: each is on record in the audit store, and
+nothing changes when the record cannot be written.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
@@ -16,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from milter.audit.store import AuditEvent, AuditUnavailable, open_store
+from milter.config import Config
 from milter.durable import fsync_dir, write_synced
+from milter.nexthop import NextHopError, send_message
 
 ID_CHARS = set("0123456789abcdefghijklmnopqrstuvwxyz-")
 
@@ -101,3 +106,59 @@ class QuarantineStore:
     def older_than(self, seconds: float, now: float | None = None) -> list[Entry]:
         cutoff = (now if now is not None else time.time()) - seconds
         return [e for e in self.entries() if float(e.meta.get("stored_at", 0)) < cutoff]
+
+
+class ActionFailed(Exception):
+    """A release or delete that did not happen; the reason is for the admin. Nothing changed."""
+
+
+def record_action(cfg: Config, event: str, entry: Entry, actor: str, reply: str = "") -> None:
+    """The audit record of what an admin (or the retention) did to a held message."""
+    env = entry.meta.get("envelope", {})
+    try:
+        store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
+        try:
+            store.append(AuditEvent(event=event, txid=str(entry.meta.get("txid", "")),
+                                    sender=env.get("mail_from", ""),
+                                    recipients=tuple(env.get("rcpt_tos", [])),
+                                    direction=entry.meta.get("verdict", {}).get("direction", ""),
+                                    action=event, reply=reply, actor=actor,
+                                    evidence={"quarantine_id": entry.id}))
+        finally:
+            store.close()
+    except AuditUnavailable as exc:
+        raise ActionFailed(f"audit store unavailable, nothing changed: {exc}") from None
+
+
+def release(cfg: Config, store: QuarantineStore, entry: Entry, actor: str) -> str:
+    """Relay the original bytes with the original envelope, record it, remove the entry.
+    Returns the next hop's reply; raises ActionFailed when it does not accept the message."""
+    env = entry.meta.get("envelope", {})
+    try:
+        reply = asyncio.run(send_message(cfg.next_hop, cfg.get("gateway", "hostname"),
+                                         cfg.get("gateway", "next_hop_timeout"),
+                                         env.get("mail_from", ""), list(env.get("rcpt_tos", [])),
+                                         entry.raw))
+    except NextHopError as exc:
+        raise ActionFailed(f"next hop unavailable, nothing released: {exc}") from None
+    if not reply.ok:
+        raise ActionFailed(f"next hop refused the message: {reply.line}")
+    record_action(cfg, "quarantine-release", entry, actor, reply=reply.line)
+    store.delete(entry.id)
+    return reply.line
+
+
+def delete(cfg: Config, store: QuarantineStore, entry: Entry, actor: str,
+           reason: str = "") -> None:
+    """Record, then remove the held message."""
+    record_action(cfg, "quarantine-delete", entry, actor, reply=reason)
+    store.delete(entry.id)
+
+
+def purge(cfg: Config, store: QuarantineStore) -> int:
+    """Delete held messages past ``quarantine.retention_days``, each on record."""
+    days = cfg.get("quarantine", "retention_days")
+    old = store.older_than(days * 86400)
+    for entry in old:
+        delete(cfg, store, entry, "retention", f"retention period of {days} days passed")
+    return len(old)

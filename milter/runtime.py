@@ -17,13 +17,21 @@ from milter import policy as policy_mod
 from milter.config import Config, ConfigError
 from milter.core.context import Context, Envelope
 from milter.core.engine import Engine
+from milter.core.limits import Limits
 from milter.core.message import Message, Unparseable, normalize_line_endings, parse
+from milter.core.results import AuthResults
 from milter.core.verdict import Verdict, unparseable
 from milter.directory import Directory, DirectoryError
-from milter.dnsauth import AuthResults, strip_our_results
-from milter.inspect import Limits
+from milter.dnsauth import strip_our_results
+from milter.rules import load_all
 
 Authenticator = Callable[[Message, Context], AuthResults]
+
+
+def engine_for(policy: policy_mod.Policy) -> Engine:
+    """The engine with every registered rule the policy names."""
+    registry = load_all()
+    return Engine(policy, {rid: registry[rid].fn for rid in policy.rules})
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,7 @@ class Runtime:
             directory = directory_mod.load(cfg.directory_path)
         except DirectoryError as exc:
             raise ConfigError(exc.file, f"line {exc.line}: {exc.column}", exc.message) from None
-        return cls(cfg, pol, directory, Engine(pol))
+        return cls(cfg, pol, directory, engine_for(pol))
 
     def context(self, envelope: Envelope, now: datetime | None = None) -> Context:
         return Context(envelope=envelope, school_domains=self.config.school_domains,

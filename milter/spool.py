@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
 
-DEFAULT_MESSAGE_MEMORY = 48 * 2**20
 # What processing a message holds at its peak, as a multiple of its size: the raw bytes, the
 # decoded attachments and the decoder's working copy (measured with tracemalloc).
 PEAK_PER_BYTE = 3

@@ -24,6 +24,7 @@ from typing import Any
 from milter import metrics
 from milter.audit.store import AuditEvent, AuditRecord, AuditUnavailable
 from milter.audit.writer import AuditWriter
+from milter.config import DEFAULT_MESSAGE_MEMORY
 from milter.core.context import Envelope
 from milter.core.engine import RuleCrashed
 from milter.core.verdict import ascii_line
@@ -32,7 +33,7 @@ from milter.nexthop import NextHopError, Reply
 from milter.notices import Notifier, request_for
 from milter.quarantine import QuarantineError, QuarantineStore
 from milter.runtime import Authenticator, Evaluation, Runtime
-from milter.spool import DEFAULT_MESSAGE_MEMORY, MemoryBudget, Spooled
+from milter.spool import MemoryBudget, Spooled
 
 log = logging.getLogger("skot-milter")
 

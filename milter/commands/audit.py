@@ -25,6 +25,7 @@ from milter.audit.store import (
     Filters,
     open_store,
 )
+from milter.audit.verify import UnusableKeys, Verification, verify
 from milter.commands import CommandError, add_config, load_config, print_json
 
 CSV_FIELDS = COLUMNS
@@ -214,80 +215,32 @@ def _export(store: AuditStore, args: argparse.Namespace, out: Any) -> None:
                         else json.dumps(row[k], ensure_ascii=False) for k in CSV_FIELDS})
 
 
-def checkpoint_problems(cfg: config_mod.Config, store: AuditStore,
-                        files: list[str]) -> tuple[list[str], int]:
-    """Check exported checkpoints: authentic, and still held by the store."""
-    from milter.audit import checkpoint
-
-    paths = [Path(f) for f in files]
-    auto = cfg.optional_path("audit", "checkpoint_dir")
-    if not paths and auto is not None and auto.is_dir():
-        paths = sorted(auto.glob("checkpoint-*.json"))
-    if not paths:
-        return [], 0
-    trusted_dir = cfg.optional_path("audit", "trusted_keys")
-    if trusted_dir is None:
-        return ["audit.trusted_keys is not configured: cannot check checkpoint signatures"], 0
-    try:
-        trusted = checkpoint.load_trusted(trusted_dir)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CommandError(f"audit.trusted_keys: unusable public key: {exc}") from None
-    problems: list[str] = []
-    good: list[tuple[Path, dict[str, Any]]] = []
-    for p in paths:
-        try:
-            cp = json.loads(p.read_text())
-        except (OSError, ValueError) as exc:
-            problems.append(f"{p}: unreadable checkpoint: {exc}")
-            continue
-        why = checkpoint.check(cp, trusted)
-        if why:
-            problems.append(f"{p}: {why}")
-            continue
-        good.append((p, cp))
-    # Continuity: along one chain, a later head is never dated before an earlier one, and no
-    # checkpoint is dated before the record it vouches for.
-    good.sort(key=lambda item: (item[1]["chain"], item[1]["seq"]))
-    previous: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for p, cp in good:
-        rec = store.at(cp["chain"], cp["seq"])
-        if rec is None or rec.hash != cp["head"]:
-            problems.append(f"{p}: the store no longer holds chain {cp['chain']!r} up to "
-                            f"seq={cp['seq']} as signed at {cp['time']} (rewritten or removed)")
-        elif (checkpoint.parse_time(rec.ts).replace(microsecond=0)  # checkpoints: seconds
-              > checkpoint.parse_time(cp["time"])):
-            problems.append(f"{p}: dated {cp['time']}, before record seq={cp['seq']} it "
-                            f"vouches for was written ({rec.ts})")
-        before = previous.get(cp["chain"])
-        if before is not None and (checkpoint.parse_time(cp["time"])
-                                   < checkpoint.parse_time(before[1]["time"])):
-            problems.append(f"{p}: dated {cp['time']}, before {before[0]} which covers less "
-                            f"of chain {cp['chain']!r} (seq={before[1]['seq']}, "
-                            f"{before[1]['time']}): re-dated?")
-        previous[cp["chain"]] = (p, cp)
-    return problems, len(paths)
-
-
 def run_verify(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     store = open_from_args(args)
-    result = store.verify()
-    cp_problems, cp_count = checkpoint_problems(cfg, store, args.checkpoint)
-    ok = result.ok and not cp_problems
+    result = _verify(store, cfg, [Path(f) for f in args.checkpoint])
+    chains = result.chains
     if args.json:
-        print_json({**result.to_json(), "ok": ok, "checkpoints": cp_count,
-                    "checkpoint_problems": cp_problems})
+        print_json(result.to_json())
     else:
-        chains = ", ".join(f"{c}: {n}" for c, n in sorted(result.chains.items())) or "none"
-        print(f"{'intact' if ok else 'BROKEN'}: {result.records} records (chains {chains})"
-              + (f"; {cp_count} checkpoint(s) checked" if cp_count else ""))
-        for p in result.problems:
+        names = ", ".join(f"{c}: {n}" for c, n in sorted(chains.chains.items())) or "none"
+        print(f"{'intact' if result.ok else 'BROKEN'}: {chains.records} records "
+              f"(chains {names})"
+              + (f"; {result.checkpoints} checkpoint(s) checked" if result.checkpoints else ""))
+        for p in chains.problems:
             print(f"first broken record: {p}")
-        for p in cp_problems:
+        for p in result.checkpoint_problems:
             print(f"checkpoint: {p}")
-        for w in result.warnings:
+        for w in chains.warnings:
             print(f"warning: {w}")
-    return 0 if ok else 1
+    return 0 if result.ok else 1
+
+
+def _verify(store: AuditStore, cfg: config_mod.Config, files: list[Path]) -> Verification:
+    try:
+        return verify(store, cfg, files)
+    except UnusableKeys as exc:
+        raise CommandError(str(exc)) from None
 
 
 def run_migrate(args: argparse.Namespace) -> int:
@@ -377,16 +330,10 @@ def run_report(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     store = open_from_args(args)
     lines = violations(store, args.person, args.since, args.until)
-    result = store.verify()
-    cp_problems, cp_count = checkpoint_problems(cfg, store, [])
+    result = _verify(store, cfg, [])
     audit_view(store, args, "exported", {"command": "report", "person": args.person,
                                          "format": args.format, "records": len(lines)})
-    if result.ok and not cp_problems:
-        status = f"intact ({result.records} records" + (
-            f"; {cp_count} signed checkpoint(s) hold)" if cp_count else
-            "; no signed checkpoints to check against)")
-    else:
-        status = "BROKEN: " + "; ".join(result.problems + cp_problems)
+    status = result.status()
     fields = list(REPORT_FIELDS)
     target = (contextlib.nullcontext(sys.stdout) if args.output == "-"
               else open(args.output, "w", encoding="utf-8", newline=""))  # noqa: SIM115

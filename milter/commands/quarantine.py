@@ -10,8 +10,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from milter import config as config_mod
-from milter.audit.store import AuditEvent, AuditUnavailable, open_store
+from milter import quarantine
 from milter.commands import CommandError, add_config, load_config, print_json
 from milter.quarantine import Entry, QuarantineStore
 
@@ -81,71 +80,36 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def audit_act(cfg: config_mod.Config, event: str, entry: Entry, actor: str,
-              reply: str = "") -> None:
-    env = entry.meta.get("envelope", {})
-    try:
-        store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
-        store.append(AuditEvent(event=event, txid=str(entry.meta.get("txid", "")),
-                                sender=env.get("mail_from", ""),
-                                recipients=tuple(env.get("rcpt_tos", [])),
-                                direction=entry.meta.get("verdict", {}).get("direction", ""),
-                                action=event, reply=reply, actor=actor,
-                                evidence={"quarantine_id": entry.id}))
-        store.close()
-    except AuditUnavailable as exc:
-        raise CommandError(f"audit store unavailable, nothing changed: {exc}", code=1) from None
-
-
 def run_delete(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     store = QuarantineStore(cfg.quarantine_dir)
     entry = _entry(store, args.id)
-    audit_act(cfg, "quarantine-delete", entry, actor_name(args.actor))
-    store.delete(entry.id)
+    try:
+        quarantine.delete(cfg, store, entry, actor_name(args.actor))
+    except quarantine.ActionFailed as exc:
+        raise CommandError(str(exc), code=1) from None
     print(f"deleted {entry.id}")
     return 0
 
 
-def release_entry(cfg: config_mod.Config, entry: Entry, actor: str) -> str:
-    """Relay the original bytes with the original envelope; audit; remove from quarantine.
-
-    Raises CommandError when the next hop does not accept it (nothing changes then)."""
-    import asyncio
-
-    from milter.nexthop import NextHopError, send_message
-
-    env = entry.meta.get("envelope", {})
-    try:
-        reply = asyncio.run(send_message(cfg.next_hop, cfg.get("gateway", "hostname"),
-                                         cfg.get("gateway", "next_hop_timeout"),
-                                         env.get("mail_from", ""), list(env.get("rcpt_tos", [])),
-                                         entry.raw))
-    except NextHopError as exc:
-        raise CommandError(f"next hop unavailable, nothing released: {exc}", code=1) from None
-    if not reply.ok:
-        raise CommandError(f"next hop refused the message: {reply.line}", code=1)
-    audit_act(cfg, "quarantine-release", entry, actor, reply=reply.line)
-    QuarantineStore(cfg.quarantine_dir).delete(entry.id)
-    return reply.line
-
-
 def run_release(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    entry = _entry(QuarantineStore(cfg.quarantine_dir), args.id)
-    line = release_entry(cfg, entry, actor_name(args.actor))
+    store = QuarantineStore(cfg.quarantine_dir)
+    entry = _entry(store, args.id)
+    try:
+        line = quarantine.release(cfg, store, entry, actor_name(args.actor))
+    except quarantine.ActionFailed as exc:
+        raise CommandError(str(exc), code=1) from None
     print(f"released {entry.id}: {line}")
     return 0
 
 
 def run_purge(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    store = QuarantineStore(cfg.quarantine_dir)
     days = cfg.get("quarantine", "retention_days")
-    old = store.older_than(days * 86400)
-    for entry in old:
-        audit_act(cfg, "quarantine-delete", entry, "retention",
-                  reply=f"retention period of {days} days passed")
-        store.delete(entry.id)
-    print(f"purged {len(old)} message(s) older than {days} days")
+    try:
+        n = quarantine.purge(cfg, QuarantineStore(cfg.quarantine_dir))
+    except quarantine.ActionFailed as exc:
+        raise CommandError(str(exc), code=1) from None
+    print(f"purged {n} message(s) older than {days} days")
     return 0

@@ -42,8 +42,8 @@ def run_adduser(args: argparse.Namespace) -> int:
 
 
 def build_app(cfg: config_mod.Config) -> Any:
+    from milter import quarantine as quarantine_mod
     from milter.audit.store import AuditUnavailable, open_store
-    from milter.commands.quarantine import release_entry
     from milter.quarantine import QuarantineStore
     from milter.web.app import WebApp
 
@@ -57,7 +57,10 @@ def build_app(cfg: config_mod.Config) -> Any:
         entry = quarantine.get(qid)
         if entry is None:
             raise CommandError(f"no quarantined message {qid}")
-        return release_entry(cfg, entry, actor)
+        try:
+            return quarantine_mod.release(cfg, quarantine, entry, actor)
+        except quarantine_mod.ActionFailed as exc:
+            raise CommandError(str(exc)) from None
 
     return WebApp(cfg, store, quarantine, cfg.resolve(cfg.get("web", "users")), release)
 

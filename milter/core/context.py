@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from milter.core.limits import Limits
 from milter.directory import EMPTY, Directory, Person
-from milter.inspect import Limits
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -7,13 +7,17 @@ are listed and audited but never raise the action, which is how schools roll a r
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from milter.core.context import Context
 from milter.core.message import Message
-from milter.core.verdict import STRENGTH, FiredRule, Verdict, reply_line
+from milter.core.verdict import STRENGTH, Finding, FiredRule, Verdict, reply_line
 from milter.policy import Policy, RulePolicy
-from milter.rules import REGISTRY, Finding, load_all
+
+# A rule: detects in a message, given its context and its policy parameters.
+Rule = Callable[[Message, Context, Mapping[str, Any]], Finding | None]
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +28,18 @@ class RuleCrashed(Exception):
 
 @dataclass(frozen=True)
 class Engine:
-    policy: Policy
+    """The policy's rules, by id (``milter.rules.load_all`` gives them; the core does not
+    import the rule families, they import the core)."""
 
-    def __post_init__(self) -> None:
-        load_all()
+    policy: Policy
+    rules: Mapping[str, Rule]
 
     def evaluate(self, message: Message, ctx: Context) -> Verdict:
         fired: list[tuple[RulePolicy, FiredRule]] = []
         for rp in self.policy.rules.values():
-            spec = REGISTRY[rp.id]
+            fn = self.rules[rp.id]
             try:
-                finding = spec.fn(message, ctx, rp.params)
+                finding = fn(message, ctx, rp.params)
             except Exception as exc:  # noqa: BLE001 - a rule bug must tempfail, not crash
                 log.exception("rule %s failed", rp.id)
                 raise RuleCrashed(f"{rp.id}: {type(exc).__name__}") from exc

@@ -72,3 +72,17 @@ def unparseable(direction: str, why: str, ref: str = "") -> Verdict:
     text = (f"Bericht onleesbaar / message cannot be parsed: {why}"
             + (f" ref={ref}" if ref else ""))
     return Verdict("reject", direction, reply_line("554 5.6.0", text), (), ref)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule fired. ``reason`` is a short English detail for logs and the audit record;
+    ``evidence`` holds names, counts and hashes, never message content. ``max_action`` lets a
+    rule cap the policy action (content to internal recipients is tagged at most)."""
+
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    max_action: str | None = None
+    # The rule could not decide because of a transient fault (a DNS time-out): the client
+    # must retry (451), never a pass and never a permanent refusal.
+    transient: bool = False

@@ -10,17 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from milter.core.limits import Limits as Limits  # re-exported: readers and callers use it here
 from milter.core.message import Message
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_depth: int = 3                      # archives inside archives
-    max_members: int = 1000                 # per archive
-    max_expanded_bytes: int = 200 * 2**20   # per message, all archives together
-    max_ratio: int = 200                    # expanded / compressed, per archive member
-    max_text_chars: int = 2_000_000         # text kept per item for the detectors
-    time_budget: float = 15.0               # seconds per message
 
 
 @dataclass

@@ -9,28 +9,16 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from milter.core.context import Context
 from milter.core.message import Message
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A rule fired. ``reason`` is a short English detail for logs and the audit record;
-    ``evidence`` holds names, counts and hashes, never message content. ``max_action`` lets a
-    rule cap the policy action (content to internal recipients is tagged at most)."""
-
-    reason: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-    max_action: str | None = None
-    # The rule could not decide because of a transient fault (a DNS time-out): the client
-    # must retry (451), never a pass and never a permanent refusal.
-    transient: bool = False
-
+from milter.core.verdict import Finding
 
 RuleFn = Callable[[Message, Context, Mapping[str, Any]], Finding | None]
+
+__all__ = ["REGISTRY", "Finding", "RuleFn", "RuleSpec", "load_all", "rule"]
 
 
 @dataclass(frozen=True)

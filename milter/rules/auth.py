@@ -11,7 +11,7 @@ from typing import Any
 
 from milter.core.context import Context, domain_in
 from milter.core.message import Message
-from milter.dnsauth import AuthResults
+from milter.core.results import AuthResults
 from milter.rules import Finding, rule
 
 

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from milter import quarantine
 from milter.audit.report import REPORT_FIELDS, violations
 from milter.audit.sql import COLUMNS
 from milter.audit.store import AuditEvent, AuditStore, Filters
+from milter.audit.verify import UnusableKeys, Verification, verify
 from milter.config import Config
 from milter.quarantine import QuarantineStore
 from milter.web import users
@@ -112,6 +114,13 @@ class WebApp:
         issued = stamp.split(".", 1)[0]
         return (hmac.compare_digest(mac, want) and issued.isdigit()
                 and 0 <= time.time() - int(issued) <= max_age)
+
+    def verify(self) -> Verification:
+        """Chains and signed checkpoints, exactly as ``skot-milter audit verify`` checks."""
+        try:
+            return verify(self.store, self.config)
+        except UnusableKeys as exc:
+            return Verification(self.store.verify(), [str(exc)])
 
     def audit(self, session: Session, event: str, what: dict[str, Any]) -> None:
         self.store.append(AuditEvent(event=event, action=event, actor=f"web:{session.user}",
@@ -356,7 +365,7 @@ class Handler(BaseHTTPRequestHandler):
             self._page(t["report"], form, session)
             return
         rows = violations(self.app.store, person, q.get("since", ""), q.get("until", ""))
-        result = self.app.store.verify()
+        result = self.app.verify()
         self.app.audit(session, "viewed", {"page": "report", "person": person,
                                            "records": len(rows)})
         status = (f'<p class="ok">{e(t["intact"])}</p>' if result.ok else
@@ -369,13 +378,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def _verify(self, session: Session, q: dict[str, str]) -> None:
         t = T[self._lang()]
-        result = self.app.store.verify()
+        result = self.app.verify()
         self.app.audit(session, "viewed", {"page": "verify"})
         body = (f'<p id="chain" class="{"ok" if result.ok else "bad"}">'
-                f'{e(t["intact"] if result.ok else t["broken"])}: {result.records} '
-                f'({e(json.dumps(result.chains))})</p>'
+                f'{e(t["intact"] if result.ok else t["broken"])}: {result.chains.records} '
+                f'({e(json.dumps(result.chains.chains))})'
+                + (f"; {result.checkpoints} checkpoints" if result.checkpoints else "") + "</p>"
                 + "".join(f'<p class="bad">{e(p)}</p>' for p in result.problems)
-                + "".join(f"<p>{e(w)}</p>" for w in result.warnings))
+                + "".join(f"<p>{e(w)}</p>" for w in result.chains.warnings))
         self._page(t["verify"], body, session)
 
     def _export(self, session: Session, q: dict[str, str]) -> None:
@@ -439,10 +449,7 @@ class Handler(BaseHTTPRequestHandler):
             if act == "release":
                 result = self.app.release(qid, actor)
             else:
-                from milter.commands.quarantine import audit_act
-
-                audit_act(self.app.config, "quarantine-delete", entry, actor)
-                self.app.quarantine.delete(qid)
+                quarantine.delete(self.app.config, self.app.quarantine, entry, actor)
                 result = "deleted"
         except Exception as exc:  # noqa: BLE001 - shown to the admin, nothing changed
             self._page(t["quarantine"], f'<p class="bad">{e(str(exc))}</p>', session, 502)
