@@ -11,9 +11,11 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from milter.core.limits import Limits
 
 # Bytes of spooled messages processed at once per process (``gateway.message_memory``).
 DEFAULT_MESSAGE_MEMORY = 48 * 2**20
@@ -191,6 +193,17 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         # whole machine; 0 means exactly that. Worker 1 exports the metrics of all of them.
         "workers": (_workers, 1),
         "max_connections_per_ip": (_int(1), 50),
+        # Per connection, as aiosmtpd counts them: NOOPs, RSETs and every other command.
+        "noop_limit": (_int(1), 20),
+        "rset_limit": (_int(1), 50),
+        "command_limit": (_int(10), 500),
+        # Seconds a balancer has to send its PROXY header (with proxy_protocol_from).
+        "proxy_protocol_timeout": (_float(0.1), 5.0),
+        # Idle next-hop sessions kept for reuse, and for how long.
+        "next_hop_pool_size": (_int(0), 32),
+        "next_hop_pool_idle": (_float(0.1), 30.0),
+        # At SIGTERM: seconds to let transactions in flight finish.
+        "shutdown_grace": (_float(0.0), 30.0),
         "tls_cert": (_opt_str, ""),
         "tls_key": (_opt_str, ""),
         "auth_users": (_opt_str, ""),
@@ -222,19 +235,21 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "checkpoint_minutes": (_float(0.1), 60.0),
         "trusted_keys": (_opt_str, ""),        # directory of epoch-N.pub files for verify
     },
-    "inspection": {
-        "max_depth": (_int(1), 3),
-        "max_members": (_int(1), 1000),
-        "max_expanded_bytes": (_int(1024), 200 * 2**20),
-        "max_ratio": (_int(2), 200),
-        "max_text_chars": (_int(1000), 2_000_000),
-        "time_budget": (_float(0.1), 15.0),
+    "inspection": {   # defaults: milter.core.limits.Limits
+        "max_depth": (_int(1), Limits.max_depth),
+        "max_members": (_int(1), Limits.max_members),
+        "max_expanded_bytes": (_int(1024), Limits.max_expanded_bytes),
+        "max_ratio": (_int(2), Limits.max_ratio),
+        "max_text_chars": (_int(1000), Limits.max_text_chars),
+        "time_budget": (_float(0.1), Limits.time_budget),
     },
     "dns": {
         "authenticate": (_bool, True),      # SPF/DKIM/DMARC for inbound mail
         "nameservers": (_str_list, ()),     # empty: the system's resolv.conf
         "port": (_int(1), 53),
         "timeout": (_float(0.1), 5.0),
+        "cache_seconds": (_float(0.0), 300.0),   # answers kept at most this long
+        "cache_entries": (_int(0), 10000),
     },
     "dkim": {
         "sign": (_bool, True),
@@ -265,15 +280,153 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
 
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    listen: str
+    next_hop: str
+    hostname: str
+    node: str
+    internal_networks: tuple[Network, ...]
+    max_message_size: int
+    max_recipients: int
+    policy: str
+    next_hop_timeout: float
+    session_timeout: float
+    data_timeout: float
+    greet_pause: float
+    max_connections: int
+    spool_threshold: int
+    state_dir: str
+    message_memory: int
+    workers: int
+    max_connections_per_ip: int
+    noop_limit: int
+    rset_limit: int
+    command_limit: int
+    proxy_protocol_timeout: float
+    next_hop_pool_size: int
+    next_hop_pool_idle: float
+    shutdown_grace: float
+    tls_cert: str
+    tls_key: str
+    auth_users: str
+    xforward_from: tuple[Network, ...]
+    proxy_protocol_from: tuple[Network, ...]
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: str
+    level: str
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: str
+
+
+@dataclass(frozen=True)
+class SchoolSettings:
+    domains: tuple[str, ...]
+    postmaster: str
+    language: str
+    name: str
+
+
+@dataclass(frozen=True)
+class DirectorySettings:
+    csv: str
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    url: str
+    retention_days: int
+    checkpoint_key: str
+    checkpoint_dir: str
+    checkpoint_every: int
+    checkpoint_minutes: float
+    trusted_keys: str
+
+
+@dataclass(frozen=True)
+class DNSSettings:
+    authenticate: bool
+    nameservers: tuple[str, ...]
+    port: int
+    timeout: float
+    cache_seconds: float
+    cache_entries: int
+
+
+@dataclass(frozen=True)
+class DKIMSettings:
+    sign: bool
+    keys: tuple[dict[str, str], ...]
+
+
+@dataclass(frozen=True)
+class NoticesSettings:
+    enabled: bool
+    templates: str
+    rate_per_hour: int
+    retries: int
+    retry_delay: float
+
+
+@dataclass(frozen=True)
+class MilterSettings:
+    listen: str
+    idle_timeout: float
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    listen: str
+    users: str
+    secure_cookies: bool
+    session_minutes: int
+
+
+@dataclass(frozen=True)
+class QuarantineSettings:
+    directory: str
+    retention_days: int
+
+
+# One typed section per [table]; a test keeps their fields and SCHEMA's keys the same.
+SECTION_TYPES: dict[str, type[Any]] = {
+    "gateway": GatewaySettings, "logging": LoggingSettings, "metrics": MetricsSettings,
+    "school": SchoolSettings, "directory": DirectorySettings, "audit": AuditSettings,
+    "inspection": Limits, "dns": DNSSettings, "dkim": DKIMSettings,
+    "notices": NoticesSettings, "milter": MilterSettings, "web": WebSettings,
+    "quarantine": QuarantineSettings,
+}
+
+
 @dataclass(frozen=True)
 class Config:
-    """The validated configuration. ``sections`` holds every key with defaults applied."""
+    """The validated configuration, read once, one typed section per table (defaults
+    applied): ``cfg.gateway.hostname``, so a misspelt key is a type error, not a KeyError
+    at run time."""
 
     path: Path
-    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-
-    def get(self, section: str, key: str) -> Any:
-        return self.sections[section][key]
+    gateway: GatewaySettings
+    logging: LoggingSettings
+    metrics: MetricsSettings
+    school: SchoolSettings
+    directory: DirectorySettings
+    audit: AuditSettings
+    inspection: Limits
+    dns: DNSSettings
+    dkim: DKIMSettings
+    notices: NoticesSettings
+    milter: MilterSettings
+    web: WebSettings
+    quarantine: QuarantineSettings
 
     @property
     def base_dir(self) -> Path:
@@ -284,28 +437,31 @@ class Config:
         p = Path(value).expanduser()
         return p if p.is_absolute() else (self.base_dir / p).resolve()
 
-    # Convenience accessors for the keys every front needs.
+    def optional_path(self, value: str) -> Path | None:
+        """A path key that may be empty (not configured)."""
+        return self.resolve(value) if value else None
+
+    # Derived values every front needs.
     @property
     def school_domains(self) -> tuple[str, ...]:
-        return tuple(self.get("school", "domains"))
+        return self.school.domains
 
     @property
-    def internal_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return tuple(self.get("gateway", "internal_networks"))
+    def internal_networks(self) -> tuple[Network, ...]:
+        return self.gateway.internal_networks
 
     @property
     def policy_path(self) -> Path:
-        return self.resolve(self.get("gateway", "policy"))
+        return self.resolve(self.gateway.policy)
 
     @property
     def directory_path(self) -> Path | None:
-        v = self.get("directory", "csv")
-        return self.resolve(v) if v else None
+        return self.optional_path(self.directory.csv)
 
     @property
     def next_hop(self) -> str:
         """``smtp://host:port`` as given, or ``maildir:`` with an absolute path."""
-        v: str = self.get("gateway", "next_hop")
+        v = self.gateway.next_hop
         if v.startswith("maildir:"):
             return "maildir:" + str(self.resolve(v[len("maildir:"):]))
         return v
@@ -313,24 +469,19 @@ class Config:
     @property
     def audit_url(self) -> str:
         """The audit URL with a relative SQLite path made absolute against the config file."""
-        v: str = self.get("audit", "url")
+        v = self.audit.url
         if v.startswith("sqlite:///") and not v.startswith("sqlite:////"):
             return "sqlite:///" + str(self.resolve(v[len("sqlite:///"):]))
         if v.startswith("sqlite:////"):
             return "sqlite:///" + v[len("sqlite:////") - 1:]
         return v
 
-    def optional_path(self, section: str, key: str) -> Path | None:
-        v = self.get(section, key)
-        return self.resolve(v) if v else None
-
     @property
     def state_dir(self) -> Path:
         """Where local state lives: ``gateway.state_dir``, else beside a SQLite audit store,
         else beside the config file."""
-        v = self.get("gateway", "state_dir")
-        if v:
-            return self.resolve(v)
+        if self.gateway.state_dir:
+            return self.resolve(self.gateway.state_dir)
         url = self.audit_url
         if url.startswith("sqlite:///"):
             return Path(url[len("sqlite:///"):]).parent
@@ -338,13 +489,17 @@ class Config:
 
     @property
     def notice_templates(self) -> Path:
-        v = self.get("notices", "templates")
+        v = self.notices.templates
         return self.resolve(v) if v else self.policy_path.parent / "notices"
 
     @property
     def quarantine_dir(self) -> Path:
-        v = self.get("quarantine", "directory")
+        v = self.quarantine.directory
         return self.resolve(v) if v else self.state_dir / "quarantine"
+
+
+def section_fields(section: str) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(SECTION_TYPES[section]))
 
 
 def _default_for(default: Any, validator: Validator) -> Any:
@@ -368,7 +523,8 @@ def validate(data: Mapping[str, Any], path: Path) -> Config:
         for key, (validator, default) in keys.items():
             out[key] = validator(given[key]) if key in given else _default_for(default, validator)
         sections[section] = out
-    return Config(path=path, sections=sections)
+    typed = {name: SECTION_TYPES[name](**values) for name, values in sections.items()}
+    return Config(path=path, **typed)
 
 
 def iter_errors(data: Mapping[str, Any], path: Path) -> list[ConfigError]:

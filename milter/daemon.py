@@ -29,6 +29,7 @@ from milter.fronts.smtp.auth import load_authenticator
 from milter.fronts.smtp.connection import ConnectionLimits, SMTPConnection
 from milter.fronts.smtp.handler import SMTPHandler
 from milter.logs import configure_logging
+from milter.nexthop import SessionPool
 from milter.notices import Notifier, RateLimiter
 from milter.quarantine import QuarantineStore
 from milter.runtime import Authenticator, Runtime
@@ -75,7 +76,7 @@ class Daemon:
 
 def tls_context(runtime: Runtime) -> ssl.SSLContext | None:
     cfg = runtime.config
-    cert, key = cfg.get("gateway", "tls_cert"), cfg.get("gateway", "tls_key")
+    cert, key = cfg.gateway.tls_cert, cfg.gateway.tls_key
     if not cert:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -88,24 +89,24 @@ def tls_context(runtime: Runtime) -> ssl.SSLContext | None:
 
 def make_checkpointer(runtime: Runtime) -> Checkpointer | None:
     cfg = runtime.config
-    key_path = cfg.optional_path("audit", "checkpoint_key")
-    directory = cfg.optional_path("audit", "checkpoint_dir")
+    key_path = cfg.optional_path(cfg.audit.checkpoint_key)
+    directory = cfg.optional_path(cfg.audit.checkpoint_dir)
     if key_path is None or directory is None:
         return None
     try:
         key = load_signing_key(key_path)
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(cfg.path, "audit.checkpoint_key", f"cannot load key: {exc}") from None
-    return Checkpointer(key, directory, cfg.get("audit", "checkpoint_every"),
-                        cfg.get("audit", "checkpoint_minutes"))
+    return Checkpointer(key, directory, cfg.audit.checkpoint_every,
+                        cfg.audit.checkpoint_minutes)
 
 
 def make_authenticator(runtime: Runtime) -> Authenticator | None:
     cfg = runtime.config
-    if not cfg.get("dns", "authenticate"):
+    if not cfg.dns.authenticate:
         return None
-    resolver = Resolver(cfg.get("dns", "nameservers"), cfg.get("dns", "port"),
-                        cfg.get("dns", "timeout"))
+    resolver = Resolver(cfg.dns.nameservers, cfg.dns.port, cfg.dns.timeout,
+                        cfg.dns.cache_seconds, cfg.dns.cache_entries)
 
     def auth(message: Message, ctx: Context) -> AuthResults:
         env = ctx.envelope
@@ -117,60 +118,62 @@ def make_authenticator(runtime: Runtime) -> Authenticator | None:
 
 def make_notifier(runtime: Runtime, audit: AuditWriter) -> Notifier | None:
     cfg = runtime.config
-    if not cfg.get("notices", "enabled"):
+    if not cfg.notices.enabled:
         return None
     return Notifier(policy=runtime.policy, templates=cfg.notice_templates,
-                    school=cfg.get("school", "name"), postmaster=cfg.get("school", "postmaster"),
-                    language=cfg.get("school", "language"), hostname=cfg.get("gateway",
-                                                                             "hostname"),
-                    next_hop=cfg.next_hop, timeout=cfg.get("gateway", "next_hop_timeout"),
+                    school=cfg.school.name, postmaster=cfg.school.postmaster,
+                    language=cfg.school.language, hostname=cfg.gateway.hostname,
+                    next_hop=cfg.next_hop, timeout=cfg.gateway.next_hop_timeout,
                     limiter=RateLimiter(cfg.state_dir / "notices.sqlite3",
-                                        cfg.get("notices", "rate_per_hour")),
+                                        cfg.notices.rate_per_hour),
                     directory=runtime.directory, school_domains=cfg.school_domains,
-                    audit=audit, retries=cfg.get("notices", "retries"),
-                    retry_delay=cfg.get("notices", "retry_delay"))
+                    audit=audit, retries=cfg.notices.retries,
+                    retry_delay=cfg.notices.retry_delay)
 
 
 async def start(runtime: Runtime, host: str | None = None, port: int | None = None,
                 milter_override: str | None = None, reuse_port: bool = False) -> Daemon:
     """Open the store and listen; raises ConfigError or AuditUnavailable on bad set-up."""
     cfg = runtime.config
-    store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
+    store = open_store(cfg.audit_url, cfg.gateway.node)
     audit = AuditWriter(store, make_checkpointer(runtime))
     gateway = Gateway(runtime, audit, QuarantineStore(cfg.quarantine_dir),
                       make_notifier(runtime, audit), make_authenticator(runtime),
-                      Signer.from_config(cfg), MemoryBudget(cfg.get("gateway", "message_memory")))
-    handler = SMTPHandler(gateway)
-    workers = cfg.get("gateway", "workers") if reuse_port else 1
-    limits = ConnectionLimits(-(-cfg.get("gateway", "max_connections") // workers),
-                              -(-cfg.get("gateway", "max_connections_per_ip") // workers))
+                      Signer.from_config(cfg), MemoryBudget(cfg.gateway.message_memory))
+    handler = SMTPHandler(gateway, SessionPool(cfg.gateway.next_hop_pool_size,
+                                               cfg.gateway.next_hop_pool_idle))
+    workers = cfg.gateway.workers if reuse_port else 1
+    limits = ConnectionLimits(-(-cfg.gateway.max_connections // workers),
+                              -(-cfg.gateway.max_connections_per_ip // workers))
     tls = tls_context(runtime)
     authenticator = load_authenticator(cfg)
-    listen_host, _, listen_port = cfg.get("gateway", "listen").rpartition(":")
+    listen_host, _, listen_port = cfg.gateway.listen.rpartition(":")
     host = host if host is not None else listen_host.strip("[]")
     port = port if port is not None else int(listen_port or 0)
 
     def factory() -> SMTPConnection:
         return SMTPConnection(handler, limits=limits,
-                           data_timeout=cfg.get("gateway", "data_timeout"),
-                           greet_pause=cfg.get("gateway", "greet_pause"),
+                           data_timeout=cfg.gateway.data_timeout,
+                           greet_pause=cfg.gateway.greet_pause,
                            spool_dir=cfg.state_dir / "spool",
-                           spool_threshold=cfg.get("gateway", "spool_threshold"),
-                           data_size_limit=cfg.get("gateway", "max_message_size"),
+                           spool_threshold=cfg.gateway.spool_threshold,
+                           data_size_limit=cfg.gateway.max_message_size,
                            enable_SMTPUTF8=True, decode_data=False,
-                           hostname=cfg.get("gateway", "hostname"), ident="skot-milter",
+                           hostname=cfg.gateway.hostname, ident="skot-milter",
                            tls_context=tls, require_starttls=False,
                            auth_require_tls=True, authenticator=authenticator,
                            auth_exclude_mechanism=[] if authenticator else ["LOGIN", "PLAIN"],
-                           timeout=cfg.get("gateway", "session_timeout"),
-                           command_call_limit={"NOOP": 20, "RSET": 50, "*": 500},
-                           proxy_protocol_timeout=5.0 if cfg.get("gateway",
-                                                                 "proxy_protocol_from") else None)
+                           timeout=cfg.gateway.session_timeout,
+                           command_call_limit={"NOOP": cfg.gateway.noop_limit,
+                                               "RSET": cfg.gateway.rset_limit,
+                                               "*": cfg.gateway.command_limit},
+                           proxy_protocol_timeout=(cfg.gateway.proxy_protocol_timeout
+                                                   if cfg.gateway.proxy_protocol_from else None))
 
     loop = asyncio.get_running_loop()
     servers: list[asyncio.AbstractServer] = []
     bound = 0
-    if cfg.get("gateway", "listen") or port:
+    if cfg.gateway.listen or port:
         server = await loop.create_server(factory, host=host, port=port,
                                           reuse_port=reuse_port or None)
         servers.append(server)
@@ -178,8 +181,7 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
         log.info("SMTP front on %s:%s, next hop %s, policy %s", host, bound, cfg.next_hop,
                  runtime.policy.path)
     milter_port = 0
-    milter_listen = milter_override if milter_override is not None else cfg.get("milter",
-                                                                                 "listen")
+    milter_listen = milter_override if milter_override is not None else cfg.milter.listen
     if milter_listen:
         msrv = await milter_server.start(gateway, milter_listen, reuse_port)
         servers.append(msrv)
@@ -211,8 +213,8 @@ def reload(running: Daemon, config_path: str | None) -> bool:
 async def serve(config_path: str | None, worker: int = 0, reuse_port: bool = False) -> int:
     runtime = Runtime.load(config_path)
     configure_logging(runtime)
-    if runtime.config.get("metrics", "listen") and worker == 0:
-        metrics.serve(runtime.config.get("metrics", "listen"))
+    if runtime.config.metrics.listen and worker == 0:
+        metrics.serve(runtime.config.metrics.listen)
     running = await start(runtime, reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -223,7 +225,7 @@ async def serve(config_path: str | None, worker: int = 0, reuse_port: bool = Fal
           f"{running.milter_port or '-'})", file=sys.stderr, flush=True)
     await stop.wait()
     log.info("stopping: no new connections, finishing transactions in flight")
-    await running.stop()
+    await running.stop(runtime.config.gateway.shutdown_grace)
     return 0
 
 
@@ -231,7 +233,7 @@ def run(config_path: str | None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        workers = config_mod.load(config_path).get("gateway", "workers")
+        workers = config_mod.load(config_path).gateway.workers
         if workers > 1:
             from milter.supervisor import supervise
 

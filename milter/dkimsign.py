@@ -47,10 +47,10 @@ class Signer:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Signer | None:
-        if not cfg.get("dkim", "sign") or not cfg.get("dkim", "keys"):
+        if not cfg.dkim.sign or not cfg.dkim.keys:
             return None
         keys = []
-        for i, k in enumerate(cfg.get("dkim", "keys")):
+        for i, k in enumerate(cfg.dkim.keys):
             try:
                 keys.append(read_key(cfg.resolve(k["key"]), k["domain"], k["selector"]))
             except (OSError, ValueError) as exc:

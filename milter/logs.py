@@ -28,11 +28,11 @@ class JSONFormatter(logging.Formatter):
 def configure_logging(runtime: Runtime) -> None:
     cfg = runtime.config
     handler = logging.StreamHandler(sys.stderr)
-    if cfg.get("logging", "format") == "json":
+    if cfg.logging.format == "json":
         handler.setFormatter(JSONFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(cfg.get("logging", "level").upper())
+    root.setLevel(cfg.logging.level.upper())
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command

@@ -116,7 +116,7 @@ def record_action(cfg: Config, event: str, entry: Entry, actor: str, reply: str 
     """The audit record of what an admin (or the retention) did to a held message."""
     env = entry.meta.get("envelope", {})
     try:
-        store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
+        store = open_store(cfg.audit_url, cfg.gateway.node)
         try:
             store.append(AuditEvent(event=event, txid=str(entry.meta.get("txid", "")),
                                     sender=env.get("mail_from", ""),
@@ -135,8 +135,8 @@ def release(cfg: Config, store: QuarantineStore, entry: Entry, actor: str) -> st
     Returns the next hop's reply; raises ActionFailed when it does not accept the message."""
     env = entry.meta.get("envelope", {})
     try:
-        reply = asyncio.run(send_message(cfg.next_hop, cfg.get("gateway", "hostname"),
-                                         cfg.get("gateway", "next_hop_timeout"),
+        reply = asyncio.run(send_message(cfg.next_hop, cfg.gateway.hostname,
+                                         cfg.gateway.next_hop_timeout,
                                          env.get("mail_from", ""), list(env.get("rcpt_tos", [])),
                                          entry.raw))
     except NextHopError as exc:
@@ -157,7 +157,7 @@ def delete(cfg: Config, store: QuarantineStore, entry: Entry, actor: str,
 
 def purge(cfg: Config, store: QuarantineStore) -> int:
     """Delete held messages past ``quarantine.retention_days``, each on record."""
-    days = cfg.get("quarantine", "retention_days")
+    days = cfg.quarantine.retention_days
     old = store.older_than(days * 86400)
     for entry in old:
         delete(cfg, store, entry, "retention", f"retention period of {days} days passed")

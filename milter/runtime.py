@@ -17,7 +17,6 @@ from milter import policy as policy_mod
 from milter.config import Config, ConfigError
 from milter.core.context import Context, Envelope
 from milter.core.engine import Engine
-from milter.core.limits import Limits
 from milter.core.message import Message, Unparseable, normalize_line_endings, parse
 from milter.core.results import AuthResults
 from milter.core.verdict import Verdict, unparseable
@@ -72,7 +71,7 @@ class Runtime:
         return Context(envelope=envelope, school_domains=self.config.school_domains,
                        internal_networks=self.config.internal_networks,
                        directory=self.directory, now=now or datetime.now(UTC),
-                       limits=Limits(**self.config.sections["inspection"]))
+                       limits=self.config.inspection)
 
     def evaluate(self, envelope: Envelope, raw: bytes, now: datetime | None = None,
                  authenticator: Authenticator | None = None) -> Evaluation:
@@ -84,7 +83,7 @@ class Runtime:
         ctx = self.context(envelope, now)
         if authenticator is not None:
             # Remove look-alikes of our own results before anything reads the message.
-            data = strip_our_results(data, self.config.get("gateway", "hostname"))
+            data = strip_our_results(data, self.config.gateway.hostname)
         try:
             message = parse(data)
         except Unparseable as exc:
@@ -98,7 +97,7 @@ class Runtime:
         verdict = self.engine.evaluate(message, ctx)
         summary = self.summarize(message, data)
         if auth is not None:
-            summary["authentication"] = auth.header_value(self.config.get("gateway", "hostname"))
+            summary["authentication"] = auth.header_value(self.config.gateway.hostname)
         return Evaluation(verdict, data, message, ctx, summary, auth)
 
     def summarize(self, message: Message, data: bytes) -> dict[str, Any]:

@@ -52,8 +52,8 @@ class Verification:
 def verify(store: AuditStore, config: Config, files: Sequence[Path] = ()) -> Verification:
     """Chains and checkpoints, as configured (``[audit] checkpoint_dir``, ``trusted_keys``)."""
     chains = store.verify()
-    problems, count = checkpoint_problems(store, config.optional_path("audit", "checkpoint_dir"),
-                                          config.optional_path("audit", "trusted_keys"), files)
+    problems, count = checkpoint_problems(store, config.optional_path(config.audit.checkpoint_dir),
+                                          config.optional_path(config.audit.trusted_keys), files)
     return Verification(chains, problems, count)
 
 

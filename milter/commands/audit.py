@@ -133,7 +133,7 @@ def audit_view(store: AuditStore, args: argparse.Namespace, event: str,
 def open_from_args(args: argparse.Namespace) -> AuditStore:
     cfg = load_config(args)
     try:
-        return open_store(cfg.audit_url, cfg.get("gateway", "node"))
+        return open_store(cfg.audit_url, cfg.gateway.node)
     except AuditUnavailable as exc:
         raise CommandError(str(exc)) from None
 
@@ -255,13 +255,13 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     from milter.audit import checkpoint
 
     cfg = load_config(args)
-    key_path = cfg.optional_path("audit", "checkpoint_key")
-    directory = cfg.optional_path("audit", "checkpoint_dir")
+    key_path = cfg.optional_path(cfg.audit.checkpoint_key)
+    directory = cfg.optional_path(cfg.audit.checkpoint_dir)
     if key_path is None or directory is None:
         raise CommandError("set audit.checkpoint_key and audit.checkpoint_dir first")
     key = checkpoint.load_signing_key(key_path)
     store = open_from_args(args)
-    node = cfg.get("gateway", "node")
+    node = cfg.gateway.node
     last = store.last(node)
     if last is None:
         raise CommandError(f"chain {node!r} has no records yet", code=1)
@@ -313,7 +313,7 @@ def run_purge(args: argparse.Namespace) -> int:
     if args.before:
         cutoff = args.before
     else:
-        days = cfg.get("audit", "retention_days")
+        days = cfg.audit.retention_days
         if not days:
             raise CommandError("audit.retention_days is 0 (keep forever); use --before DATE")
         cutoff = (datetime.now(UTC) - timedelta(days=days)).isoformat().replace("+00:00", "Z")

@@ -49,7 +49,7 @@ def problems(path: str | None) -> list[str]:
 def _notice_templates(cfg: config_mod.Config) -> list[str]:
     from milter.notices import template_problems
 
-    if not cfg.get("notices", "enabled"):
+    if not cfg.notices.enabled:
         return []
     # Overrides are named for rules (disabled ones too); a broken policy is reported above.
     rule_ids: set[str] | None = None

@@ -29,7 +29,7 @@ def run_preview(args: argparse.Namespace) -> int:
         raise CommandError(f"no rule {args.rule_id} in {runtime.policy.path}; known: "
                            + ", ".join(sorted(runtime.policy.rules)))
     cfg = runtime.config
-    lang = args.lang or cfg.get("school", "language")
+    lang = args.lang or cfg.school.language
     action = rp.action if rp.action != "accept" else "tag"
     verdict = Verdict(action, "outbound", "", (FiredRule(rp.id, rp.article, action, "enforce",
                                                          "example"),), "01example0ref")
@@ -39,8 +39,8 @@ def run_preview(args: argparse.Namespace) -> int:
                         message_id="<example@school.example>",
                         received=datetime(2026, 11, 24, 8, 30, tzinfo=UTC), rules=(rp,))
     subject, text, body_html = render(req, lang, name="Jan Jansen",
-                                      school=cfg.get("school", "name"),
-                                      postmaster=cfg.get("school", "postmaster"),
+                                      school=cfg.school.name,
+                                      postmaster=cfg.school.postmaster,
                                       templates=cfg.notice_templates, rule=rp)
     print(f"Subject: {subject}\n")
     print(body_html if args.html else text)

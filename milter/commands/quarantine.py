@@ -106,7 +106,7 @@ def run_release(args: argparse.Namespace) -> int:
 
 def run_purge(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    days = cfg.get("quarantine", "retention_days")
+    days = cfg.quarantine.retention_days
     try:
         n = quarantine.purge(cfg, QuarantineStore(cfg.quarantine_dir))
     except quarantine.ActionFailed as exc:

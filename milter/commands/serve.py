@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         cfg = config_mod.load(args.config)
-        if cfg.get("gateway", "workers") > 1 and cfg.get("metrics", "listen"):
+        if cfg.gateway.workers > 1 and cfg.metrics.listen:
             # Before prometheus_client is imported: several workers keep their figures in
             # files the exporter adds up, instead of each answering for itself alone.
             from milter.metrics_dir import prepare

@@ -34,7 +34,7 @@ def run_adduser(args: argparse.Namespace) -> int:
     password = (sys.stdin.readline().rstrip("\n") if args.password_stdin
                 else getpass.getpass("password: "))
     try:
-        users.add(cfg.resolve(cfg.get("web", "users")), args.name, args.role, password)
+        users.add(cfg.resolve(cfg.web.users), args.name, args.role, password)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     print(f"user {args.name} ({args.role}) saved")
@@ -48,7 +48,7 @@ def build_app(cfg: config_mod.Config) -> Any:
     from milter.web.app import WebApp
 
     try:
-        store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
+        store = open_store(cfg.audit_url, cfg.gateway.node)
     except AuditUnavailable as exc:
         raise CommandError(str(exc)) from None
     quarantine = QuarantineStore(cfg.quarantine_dir)
@@ -62,14 +62,14 @@ def build_app(cfg: config_mod.Config) -> Any:
         except quarantine_mod.ActionFailed as exc:
             raise CommandError(str(exc)) from None
 
-    return WebApp(cfg, store, quarantine, cfg.resolve(cfg.get("web", "users")), release)
+    return WebApp(cfg, store, quarantine, cfg.resolve(cfg.web.users), release)
 
 
 def run_web(args: argparse.Namespace) -> int:
     from milter.web.app import make_server
 
     cfg = load_config(args)
-    listen = args.listen or cfg.get("web", "listen")
+    listen = args.listen or cfg.web.listen
     host, _, port = listen.rpartition(":")
     server = make_server(build_app(cfg), host.strip("[]"), int(port))
     print(f"skot-milter web on http://{listen}/", file=sys.stderr)

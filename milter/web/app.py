@@ -160,7 +160,7 @@ class Handler(BaseHTTPRequestHandler):
             if s is None or s.expires < time.time():
                 self.app.sessions.pop(morsel.value, None)
                 return None
-            s.expires = time.time() + self.app.config.get("web", "session_minutes") * 60
+            s.expires = time.time() + self.app.config.web.session_minutes * 60
             return s
 
     def _send(self, status: int, body: bytes, ctype: str = "text/html; charset=utf-8",
@@ -176,7 +176,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _cookie(self, name: str, value: str, max_age: int | None = None) -> str:
-        secure = "; Secure" if self.app.config.get("web", "secure_cookies") else ""
+        secure = "; Secure" if self.app.config.web.secure_cookies else ""
         age = f"; Max-Age={max_age}" if max_age is not None else ""
         return f"{name}={value}; Path=/; HttpOnly; SameSite=Strict{secure}{age}"
 
@@ -296,7 +296,7 @@ class Handler(BaseHTTPRequestHandler):
             self._login_form(T[self._lang()]["bad_login"], 401)
             return
         token = secrets.token_urlsafe(32)
-        minutes = self.app.config.get("web", "session_minutes")
+        minutes = self.app.config.web.session_minutes
         session = Session(user.name, user.role, secrets.token_urlsafe(24),
                           time.time() + minutes * 60)
         with self.app.lock:

@@ -47,9 +47,10 @@ def make_inbound(gateway: GatewayThread) -> None:
     async def swap() -> None:
         handler = gateway.running.handler
         rt = handler.gateway.runtime
-        sections = {k: dict(v) for k, v in rt.config.sections.items()}
-        sections["gateway"]["internal_networks"] = (ipaddress.ip_network("10.255.0.0/16"),)
-        handler.gateway.runtime = replace(rt, config=replace(rt.config, sections=sections))
+        gateway_settings = replace(rt.config.gateway, internal_networks=(
+            ipaddress.ip_network("10.255.0.0/16"),))
+        handler.gateway.runtime = replace(rt, config=replace(rt.config,
+                                                             gateway=gateway_settings))
 
     gateway.call(swap())
 

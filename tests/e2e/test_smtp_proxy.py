@@ -166,9 +166,9 @@ async def _set_internal(gw: GatewayThread, networks: list[str]) -> None:
 
     handler = gw.running.handler
     rt = handler.gateway.runtime
-    sections = {k: dict(v) for k, v in rt.config.sections.items()}
-    sections["gateway"]["internal_networks"] = tuple(ipaddress.ip_network(n) for n in networks)
-    handler.gateway.runtime = replace(rt, config=replace(rt.config, sections=sections))
+    gateway_settings = replace(rt.config.gateway, internal_networks=tuple(
+        ipaddress.ip_network(n) for n in networks))
+    handler.gateway.runtime = replace(rt, config=replace(rt.config, gateway=gateway_settings))
 
 
 def test_audit_intent_failure_gives_451_and_delivers_nothing(gateway: GatewayThread, sink: Any,

@@ -15,7 +15,7 @@ from tests.conftest import POLICY, write_config
 def test_bundled_default_config_is_valid() -> None:
     cfg = config.load(None)
     assert cfg.school_domains == ("school.example",)
-    assert cfg.get("gateway", "listen") == "127.0.0.1:10025"
+    assert cfg.gateway.listen == "127.0.0.1:10025"
     assert cfg.next_hop.startswith("maildir:/")
     assert cfg.audit_url.startswith("sqlite:////") or cfg.audit_url.startswith("sqlite:///")
 
@@ -58,9 +58,9 @@ def test_config_errors_name_file_key_and_allowed(tmp_path: Path, old: str, new: 
 
 def test_workers_zero_means_one_per_core(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, gateway_extra="workers = 0")
-    assert config.load(cfg).get("gateway", "workers") == (os.cpu_count() or 1)
+    assert config.load(cfg).gateway.workers == (os.cpu_count() or 1)
     cfg = write_config(tmp_path, gateway_extra="workers = 3")
-    assert config.load(cfg).get("gateway", "workers") == 3
+    assert config.load(cfg).gateway.workers == 3
 
 
 def test_missing_required_key(tmp_path: Path) -> None:

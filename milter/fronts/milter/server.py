@@ -123,13 +123,13 @@ class MilterConnection:
         if not msg.size:
             msg.size = len(msg.head())
         msg.size += len(chunk)
-        if msg.size > cfg.get("gateway", "max_message_size"):
+        if msg.size > cfg.gateway.max_message_size:
             msg.too_big = True
             msg.close()
             msg.body = bytearray()  # never hold more than the limit
             return
         try:
-            if msg.spool is None and msg.size > cfg.get("gateway", "spool_threshold"):
+            if msg.spool is None and msg.size > cfg.gateway.spool_threshold:
                 # Past the threshold the whole message goes to disk, as the SMTP front does.
                 msg.spool = Spooled(cfg.state_dir / "spool")
                 msg.spool.write(msg.head())
@@ -174,7 +174,7 @@ class MilterConnection:
         first, at the top)."""
         evaluation = tx.evaluation
         assert evaluation is not None
-        hostname = tx.runtime.config.get("gateway", "hostname")
+        hostname = tx.runtime.config.gateway.hostname
         out = b""
         if evaluation.auth is not None:
             seen = 0
@@ -197,7 +197,7 @@ async def serve_connection(gateway: Gateway, reader: asyncio.StreamReader,
                            writer: asyncio.StreamWriter) -> None:
     """Drive one MTA connection (each transaction pins the runtime current at its MAIL)."""
     session = MilterConnection(gateway)
-    idle_timeout = gateway.runtime.config.get("milter", "idle_timeout")
+    idle_timeout = gateway.runtime.config.milter.idle_timeout
     decoder = codec.Decoder()
     try:
         while True:

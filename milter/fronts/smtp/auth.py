@@ -57,7 +57,7 @@ def read_users(path: Path) -> dict[str, str]:
 
 def load_authenticator(cfg: Config) -> Authenticator | None:
     """An aiosmtpd authenticator for the configured users file, or None without one."""
-    name = cfg.get("gateway", "auth_users")
+    name = cfg.gateway.auth_users
     if not name:
         return None
     users = read_users(cfg.resolve(name))

@@ -78,9 +78,9 @@ def check_address(address: str, *, allow_empty: bool) -> str | None:
 class SMTPHandler:
     """aiosmtpd handler hooks. Holds a reference to the gateway (its runtime swapped on reload)."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, pool: SessionPool | None = None) -> None:
         self.gateway = gateway
-        self.pool = SessionPool()
+        self.pool = pool or SessionPool()
         self._pending: WeakKeyDictionary[SMTPSession, Pending] = WeakKeyDictionary()
         # Postfix's smtpd_proxy_filter tells us the real client with XFORWARD (trusted peers).
         self.xforward: WeakKeyDictionary[SMTPSession, dict[str, str]] = WeakKeyDictionary()
@@ -140,7 +140,7 @@ class SMTPHandler:
             conn.shut()
         pending = set(tasks) | self.background
         if pending:
-            timeout = self.gateway.runtime.config.get("gateway", "next_hop_timeout") + 1.0
+            timeout = self.gateway.runtime.config.gateway.next_hop_timeout + 1.0
             _, late = await asyncio.wait(pending, timeout=timeout)
             if late:
                 log.warning("stopping with %d transactions unfinished", len(late))
@@ -155,7 +155,7 @@ class SMTPHandler:
         return self.xforward.get(session, {}).get("ADDR") or self.peer_ip(session)
 
     def trusts_xforward(self, session: SMTPSession) -> bool:
-        nets = self.gateway.runtime.config.get("gateway", "xforward_from")
+        nets = self.gateway.runtime.config.gateway.xforward_from
         try:
             ip = ipaddress.ip_address(self.peer_ip(session))
         except ValueError:
@@ -183,7 +183,7 @@ class SMTPHandler:
     async def handle_PROXY(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope,
                            proxy_data: Any) -> bool:
         """HAProxy PROXY v1/v2: the real client, believed only from configured balancers."""
-        nets = self.gateway.runtime.config.get("gateway", "proxy_protocol_from")
+        nets = self.gateway.runtime.config.gateway.proxy_protocol_from
         try:
             peer = ipaddress.ip_address(self.peer_ip(session))
         except ValueError:
@@ -226,7 +226,7 @@ class SMTPHandler:
             auth_user=self._auth_user(session))
         cfg = tx.runtime.config
         pending = Pending(tx, next_hop=cfg.next_hop, smtputf8=smtputf8)
-        helo, timeout = cfg.get("gateway", "hostname"), cfg.get("gateway", "next_hop_timeout")
+        helo, timeout = cfg.gateway.hostname, cfg.gateway.next_hop_timeout
         try:
             pending.downstream, reused = await self.pool.get(cfg.next_hop, helo, timeout)
             try:
@@ -269,7 +269,7 @@ class SMTPHandler:
             return NEEDS_SMTPUTF8
         tx = pending.tx
         cfg = tx.runtime.config
-        if len(tx.recipients) >= cfg.get("gateway", "max_recipients"):
+        if len(tx.recipients) >= cfg.gateway.max_recipients:
             return "452 4.5.3 Too many recipients"
         if not self._outbound(session) and not domain_in(address.rpartition("@")[2],
                                                          cfg.school_domains):
@@ -338,7 +338,7 @@ class SMTPHandler:
         intent.add_done_callback(self.background.discard)
         before_dot: Reply | NextHopError | None = None
         head = render_fields(self.gateway.added_fields(
-            evaluation, tx.runtime.config.get("gateway", "hostname")))
+            evaluation, tx.runtime.config.gateway.hostname))
         try:
             try:
                 before_dot = await downstream.start_data(head, evaluation.raw)
