@@ -12,6 +12,7 @@ background thread and in ``config check``: never on the message path.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -257,6 +258,8 @@ def connect(settings: LdapSettings) -> Any:
         except LDAPException as exc:
             failures.append(f"{url}: {_reason(exc)}")
     else:
+        if all(f.endswith(UNTRUSTED) for f in failures):
+            raise LdapError("directory.ldap.ca_file", "; ".join(failures) + UNTRUSTED_HINT)
         raise LdapError("directory.ldap.url", "cannot reach " + "; ".join(failures))
     where = url
     try:
@@ -269,20 +272,38 @@ def connect(settings: LdapSettings) -> Any:
                             f"{settings.bind_dn or '(anonymous)'}: {desc or 'no reason given'}"
                             " (check bind_dn and the password in bind_password_file)")
     except LDAPException as exc:
-        conn.unbind()
+        _close(conn)
+        reason = _reason(exc)
+        if reason == UNTRUSTED:
+            raise LdapError("directory.ldap.ca_file", f"{where}: {reason}{UNTRUSTED_HINT}"
+                            ) from None
         raise LdapError("directory.ldap.tls" if settings.tls != "none"
-                        else "directory.ldap.url", f"{where}: {_reason(exc)}") from None
+                        else "directory.ldap.url", f"{where}: {reason}") from None
     except LdapError:
-        conn.unbind()
+        _close(conn)
         raise
     return conn
+
+
+def _close(conn: Any) -> None:
+    """Unbind, if the connection still can (after a failed handshake its socket is gone)."""
+    from ldap3.core.exceptions import LDAPException
+
+    with contextlib.suppress(LDAPException, OSError):
+        conn.unbind()
+
+
+UNTRUSTED = "CERTIFICATE_VERIFY_FAILED"
+UNTRUSTED_HINT = (" (the server's certificate is not signed by a CA we trust: name the "
+                  "school's CA certificate in ca_file, and use the name the certificate is "
+                  "for in url)")
 
 
 def _reason(exc: Exception) -> str:
     """ldap3's exceptions say the socket error deep inside a list; keep it short."""
     text = str(exc)
     for marker in ("Connection refused", "timed out", "Name or service not known",
-                   "CERTIFICATE_VERIFY_FAILED", "No route to host"):
+                   UNTRUSTED, "No route to host", "doesn't match"):
         if marker in text:
             return marker
     return f"{type(exc).__name__}: {text[:200]}"
@@ -351,7 +372,7 @@ def fetch(settings: LdapSettings, mapping: RoleMap) -> Directory:
                         conn, dn, f"directory.{name}.{label}")
         return build(_decoded(entries), settings, mapping, group_members)
     finally:
-        conn.unbind()
+        _close(conn)
 
 
 def _decoded(entries: list[tuple[str, Mapping[str, Any]]]

@@ -8,6 +8,7 @@ so people carry ``memberOf`` as they do in Active Directory.
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import signal
 import socket
@@ -15,10 +16,15 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import ldap3
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.e2e.conftest import free_port, sink  # noqa: F401  (fixture)
 
@@ -34,6 +40,9 @@ dn: cn=config
 objectClass: olcGlobal
 cn: config
 olcPidFile: {dir}/slapd.pid
+olcTLSCACertificateFile: {dir}/ca.pem
+olcTLSCertificateFile: {dir}/server.pem
+olcTLSCertificateKeyFile: {dir}/server.key
 
 dn: cn=module{{0}},cn=config
 objectClass: olcModuleList
@@ -76,12 +85,43 @@ olcOverlay: {{0}}memberof
 """
 
 
+def make_certificates(base: Path) -> None:
+    """A test CA (``ca.pem``) and a server certificate for 127.0.0.1 signed by it."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "skot test CA")])
+    now = datetime.now(UTC)
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                 x509.DNSName("localhost")]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (base / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (base / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (base / "server.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+
+
 class Slapd:
-    """One slapd process; ``stop()``/``start()`` keep the data (for "the server is down")."""
+    """One slapd process; ``stop()``/``start()`` keep the data (for "the server is down").
+
+    Plain LDAP (with StartTLS) on ``url``, LDAPS on ``ldaps_url``; ``ca.pem`` in its
+    directory is the CA that signed its certificate."""
 
     def __init__(self, base: Path) -> None:
         self.dir = base
-        self.port = free_port()
+        self.port, self.ldaps_port = free_port(), free_port()
+        make_certificates(base)
         self.proc: subprocess.Popen[bytes] | None = None
         (base / "data").mkdir()
         (base / "slapd.d").mkdir()
@@ -95,10 +135,18 @@ class Slapd:
     def url(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
 
+    @property
+    def ldaps_url(self) -> str:
+        return f"ldaps://127.0.0.1:{self.ldaps_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.dir / "ca.pem"
+
     def start(self) -> None:
         log = (self.dir / "slapd.log").open("ab")
         # -d 0: stay in the foreground (killed by the test), log nothing.
-        self.proc = subprocess.Popen([SLAPD, "-h", self.url + "/", "-F",
+        self.proc = subprocess.Popen([SLAPD, "-h", f"{self.url}/ {self.ldaps_url}/", "-F",
                                       str(self.dir / "slapd.d"), "-d", "0"],
                                      stdout=log, stderr=log)
         deadline = time.monotonic() + 15

@@ -221,3 +221,23 @@ def test_config_check_names_an_unreachable_server(tmp_path: Path,
     cfg = ldap_config(tmp_path, f"ldap://127.0.0.1:{free_port()}")
     assert main(["config", "check", "--config", str(cfg)]) == 1
     assert "directory.ldap.url: cannot reach ldap://127.0.0.1:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scheme", ["starttls", "ldaps"])
+def test_tls_to_the_directory_server_verifies_its_certificate(
+        slapd: Slapd, tmp_path: Path, scheme: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """StartTLS on ldap:// and LDAPS both work against the school's CA (ca_file), and both
+    refuse a certificate the gateway cannot verify (here: the system's CAs do not know the
+    test CA), naming the key to look at."""
+    url = slapd.url if scheme == "starttls" else slapd.ldaps_url
+    path = ldap_config(tmp_path, url)
+    text = path.read_text().replace('tls = "none"', f'tls = "{scheme}"')
+    path.write_text(text.replace('schema = "openldap"',
+                                 f'schema = "openldap"\nca_file = "{slapd.ca_file}"'))
+    d = DirectorySource(config_mod.load(path)).refresh()
+    assert d.lookup("teacher@school.example") is not None
+
+    path.write_text(text)  # no ca_file: the system's CA store
+    assert main(["config", "check", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "directory.ldap.ca_file: " in err and "CERTIFICATE_VERIFY_FAILED" in err
