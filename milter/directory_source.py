@@ -127,20 +127,31 @@ class DirectorySource:
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
         replace_synced(self.cache_path, json.dumps(data, ensure_ascii=False).encode(), 0o600)
 
-    def load_cached(self) -> Directory | None:
-        """The last good copy from disk, or None (missing or unreadable: logged)."""
+    def _read_cache(self) -> tuple[list[Person], float] | None:
         try:
             data = json.loads(self.cache_path.read_bytes())
             if data.get("version") != CACHE_VERSION:
                 raise ValueError(f"version {data.get('version')!r}")
-            people = [_person(p) for p in data["people"]]
-            when = float(data["fetched_at"])
+            return [_person(p) for p in data["people"]], float(data["fetched_at"])
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.error("directory: saved copy %s unreadable (%s); ignoring it", self.cache_path,
                       type(exc).__name__)
             return None
+
+    def adopt_cached_time(self) -> None:
+        """The runtime started from the saved copy: its age is the one to report."""
+        cached = self._read_cache()
+        if cached is not None and not self.fetched_at:
+            self.fetched_at = cached[1]
+
+    def load_cached(self) -> Directory | None:
+        """The last good copy from disk, or None (missing or unreadable: logged)."""
+        cached = self._read_cache()
+        if cached is None:
+            return None
+        people, when = cached
         self.fetched_at = when
         _metrics_success(when)
         log.info("directory: using the saved copy from %s (age %s): %d people",
@@ -269,5 +280,7 @@ class Served:
 def serve(running: Any, loop: asyncio.AbstractEventLoop) -> Served:
     """Start the background refresh for a running gateway (a no-op for a CSV directory)."""
     served = Served(DirectorySource(running.gateway.runtime.config), running, loop)
+    if served.source.kind == "ldap":
+        served.source.adopt_cached_time()
     served.source.start(loop, served.use)
     return served

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import signal
 import smtplib
 import stat
 import tempfile
@@ -23,7 +24,7 @@ from milter.directory_source import DirectorySource
 from milter.runtime import Runtime
 from milter.server import reload
 from tests.conftest import write_config
-from tests.e2e.conftest import GatewayThread, SinkHandler
+from tests.e2e.conftest import GatewayThread, SinkHandler, free_port
 from tests.ldap.conftest import SERVICE_DN, SERVICE_PW, SUFFIX, Slapd, person, populate
 
 STAFF_OU, PUPIL_OU = f"ou=Personeel,{SUFFIX}", f"ou=Leerlingen,{SUFFIX}"
@@ -216,8 +217,6 @@ def test_config_check_names_a_bad_bind_or_base_dn(
 
 def test_config_check_names_an_unreachable_server(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.e2e.conftest import free_port
-
     cfg = ldap_config(tmp_path, f"ldap://127.0.0.1:{free_port()}")
     assert main(["config", "check", "--config", str(cfg)]) == 1
     assert "directory.ldap.url: cannot reach ldap://127.0.0.1:" in capsys.readouterr().err
@@ -241,3 +240,90 @@ def test_tls_to_the_directory_server_verifies_its_certificate(
     assert main(["config", "check", "--config", str(path)]) == 1
     err = capsys.readouterr().err
     assert "directory.ldap.ca_file: " in err and "CERTIFICATE_VERIFY_FAILED" in err
+
+
+def test_the_directory_is_read_again_on_its_interval(own_slapd: Slapd, tmp_path: Path) -> None:
+    """No SIGHUP: the background loop reads the server again every refresh interval (here
+    shortened; the config's minimum is a minute)."""
+
+    class Quick(DirectorySource):
+        @property
+        def interval(self) -> float:
+            return 0.1
+
+    source = Quick(config_mod.load(ldap_config(tmp_path, own_slapd.url)))
+    seen: list[Any] = []
+
+    async def run() -> None:
+        source.start(asyncio.get_running_loop(), seen.append)
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        assert seen and seen[-1].lookup("nina@school.example") is None
+        own_slapd.add(*person("nina", "Personeel", "Nina Nieuw", "nina@school.example"))
+        for _ in range(100):
+            if seen[-1].lookup("nina@school.example") is not None:
+                break
+            await asyncio.sleep(0.05)
+        await source.stop()
+
+    asyncio.run(run())
+    assert seen[-1].lookup("nina@school.example") is not None
+
+
+def test_served_gateway_reads_ldap_in_the_background_and_survives_it_going_down(
+        own_slapd: Slapd, tmp_path: Path) -> None:
+    """The real ``skot-milter serve``: the directory arrives after start without a saved
+    copy, a teacher added in LDAP counts after SIGHUP, the server going down keeps the last
+    good copy (logged with its age), and a restart while it is down starts from the copy."""
+    from tests.e2e.test_operations import Served
+
+    port = free_port()
+    cfg = ldap_config(tmp_path, own_slapd.url, listen=f"127.0.0.1:{port}",
+                      internal='["10.99.0.0/16"]')  # loopback clients send inbound mail
+
+    def from_private(sender: str) -> int:
+        msg = (f"From: {sender}\r\nTo: pim@leerling.school.example\r\nSubject: hoi\r\n\r\n"
+               "Hoi Pim\r\n").encode()
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+            try:
+                c.sendmail(sender, ["pim@leerling.school.example"], msg)
+            except smtplib.SMTPDataError as exc:
+                return exc.smtp_code
+        return 250
+
+    proc = Served(cfg)
+    try:
+        proc.wait_log("directory: refreshed from ldap")
+        assert from_private("theo@home.example") == 550
+        assert from_private("nina@home.example") == 250
+        own_slapd.add(*person("nina", "Personeel", "Nina Nieuw", "nina@school.example",
+                              otherMailbox=["nina@home.example"]))
+        proc.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while proc.log.read_text().count("directory: refreshed from ldap") < 2:
+            assert time.monotonic() < deadline, proc.log.read_text()
+            time.sleep(0.05)
+        assert from_private("nina@home.example") == 550
+
+        own_slapd.stop()
+        proc.signal(signal.SIGHUP)
+        proc.wait_log("refresh from ldap failed")
+        assert "(age " in proc.log.read_text()
+        assert from_private("nina@home.example") == 550
+        proc.signal(signal.SIGTERM)
+        assert proc.proc.wait(timeout=30) == 0
+
+        proc = Served(cfg)  # restart, the server still down
+        assert from_private("nina@home.example") == 550
+        proc.wait_log("refresh from ldap failed")
+        log = proc.log.read_text()
+        assert "keeping the copy from" in log.split("using the saved copy", 1)[1]
+        # The directory's own data never reaches the log (only counts do).
+        assert "Nina Nieuw" not in log and "nina@school.example" not in log
+        assert "from=<nina@home.example>" in log  # what the transaction log always says
+    finally:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait()
