@@ -150,12 +150,15 @@ def normalize_dn(dn: str) -> str:
 def _values(attrs: Mapping[str, Any], name: str) -> list[str]:
     if not name:
         return []
-    for key, value in attrs.items():  # attribute names are case-insensitive
-        if key.lower() == name.lower():
+    out: list[str] = []
+    wanted = name.lower()
+    for key, value in attrs.items():  # names are case-insensitive; AD may send "member;range="
+        k = key.lower()
+        if k == wanted or k.startswith(wanted + ";"):
             items = value if isinstance(value, list | tuple) else [value]
-            return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+            out += [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
                     for x in items if x is not None]
-    return []
+    return out
 
 
 def _language(values: list[str]) -> str:

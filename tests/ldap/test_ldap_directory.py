@@ -327,3 +327,12 @@ def test_served_gateway_reads_ldap_in_the_background_and_survives_it_going_down(
         if proc.proc.poll() is None:
             proc.proc.kill()
             proc.proc.wait()
+
+
+def test_a_custom_filter_narrows_who_is_read(slapd: Slapd, tmp_path: Path) -> None:
+    path = ldap_config(tmp_path, slapd.url)
+    path.write_text(path.read_text().replace(
+        'schema = "openldap"',
+        'schema = "openldap"\nfilter = "(&(objectClass=inetOrgPerson)(preferredLanguage=nl))"'))
+    d = DirectorySource(config_mod.load(path)).refresh()
+    assert [p.address for p in d.people.values()] == ["teacher@school.example"]
