@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,6 @@ def role_map(cfg: Config) -> RoleMap:
 def ldap_settings(cfg: Config) -> directory_ldap.LdapSettings:
     """The validated ``[directory.ldap]`` table, files resolved against the config file."""
     s: directory_ldap.LdapSettings = cfg.get("directory", "ldap")
-    from dataclasses import replace
-
     return replace(s, ca_file=str(cfg.resolve(s.ca_file)) if s.ca_file else "",
                    bind_password_file=str(cfg.resolve(s.bind_password_file))
                    if s.bind_password_file else "")
@@ -112,7 +110,11 @@ class DirectorySource:
         directory = self.fetch()
         now = time.time()
         if self.kind == "ldap":
-            self.save_cache(directory, now)
+            try:
+                self.save_cache(directory, now)
+            except OSError as exc:  # still use it; a restart with the server down won't
+                log.error("directory: cannot save the copy to %s: %s", self.cache_path,
+                          exc.strerror)
         self.fetched_at, self.failures = now, 0
         _metrics_success(now)
         return directory
@@ -251,7 +253,7 @@ def _metrics_success(when: float) -> None:
 
 
 @dataclass
-class Served:
+class LiveDirectory:
     """A running gateway's directory source: new copies go into the runtime it serves."""
 
     source: DirectorySource
@@ -260,8 +262,6 @@ class Served:
 
     def use(self, directory: Directory) -> None:
         """A fresh copy: new transactions get it; those in flight keep theirs."""
-        from dataclasses import replace
-
         gw = self.running.gateway
         gw.runtime = replace(gw.runtime, directory=directory)
         if gw.notifier is not None:
@@ -277,9 +277,9 @@ class Served:
         self.source.trigger()
 
 
-def serve(running: Any, loop: asyncio.AbstractEventLoop) -> Served:
+def serve(running: Any, loop: asyncio.AbstractEventLoop) -> LiveDirectory:
     """Start the background refresh for a running gateway (a no-op for a CSV directory)."""
-    served = Served(DirectorySource(running.gateway.runtime.config), running, loop)
+    served = LiveDirectory(DirectorySource(running.gateway.runtime.config), running, loop)
     if served.source.kind == "ldap":
         served.source.adopt_cached_time()
     served.source.start(loop, served.use)

@@ -118,7 +118,7 @@ def test_a_teacher_added_in_ldap_is_known_after_a_refresh_without_restart(
     DirectorySource(config_mod.load(cfg)).refresh()   # a saved copy, as after an earlier run
     gw = GatewayThread(cfg)
     try:
-        async def wire() -> directory_source.Served:
+        async def wire() -> directory_source.LiveDirectory:
             return directory_source.serve(gw.running, asyncio.get_running_loop())
 
         served = gw.call(wire())
