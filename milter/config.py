@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from milter.core.limits import Limits
+from milter.directory import ROLES
+from milter.directory_ldap import LdapSettings
+from milter.directory_ldap import parse_settings as _ldap_table
 
 # Bytes of spooled messages processed at once per process (``gateway.message_memory``).
 DEFAULT_MESSAGE_MEMORY = 48 * 2**20
@@ -160,6 +163,21 @@ def _language(v: Any) -> str:
     return str(v)
 
 
+def _names_table(allowed: tuple[str, ...] | None) -> Validator:
+    """``{name = ["value", ...]}``: directory roles (names from ``allowed``) or groups."""
+    def check(v: Any) -> dict[str, tuple[str, ...]]:
+        if not isinstance(v, dict):
+            raise ValueError("expected a table, e.g. { staff = [\"CN=Personeel,OU=...\"] }")
+        out = {}
+        for name, values in v.items():
+            if allowed is not None and name not in allowed:
+                raise ValueError(f"{name!r} is not a role; allowed: " + ", ".join(allowed))
+            out[name] = _str_list([values] if isinstance(values, str) else values)
+        return out
+
+    return check
+
+
 # section -> key -> (validator, default). A default of REQUIRED means the key must be given.
 REQUIRED = object()
 SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
@@ -224,7 +242,17 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "name": (_opt_str, ""),
     },
     "directory": {
+        "source": (_choice("csv", "ldap"), "csv"),
+        # csv: this project's columns, or an Entra ID / Google Workspace user export.
         "csv": (_opt_str, ""),
+        # Who has which role / is in which group (the A5 media group is "media"): LDAP group
+        # or OU DNs; Entra ID export: department; Google Workspace export: org unit path.
+        "roles": (_names_table(ROLES), {}),
+        "groups": (_names_table(None), {}),
+        # The LDAP attribute or export column holding staff members' private addresses.
+        "private_addresses": (_opt_str, ""),
+        "refresh_minutes": (_float(1.0), 15.0),   # LDAP: read again in the background
+        "ldap": (_ldap_table, None),              # [directory.ldap], see directory_ldap.py
     },
     "audit": {
         "url": (_audit_url, REQUIRED),
@@ -338,7 +366,13 @@ class SchoolSettings:
 
 @dataclass(frozen=True)
 class DirectorySettings:
+    source: str
     csv: str
+    roles: dict[str, tuple[str, ...]]
+    groups: dict[str, tuple[str, ...]]
+    private_addresses: str
+    refresh_minutes: float
+    ldap: LdapSettings | None
 
 
 @dataclass(frozen=True)
@@ -547,7 +581,11 @@ def iter_errors(data: Mapping[str, Any], path: Path) -> list[ConfigError]:
             try:
                 spec[0](v)
             except ValueError as exc:
-                errors.append(ConfigError(path, f"{section}.{key}", f"{exc} (got {v!r})"))
+                # A table's validator names its own bad key; never echo a whole table.
+                sub = getattr(exc, "key", "")
+                errors.append(ConfigError(path, f"{section}.{key}" + (f".{sub}" if sub else ""),
+                                          str(exc) if isinstance(v, dict) else
+                                          f"{exc} (got {v!r})"))
     for section, keys in SCHEMA.items():
         given = data.get(section, {})
         if not isinstance(given, dict):
@@ -555,6 +593,11 @@ def iter_errors(data: Mapping[str, Any], path: Path) -> list[ConfigError]:
         for key, (_, default) in keys.items():
             if default is REQUIRED and key not in given:
                 errors.append(ConfigError(path, f"{section}.{key}", "required key is missing"))
+    directory = data.get("directory")
+    if isinstance(directory, dict) and directory.get("source") == "ldap" and \
+            "ldap" not in directory:
+        errors.append(ConfigError(path, "directory.ldap", "source = \"ldap\" needs a "
+                                  "[directory.ldap] table (url, bind_dn, base_dns, ...)"))
     return errors
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from milter import config as config_mod
-from milter import metrics
+from milter import directory_source, metrics
 from milter.audit.checkpoint import Checkpointer, load_signing_key
 from milter.audit.store import AuditUnavailable, open_store
 from milter.audit.writer import AuditWriter
@@ -220,11 +220,13 @@ async def serve(config_path: str | None, worker: int = 0, reuse_port: bool = Fal
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload, running, config_path)
+    directory = directory_source.serve(running, loop)  # issue 21: LDAP refresh in background
+    loop.add_signal_handler(signal.SIGHUP, directory.on_sighup, reload, running, config_path)
     print(f"skot-milter: ready (SMTP port {running.port or '-'}, milter port "
           f"{running.milter_port or '-'})", file=sys.stderr, flush=True)
     await stop.wait()
     log.info("stopping: no new connections, finishing transactions in flight")
+    await directory.source.stop()
     await running.stop(runtime.config.gateway.shutdown_grace)
     return 0
 

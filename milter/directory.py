@@ -1,7 +1,10 @@
 """The staff directory: who is staff, pupil or parent, their private addresses and supervisor.
 
-Read from a CSV export of the school's administration. Dutch Excel writes semicolons, so the
-delimiter is sniffed from the header row.
+Read from a CSV: the project's own format (written by hand or exported from the school's
+administration), or the user exports admins download without code from Microsoft Entra ID
+("Download users") and Google Workspace ("Download users"); the format is told by the header
+row. Dutch Excel writes semicolons, so the delimiter is sniffed from the header row too. LDAP /
+Active Directory is read by ``milter.directory_ldap``; both build the same ``Directory``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Person:
     supervisor: str = ""
     language: str = ""
     groups: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()     # other school addresses of the same mailbox (proxyAddresses)
 
 
 @dataclass(frozen=True)
@@ -67,21 +71,133 @@ class Directory:
         by_private: dict[str, Person] = {}
         for p in people:
             by_addr[p.address.lower()] = p
+            for alias in p.aliases:
+                by_addr.setdefault(alias.lower(), p)
             for priv in p.private_addresses:
                 by_private[priv.lower()] = p
         return cls(by_addr, by_private)
 
 
+    def role_counts(self) -> dict[str, int]:
+        """How many people of each role (aliases counted once): what ``config check`` shows."""
+        counts = dict.fromkeys(ROLES, 0)
+        for p in {id(p): p for p in self.people.values()}.values():
+            counts[p.role] = counts.get(p.role, 0) + 1
+        return counts
+
+
 EMPTY = Directory()
 
 
-def parse_csv(text: str, source: Path | str = "<directory>") -> Directory:
+@dataclass(frozen=True)
+class RoleMap:
+    """How the school's own names become roles and groups (``[directory] roles``/``groups``).
+
+    In an Entra ID export the values are matched against ``department``; in a Google Workspace
+    export against ``Org Unit Path`` (a path and everything below it); LDAP matches group and
+    OU DNs (``milter.directory_ldap``). ``private`` names the column/attribute holding private
+    addresses ("" = the export's default)."""
+
+    roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    private: str = ""
+
+
+# Entra ID's "Download users" CSV (Microsoft's documented property names; newer downloads name
+# objectId "id" and add more columns, which are ignored) and Google Workspace's "Download users"
+# CSV (headers such as "Email Address [Required]": the bracketed part is dropped before matching).
+ENTRA_PRIVATE = "alternateemailaddress"
+GOOGLE_PRIVATE = "home secondary email"
+_PUPIL_AGE_GROUPS = ("minor", "notadult")
+
+
+def _header_key(h: str) -> str:
+    """``"Email Address [Required]"`` -> ``"email address"``; ``"userPrincipalName"`` ->
+    ``"userprincipalname"``."""
+    return " ".join(h.split("[", 1)[0].lower().split())
+
+
+def export_format(header: Iterable[str]) -> str:
+    """``"entra"``, ``"google"`` or ``"skot"`` (this project's own columns), from the header."""
+    keys = {_header_key(h) for h in header}
+    if "userprincipalname" in keys:
+        return "entra"
+    if "email address" in keys and ("org unit path" in keys or "first name" in keys):
+        return "google"
+    return "skot"
+
+
+def _split_addresses(value: str) -> tuple[str, ...]:
+    parts = value.replace(";", " ").replace(",", " ").split()
+    return tuple(dict.fromkeys(a.lower().removeprefix("smtp:") for a in parts if "@" in a))
+
+
+def _mapped(value: str, table: Mapping[str, tuple[str, ...]], path: bool) -> list[str]:
+    """The names in ``table`` whose values match ``value`` (exact, or a path and below it)."""
+    v = value.strip().lower().rstrip("/") if path else value.strip().lower()
+    out = []
+    for name, wanted in table.items():
+        for w in wanted:
+            w = w.strip().lower().rstrip("/") if path else w.strip().lower()
+            if v == w or (path and (v.startswith(w + "/") or w == "")):
+                out.append(name)
+                break
+    return out
+
+
+def _parse_export(rows: list[dict[str, str]], kind: str, source: Path | str,
+                  mapping: RoleMap) -> Directory:
+    people = []
+    for n, row in enumerate(rows, start=2):
+        def col(name: str, row: dict[str, str] = row) -> str:
+            return (row.get(name) or "").strip()
+
+        if kind == "entra":
+            if col("accountenabled").lower() in ("false", "no", "0") or \
+                    col("usertype").lower() == "guest":
+                continue  # a leaver's disabled account or a guest: not school staff
+            address = (col("mail") or col("userprincipalname")).lower()
+            name = col("displayname") or " ".join(filter(None, (col("givenname"),
+                                                                col("surname"))))
+            unit, is_path, supervisor = col("department"), False, ""
+            private_col = mapping.private.lower() or ENTRA_PRIVATE
+            default_role = "pupil" if col("agegroup").lower() in _PUPIL_AGE_GROUPS else "staff"
+        else:
+            if col("status").lower() == "suspended":
+                continue
+            address = col("email address").lower()
+            name = " ".join(filter(None, (col("first name"), col("last name"))))
+            unit, is_path, supervisor = col("org unit path"), True, col("manager email").lower()
+            private_col = _header_key(mapping.private) if mapping.private else GOOGLE_PRIVATE
+            default_role = "staff"
+        if "@" not in address:
+            raise DirectoryError(source, n, "address", f"not an email address: {address!r}")
+        roles = _mapped(unit, mapping.roles, is_path)
+        if mapping.roles and not roles and default_role != "pupil":
+            continue  # the admin named the units of each role; this one is in none of them
+        role = next((r for r in ROLES if r in roles), default_role)
+        privates = _split_addresses(col(private_col)) if role == "staff" else ()
+        people.append(Person(address=address, role=role, name=name,
+                             private_addresses=tuple(a for a in privates if a != address),
+                             supervisor=supervisor if "@" in supervisor else "",
+                             groups=tuple(_mapped(unit, mapping.groups, is_path))))
+    return Directory.from_people(people)
+
+
+def parse_csv(text: str, source: Path | str = "<directory>",
+              mapping: RoleMap | None = None) -> Directory:
     lines = text.splitlines()
     if not lines:
         raise DirectoryError(source, 1, "header", "empty file; expected a header row: "
                              + ", ".join(COLUMNS))
     delimiter = ";" if lines[0].count(";") > lines[0].count(",") else ","
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    kind = export_format(reader.fieldnames or [])
+    if kind != "skot":
+        reader.fieldnames = [_header_key(h) for h in (reader.fieldnames or [])]
+        rows = [{k: v for k, v in r.items() if isinstance(k, str) and isinstance(v, str)}
+                for r in reader]
+        return _parse_export(rows, kind, source, mapping or RoleMap())
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
     missing = [c for c in ("address", "role") if c not in header]
     if missing:
@@ -117,7 +233,7 @@ def parse_csv(text: str, source: Path | str = "<directory>") -> Directory:
     return Directory.from_people(people)
 
 
-def load(path: Path | None) -> Directory:
+def load(path: Path | None, mapping: RoleMap | None = None) -> Directory:
     if path is None:
         return EMPTY
     try:
@@ -126,4 +242,4 @@ def load(path: Path | None) -> Directory:
         raise DirectoryError(path, 0, "file", "not found") from None
     except UnicodeDecodeError:
         raise DirectoryError(path, 0, "file", "not UTF-8; save the CSV as UTF-8") from None
-    return parse_csv(text, path)
+    return parse_csv(text, path, mapping)

@@ -32,6 +32,17 @@ AUDIT_WRITE_SECONDS = Histogram("skot_audit_write_seconds",
                                 "Durable audit append (one commit per batch)")
 QUARANTINE_MESSAGES = Gauge("skot_quarantine_messages", "Messages held in quarantine",
                             multiprocess_mode="livesum")
+# The directory copy in use (LDAP source): when it was read, and its age at the last refresh
+# attempt (alert on time() - skot_directory_fetched_timestamp_seconds for the live age).
+DIRECTORY_FETCHED_TIMESTAMP = Gauge("skot_directory_fetched_timestamp_seconds",
+                                    "When the directory copy in use was read from its source",
+                                    multiprocess_mode="max")
+DIRECTORY_AGE_SECONDS = Gauge("skot_directory_age_seconds",
+                              "Age of the directory copy in use at the last refresh attempt",
+                              multiprocess_mode="max")
+DIRECTORY_REFRESH_FAILURES = Counter("skot_directory_refresh_failures_total",
+                                     "Directory refreshes that failed (the last good copy "
+                                     "stayed in use)")
 
 
 def record_verdict(front: str, direction: str, action: str,

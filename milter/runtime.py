@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from milter import config as config_mod
-from milter import directory as directory_mod
 from milter import policy as policy_mod
 from milter.config import Config, ConfigError
 from milter.core.context import Context, Envelope
@@ -21,6 +20,7 @@ from milter.core.message import Message, Unparseable, normalize_line_endings, pa
 from milter.core.results import AuthResults
 from milter.core.verdict import Verdict, unparseable
 from milter.directory import Directory, DirectoryError
+from milter.directory_source import DirectorySource
 from milter.dnsauth import strip_our_results
 from milter.rules import load_all
 
@@ -62,7 +62,9 @@ class Runtime:
     def from_config(cls, cfg: Config) -> Runtime:
         pol = policy_mod.load(cfg.policy_path)
         try:
-            directory = directory_mod.load(cfg.directory_path)
+            # CSV: read now; LDAP: the last good copy on disk (the network is read in the
+            # background by the server's DirectorySource, never here).
+            directory = DirectorySource(cfg).initial()
         except DirectoryError as exc:
             raise ConfigError(exc.file, f"line {exc.line}: {exc.column}", exc.message) from None
         return cls(cfg, pol, directory, engine_for(pol))

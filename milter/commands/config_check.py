@@ -11,6 +11,7 @@ from milter import config as config_mod
 from milter import directory as directory_mod
 from milter import policy as policy_mod
 from milter.commands import add_config
+from milter.directory_source import ldap_settings
 
 
 def register(sub: Any) -> None:
@@ -21,8 +22,9 @@ def register(sub: Any) -> None:
     check.set_defaults(func=run_check)
 
 
-def problems(path: str | None) -> list[str]:
-    """Every problem found, each naming file, key and what is allowed."""
+def problems(path: str | None, notes: list[str] | None = None) -> list[str]:
+    """Every problem found, each naming file, key and what is allowed; ``notes`` gets what
+    an admin should see besides (how many people of each role the directory has)."""
     try:
         cfg_path = Path(path).resolve() if path else config_mod.DEFAULT_CONFIG
         data = config_mod.read_toml(cfg_path)
@@ -37,13 +39,36 @@ def problems(path: str | None) -> list[str]:
                                                           cfg.policy_path)]
     except config_mod.ConfigError as exc:
         errors.append(str(exc))
-    try:
-        directory_mod.load(cfg.directory_path)
-    except directory_mod.DirectoryError as exc:
-        errors.append(str(exc))
+    errors += _directory(cfg, notes if notes is not None else [])
     for extra in EXTRA_CHECKS:
         errors += extra(cfg)
     return errors
+
+
+def _directory(cfg: config_mod.Config, notes: list[str]) -> list[str]:
+    """Read the directory as the gateway will (LDAP: bind and search, now) and count it."""
+    from milter.directory_ldap import LdapError
+    from milter.directory_source import DirectorySource, counts_text
+
+    source = DirectorySource(cfg)
+    try:
+        directory = source.fetch()
+    except directory_mod.DirectoryError as exc:
+        return [str(exc)]
+    except LdapError as exc:
+        return [str(config_mod.ConfigError(cfg.path, exc.key, exc.message))]
+    if source.kind == "ldap":
+        where = "LDAP " + ", ".join(ldap_settings(cfg).urls) + " (bind ok)"
+    elif cfg.directory_path is not None:
+        where = str(cfg.directory_path)
+    else:
+        return []
+    people = {id(p): p for p in directory.people.values()}.values()
+    groups = ", ".join(f"{g} {sum(1 for p in people if g in p.groups)}"
+                       for g in cfg.directory.groups)
+    notes.append(f"directory {where}: {counts_text(directory)}"
+                 + (f"; groups: {groups}" if groups else ""))
+    return []
 
 
 def _notice_templates(cfg: config_mod.Config) -> list[str]:
@@ -67,7 +92,10 @@ EXTRA_CHECKS: list[Any] = [_notice_templates]
 
 
 def run_check(args: argparse.Namespace) -> int:
-    errors = problems(args.config)
+    notes: list[str] = []
+    errors = problems(args.config, notes)
+    for note in notes:
+        print(note)
     for e in errors:
         print(e, file=sys.stderr)
     if errors:
