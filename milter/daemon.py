@@ -19,7 +19,7 @@ from milter import directory_source, metrics
 from milter.audit.checkpoint import Checkpointer, load_signing_key
 from milter.audit.store import AuditUnavailable, open_store
 from milter.audit.writer import AuditWriter
-from milter.config import ConfigError
+from milter.config import Config, ConfigError
 from milter.core.context import Context
 from milter.core.message import Message
 from milter.dkimsign import Signer
@@ -210,8 +210,11 @@ def reload(running: Daemon, config_path: str | None) -> bool:
     return True
 
 
-async def serve(config_path: str | None, worker: int = 0, reuse_port: bool = False) -> int:
-    runtime = Runtime.load(config_path)
+async def serve(config: Config, worker: int = 0, reuse_port: bool = False) -> int:
+    """Run one worker until SIGTERM. ``config`` was read once by ``run``; SIGHUP reads the
+    file again."""
+    config_path = str(config.path)
+    runtime = Runtime.from_config(config)
     configure_logging(runtime)
     if runtime.config.metrics.listen and worker == 0:
         metrics.serve(runtime.config.metrics.listen)
@@ -231,16 +234,18 @@ async def serve(config_path: str | None, worker: int = 0, reuse_port: bool = Fal
     return 0
 
 
-def run(config_path: str | None) -> int:
+def run(config: Config | str | None) -> int:
+    """``skot-milter serve``: one process, or a supervisor of ``gateway.workers`` of them.
+    Configuration problems at start are exit 2 with one line on stderr."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        workers = config_mod.load(config_path).gateway.workers
-        if workers > 1:
+        cfg = config if isinstance(config, Config) else config_mod.load(config)
+        if cfg.gateway.workers > 1:
             from milter.supervisor import supervise
 
-            return supervise(config_path, workers)
-        return asyncio.run(serve(config_path))
+            return supervise(cfg)
+        return asyncio.run(serve(cfg))
     except ConfigError as exc:
         print(f"skot-milter: {exc}", file=sys.stderr)
         return 2

@@ -60,7 +60,7 @@ class Session(Protocol):
     async def close(self) -> None: ...
 
 
-class SMTPSession:
+class SMTPNextHop:
     """One downstream SMTP session, driven in step with the client's."""
 
     def __init__(self, host: str, port: int, helo: str, timeout: float) -> None:
@@ -230,7 +230,7 @@ def maildir_deliver(root: Path, *pieces: bytes) -> str:
     return name
 
 
-class MaildirSession:
+class MaildirNextHop:
     """A next hop that is a local Maildir (trials and demos): accepts everyone."""
 
     def __init__(self, root: Path) -> None:
@@ -271,10 +271,10 @@ class MaildirSession:
 async def open_session(next_hop: str, helo: str, timeout: float) -> Session:
     """Open a session to ``smtp://host:port`` or ``maildir:/abs/path``."""
     if next_hop.startswith("maildir:"):
-        return MaildirSession(Path(next_hop[len("maildir:"):]))
+        return MaildirNextHop(Path(next_hop[len("maildir:"):]))
     hostport = next_hop[len("smtp://"):]
     host, _, port = hostport.rpartition(":")
-    session = SMTPSession(host.strip("[]"), int(port), helo, timeout)
+    session = SMTPNextHop(host.strip("[]"), int(port), helo, timeout)
     await session.connect()
     return session
 
@@ -308,7 +308,7 @@ class SessionPool:
     def __init__(self, max_idle: int = 32, idle_seconds: float = 30.0) -> None:
         self.max_idle = max_idle
         self.idle_seconds = idle_seconds
-        self._idle: dict[str, list[tuple[float, SMTPSession]]] = {}
+        self._idle: dict[str, list[tuple[float, SMTPNextHop]]] = {}
 
     async def get(self, next_hop: str, helo: str, timeout: float) -> tuple[Session, bool]:
         """A session and whether it was reused (a reused one may have died meanwhile)."""
@@ -323,7 +323,7 @@ class SessionPool:
 
     async def release(self, next_hop: str, session: Session) -> None:
         """Keep a session whose transaction ended cleanly; close anything else."""
-        if not isinstance(session, SMTPSession) or not session.alive:
+        if not isinstance(session, SMTPNextHop) or not session.alive:
             await session.close()
             return
         idle = self._idle.setdefault(next_hop, [])

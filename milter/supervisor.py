@@ -11,12 +11,13 @@ import signal
 import time
 
 from milter import metrics
+from milter.config import Config
 from milter.daemon import serve
 
 log = logging.getLogger("skot-milter")
 
 
-def supervise(config_path: str | None, workers: int) -> int:
+def supervise(config: Config) -> int:
     """Fork ``workers`` processes that share the ports; forward signals; replace a worker that
     dies unexpectedly; exit when all have stopped after SIGTERM."""
     children: dict[int, int] = {}
@@ -29,7 +30,7 @@ def supervise(config_path: str | None, workers: int) -> int:
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
-                code = asyncio.run(serve(config_path, worker=index, reuse_port=True))
+                code = asyncio.run(serve(config, worker=index, reuse_port=True))
             except BaseException:  # os._exit below would swallow the traceback
                 log.exception("worker %d failed", index)
             finally:
@@ -46,7 +47,7 @@ def supervise(config_path: str | None, workers: int) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    for i in range(workers):
+    for i in range(config.gateway.workers):
         spawn(i)
     worst = 0
     while children:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from milter.commands import add_config
@@ -19,16 +20,22 @@ def run(args: argparse.Namespace) -> int:
     from milter.config import ConfigError
 
     try:
-        cfg = config_mod.load(args.config)
-        if cfg.gateway.workers > 1 and cfg.metrics.listen:
-            # Before prometheus_client is imported: several workers keep their figures in
-            # files the exporter adds up, instead of each answering for itself alone.
-            from milter.metrics_dir import prepare
+        cfg = config_mod.load(args.config)  # read once; the workers are given it
+    except ConfigError as exc:
+        print(f"skot-milter: {exc}", file=sys.stderr)
+        return 2
+    if cfg.gateway.workers > 1 and cfg.metrics.listen:
+        # Before prometheus_client is imported: several workers keep their figures in
+        # files the exporter adds up, instead of each answering for itself alone.
+        from milter.metrics_dir import prepare
 
+        try:
             prepare(cfg.state_dir / "metrics")
-    except (ConfigError, OSError):
-        pass  # server.run reports configuration problems itself
-    import milter.daemon as server
+        except OSError as exc:
+            print(f"skot-milter: cannot prepare {cfg.state_dir / 'metrics'}: {exc}",
+                  file=sys.stderr)
+            return 2
+    import milter.daemon as daemon
 
-    code: int = server.run(args.config)
+    code: int = daemon.run(cfg)
     return code

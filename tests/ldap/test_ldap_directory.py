@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from milter.daemon import reload
 
 from milter import config as config_mod
 from milter import directory_source, metrics
 from milter.cli import main
+from milter.daemon import reload
 from milter.directory_ldap import LdapError
 from milter.directory_source import DirectorySource
 from milter.runtime import Runtime

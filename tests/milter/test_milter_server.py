@@ -30,9 +30,9 @@ class MTA:
     def send(self, *events: codec.Event) -> None:
         self.sock.sendall(b"".join(codec.encode_command(e) for e in events))
 
-    def replies(self, final: bool = True) -> list[codec.Reply]:
+    def replies(self, final: bool = True) -> list[codec.Response]:
         """Read replies up to (and including) one that ends the step."""
-        out: list[codec.Reply] = []
+        out: list[codec.Response] = []
         while True:
             while len(self.decoder_buf) < 4 or len(self.decoder_buf) < 4 + struct.unpack(
                     ">I", self.decoder_buf[:4])[0]:
@@ -41,18 +41,18 @@ class MTA:
                     return out
                 self.decoder_buf += chunk
             (n,) = struct.unpack(">I", self.decoder_buf[:4])
-            reply = codec.Reply(self.decoder_buf[4:5], self.decoder_buf[5:4 + n])
+            reply = codec.Response(self.decoder_buf[4:5], self.decoder_buf[5:4 + n])
             self.decoder_buf = self.decoder_buf[4 + n:]
             out.append(reply)
             if reply.cmd in (b"c", b"a", b"r", b"t", b"y", b"O", b"d"):
                 return out
 
-    def negotiate(self) -> codec.Reply:
+    def negotiate(self) -> codec.Response:
         self.send(codec.OptNeg(6, 0x1FF, 0x1FFFFF))
         return self.replies()[-1]
 
     def message(self, raw: bytes, mail_from: str, rcpts: list[str],
-                client: str = "127.0.0.1", auth: str = "") -> list[codec.Reply]:
+                client: str = "127.0.0.1", auth: str = "") -> list[codec.Response]:
         self.send(codec.Macro(b"C", {"j": "mx"}), codec.Connect("c.example", "4", 4000, client))
         self.replies()
         self.send(codec.Helo("c.example"))

@@ -328,19 +328,19 @@ def encode_command(event: Event) -> bytes:
 
 
 @dataclass(frozen=True)
-class Reply:
+class Response:
     """A decoded reply from a filter (for tests and an MTA-side client)."""
 
     cmd: bytes
     data: bytes
 
 
-def decode_replies(data: bytes) -> list[Reply]:
+def decode_replies(data: bytes) -> list[Response]:
     out = []
     while len(data) >= 4:
         (length,) = struct.unpack(">I", data[:4])
         if len(data) < 4 + length or length == 0:
             break
-        out.append(Reply(data[4:5], data[5:4 + length]))
+        out.append(Response(data[4:5], data[5:4 + length]))
         data = data[4 + length:]
     return out

@@ -20,7 +20,7 @@ from weakref import WeakKeyDictionary
 
 from aiosmtpd.smtp import SMTP
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
-from aiosmtpd.smtp import Session as SMTPSession
+from aiosmtpd.smtp import Session as ClientSession
 from email_validator import EmailNotValidError, validate_email
 
 from milter import metrics
@@ -81,9 +81,9 @@ class SMTPHandler:
     def __init__(self, gateway: Gateway, pool: SessionPool | None = None) -> None:
         self.gateway = gateway
         self.pool = pool or SessionPool()
-        self._pending: WeakKeyDictionary[SMTPSession, Pending] = WeakKeyDictionary()
+        self._pending: WeakKeyDictionary[ClientSession, Pending] = WeakKeyDictionary()
         # Postfix's smtpd_proxy_filter tells us the real client with XFORWARD (trusted peers).
-        self.xforward: WeakKeyDictionary[SMTPSession, dict[str, str]] = WeakKeyDictionary()
+        self.xforward: WeakKeyDictionary[ClientSession, dict[str, str]] = WeakKeyDictionary()
         self.connections: set[SMTPConnection] = set()
         # Sends past the final dot and next-hop closes: they outlive a vanished client, and
         # shutdown waits for them.
@@ -91,13 +91,13 @@ class SMTPHandler:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def in_transaction(self, session: SMTPSession) -> bool:
+    def in_transaction(self, session: ClientSession) -> bool:
         return session in self._pending
 
-    def detach(self, session: SMTPSession) -> Pending | None:
+    def detach(self, session: ClientSession) -> Pending | None:
         return self._pending.pop(session, None)
 
-    async def _drop(self, session: SMTPSession) -> None:
+    async def _drop(self, session: ClientSession) -> None:
         """End the transaction's next-hop session: back to the pool for the next one."""
         pending = self.detach(session)
         if pending is not None:
@@ -114,7 +114,7 @@ class SMTPHandler:
         task.add_done_callback(self.background.discard)
         return task
 
-    def close_downstream(self, session: SMTPSession) -> None:
+    def close_downstream(self, session: ClientSession) -> None:
         """The client went away between commands: close its next-hop session (one in DATA
         is released by DATA itself)."""
         pending = self.detach(session)
@@ -147,14 +147,14 @@ class SMTPHandler:
         await self.pool.close()
 
     @staticmethod
-    def peer_ip(session: SMTPSession) -> str:
+    def peer_ip(session: ClientSession) -> str:
         peer = session.peer
         return str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
 
-    def _client(self, session: SMTPSession) -> str:
+    def _client(self, session: ClientSession) -> str:
         return self.xforward.get(session, {}).get("ADDR") or self.peer_ip(session)
 
-    def trusts_xforward(self, session: SMTPSession) -> bool:
+    def trusts_xforward(self, session: ClientSession) -> bool:
         nets = self.gateway.runtime.config.gateway.xforward_from
         try:
             ip = ipaddress.ip_address(self.peer_ip(session))
@@ -162,7 +162,7 @@ class SMTPHandler:
             return False
         return any(ip in n for n in nets)
 
-    def _auth_user(self, session: SMTPSession) -> str:
+    def _auth_user(self, session: ClientSession) -> str:
         login = self.xforward.get(session, {}).get("LOGIN", "")
         if login:
             return login
@@ -173,14 +173,14 @@ class SMTPHandler:
             return data.decode("utf-8", "replace")
         return str(getattr(data, "login", data) or "")
 
-    def _outbound(self, session: SMTPSession) -> bool:
+    def _outbound(self, session: ClientSession) -> bool:
         ctx = self.gateway.runtime.context(Envelope("", (), self._client(session),
                                                     auth_user=self._auth_user(session)))
         return ctx.direction == "outbound"
 
     # -- hooks ---------------------------------------------------------------------------
 
-    async def handle_PROXY(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope,
+    async def handle_PROXY(self, server: SMTP, session: ClientSession, envelope: SMTPEnvelope,
                            proxy_data: Any) -> bool:
         """HAProxy PROXY v1/v2: the real client, believed only from configured balancers."""
         nets = self.gateway.runtime.config.gateway.proxy_protocol_from
@@ -196,7 +196,7 @@ class SMTPHandler:
             self.xforward.setdefault(session, {})["ADDR"] = str(src)
         return True
 
-    async def handle_EHLO(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope,
+    async def handle_EHLO(self, server: SMTP, session: ClientSession, envelope: SMTPEnvelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
         if self.trusts_xforward(session):
@@ -204,7 +204,7 @@ class SMTPHandler:
                                                  "IDENT SOURCE LOGIN")
         return responses
 
-    async def handle_MAIL(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope,
+    async def handle_MAIL(self, server: SMTP, session: ClientSession, envelope: SMTPEnvelope,
                           address: str, mail_options: list[str]) -> str:
         raw_arg = getattr(server, "skot_last_arg", "")
         if _CTL.search(raw_arg):
@@ -252,7 +252,7 @@ class SMTPHandler:
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
 
-    async def handle_RCPT(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope,
+    async def handle_RCPT(self, server: SMTP, session: ClientSession, envelope: SMTPEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
         raw_arg = getattr(server, "skot_last_arg", "")
         if _CTL.search(raw_arg):
@@ -296,17 +296,17 @@ class SMTPHandler:
             envelope.rcpt_tos.append(address)
         return reply.line
 
-    async def handle_RSET(self, server: SMTP, session: SMTPSession,
+    async def handle_RSET(self, server: SMTP, session: ClientSession,
                           envelope: SMTPEnvelope) -> str:
         await self._drop(session)
         return "250 2.0.0 Ok"
 
-    async def handle_QUIT(self, server: SMTP, session: SMTPSession,
+    async def handle_QUIT(self, server: SMTP, session: ClientSession,
                           envelope: SMTPEnvelope) -> str:
         await self._drop(session)
         return "221 2.0.0 Bye"
 
-    async def handle_DATA(self, server: SMTP, session: SMTPSession,
+    async def handle_DATA(self, server: SMTP, session: ClientSession,
                           envelope: SMTPEnvelope) -> str:
         pending = self.detach(session)  # from here on DATA owns the next-hop session
         if pending is None or pending.downstream is None:
