@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -57,6 +59,18 @@ class Directory:
                 index[key] = None if key in index else p  # two people share it: ambiguous
         return index
 
+    @cached_property
+    def staff_names(self) -> dict[tuple[str, ...], Person | None]:
+        """Staff names as normalised words (``name_words``), for look-alike senders. A name
+        of one word is left out (a first name alone says nothing); a name two staff
+        members share maps to None (still a staff name, no one person)."""
+        index: dict[tuple[str, ...], Person | None] = {}
+        for p in self.people.values():
+            words = name_words(p.name)
+            if p.role == "staff" and len(words) >= 2:
+                index[words] = None if words in index else p
+        return index
+
     def owner_of_private(self, address: str) -> Person | None:
         """The staff member who declared ``address`` as one of their private addresses."""
         return self.by_private.get(address.lower())
@@ -73,6 +87,27 @@ class Directory:
 
 
 EMPTY = Directory()
+
+# Letters from other scripts that look like Latin ones (Unicode's confusables, the ones
+# seen in display-name spoofing); NFKD does not fold them.
+_CONFUSABLES = str.maketrans("аеорсухіјѕԁԛԝвкмнтӏαεορτυνχιкΑΒΕΗΙΚΜΝΟΡΤΧΥΖАВЕКМНОРСТХ",
+                             "aeopcyxijsdqwbkmhtlaeoptuvxikABEHIKMNOPTXYZABEKMHOPCTX")
+_WORD = re.compile(r"[^\W_]+")
+_ASIDE = re.compile(r"\([^)]*\)|\[[^\]]*\]")
+
+
+def name_words(name: str) -> tuple[str, ...]:
+    """A person's name as comparable words: case, accents, look-alike letters and
+    punctuation ignored, and the directory order "Mulder, Anouk" turned into "anouk
+    mulder" (also "Vries, Jan de" and "de Vries, Jan" into "jan de vries")."""
+    text = unicodedata.normalize("NFKD", name.translate(_CONFUSABLES))
+    text = "".join(c for c in text if not unicodedata.combining(c)).casefold()
+    aside = " ".join(_ASIDE.findall(text))  # "(SKOT)", "[extern]": kept, after the name
+    text = _ASIDE.sub(" ", text)
+    last, comma, first = text.partition(",")
+    if comma and _WORD.search(first) and _WORD.search(last):
+        text = f"{first} {last}"
+    return tuple(_WORD.findall(f"{text} {aside}"))
 
 
 def parse_csv(text: str, source: Path | str = "<directory>") -> Directory:

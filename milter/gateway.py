@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from milter import metrics
+from milter import metrics, warning
 from milter.audit import checkpoint
 from milter.audit.checkpoint import SigningKey
 from milter.audit.sql import now_iso
@@ -272,12 +272,19 @@ class Gateway:
         a few header lines."""
         head = policy_headers(evaluation, self.runtime.config.get("gateway", "hostname"))
         message = evaluation.message
+        raw = self.delivered(evaluation)
         if self.signer is not None and message is not None and \
                 evaluation.verdict.direction == "outbound":
             authors = [a.addr_spec for a in message.authors if a.valid]
             if len(authors) == 1:
-                head = self.signer.signature(head + evaluation.raw, authors[0]) + head
-        return head, evaluation.raw
+                head = self.signer.signature(head + raw, authors[0]) + head
+        return head, raw
+
+    def delivered(self, evaluation: Evaluation, banner: bool = True) -> bytes:
+        """The message as received, or with the warning a tagging rule asks for (a subject
+        prefix or banner, ``milter.warning``): the same bytes whichever front relays it."""
+        return warning.delivered(evaluation.raw, evaluation.message, evaluation.verdict,
+                                 self.runtime.policy, banner)
 
     def notify(self, evaluation: Evaluation, txid: str, sender: str,
                recipients: Sequence[str]) -> None:

@@ -23,10 +23,8 @@ from milter import metrics
 from milter.audit.checkpoint import load_signing_key
 from milter.audit.store import AuditUnavailable, open_store
 from milter.config import ConfigError
-from milter.core.context import Context
-from milter.core.message import Message
 from milter.dkimsign import Signer
-from milter.dnsauth import AuthResults, Resolver, authenticate
+from milter.dnsauth import configured_authenticator
 from milter.gateway import AsyncAudit, Checkpointer, Gateway
 from milter.notices import Notifier, RateLimiter
 from milter.quarantine import QuarantineStore
@@ -102,18 +100,7 @@ def make_checkpointer(runtime: Runtime) -> Checkpointer | None:
 
 
 def make_authenticator(runtime: Runtime) -> Authenticator | None:
-    cfg = runtime.config
-    if not cfg.get("dns", "authenticate"):
-        return None
-    resolver = Resolver(cfg.get("dns", "nameservers"), cfg.get("dns", "port"),
-                        cfg.get("dns", "timeout"))
-
-    def auth(message: Message, ctx: Context) -> AuthResults:
-        env = ctx.envelope
-        return authenticate(resolver, message.raw, env.client_ip, env.helo, env.mail_from,
-                            [a.domain for a in message.authors if a.valid])
-
-    return auth
+    return configured_authenticator(runtime.config)  # shared with `check`
 
 
 def make_notifier(runtime: Runtime, audit: AsyncAudit) -> Notifier | None:

@@ -300,6 +300,12 @@ class Message:
         lname = name.lower()
         return [v for k, v in self.headers if k.lower() == lname]
 
+    def addresses(self, name: str) -> tuple[Author, ...]:
+        """Every address in the address-list header ``name`` (all its fields), parsed as
+        ``From:`` is; an empty value (``Return-Path: <>``) gives none."""
+        values = tuple(v for v in self.header(name) if v.strip() not in ("", "<>"))
+        return _parse_authors(values)[0] if values else ()
+
 
 def _header_str(msg: StdMessage, name: str) -> str:
     try:

@@ -23,10 +23,12 @@ from milter.gateway import Gateway, QuarantineError, new_txid, policy_headers
 from milter.miltr import codec
 from milter.runtime import Evaluation
 from milter.spool import Spooled
+from milter.warning import milter_changes
 
 log = logging.getLogger("skot-milter.milter")
 
-ACTIONS = codec.SMFIF_ADDHDRS | codec.SMFIF_CHGHDRS | codec.SMFIF_QUARANTINE
+ACTIONS = (codec.SMFIF_ADDHDRS | codec.SMFIF_CHGHDRS | codec.SMFIF_QUARANTINE
+           | codec.SMFIF_CHGBODY)  # body: the banner of a tagging rule (milter.warning)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class MilterSession:
         self.macros: dict[str, str] = {}
         self.client_ip = ""
         self.helo = ""
+        self.actions = ACTIONS  # what the MTA allowed us (option negotiation)
         self.tx = Transaction()
 
     def _reset(self) -> None:
@@ -67,8 +70,8 @@ class MilterSession:
             if event.version < 2:
                 raise codec.ProtocolError(f"milter version {event.version} too old")
             # We take every step (protocol flags 0) and ask only for the actions we use.
-            return codec.encode_optneg(min(event.version, codec.VERSION),
-                                       ACTIONS & event.actions, 0)
+            self.actions = ACTIONS & event.actions
+            return codec.encode_optneg(min(event.version, codec.VERSION), self.actions, 0)
         if isinstance(event, codec.Macro):
             self.macros.update(event.macros)
             return b""
@@ -230,12 +233,32 @@ class MilterSession:
         for added in policy_headers(evaluation, hostname).decode("ascii").splitlines():
             added_name, _, added_value = added.partition(": ")
             out += codec.encode_addheader(added_name, added_value)
+        out += self._warning_changes(evaluation)
         if gw.signer is not None:
             head, _body = gw.outgoing(evaluation)
             for field_line in _unfold(head):
                 if field_line.lower().startswith(b"dkim-signature:"):
                     sig = field_line.split(b":", 1)[1].strip().decode("ascii")
                     out += codec.encode_insheader(0, "DKIM-Signature", sig)
+        return out
+
+
+    def _warning_changes(self, evaluation: Evaluation) -> bytes:
+        """The recipient's warning (``milter.warning``) as the MTA's edits: the SMTP front
+        relays the same bytes whole. Without body changes allowed, the subject prefix."""
+        new = self.gateway.delivered(evaluation,
+                                     banner=bool(self.actions & codec.SMFIF_CHGBODY))
+        if new is evaluation.raw:
+            return b""
+        subject, body = milter_changes(evaluation.raw, new)
+        out = b""
+        if subject is not None:
+            if any(name.lower() == "subject" for name, _ in self.tx.headers):
+                out += codec.encode_chgheader(1, "Subject", subject)
+            else:
+                out += codec.encode_addheader("Subject", subject.decode("ascii", "replace"))
+        if body is not None:
+            out += codec.encode_replbody(body)
         return out
 
 
