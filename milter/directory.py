@@ -93,15 +93,18 @@ EMPTY = Directory()
 _CONFUSABLES = str.maketrans("аеорсухіјѕԁԛԝвкмнтӏαεορτυνχιкΑΒΕΗΙΚΜΝΟΡΤΧΥΖАВЕКМНОРСТХ",
                              "aeopcyxijsdqwbkmhtlaeoptuvxikABEHIKMNOPTXYZABEKMHOPCTX")
 _WORD = re.compile(r"[^\W_]+")
+_JOINED = re.compile(r"(?<=\w)[-\u2010\u2011](?=\w)")
 _ASIDE = re.compile(r"\([^)]*\)|\[[^\]]*\]")
 
 
 def name_words(name: str) -> tuple[str, ...]:
     """A person's name as comparable words: case, accents, look-alike letters and
-    punctuation ignored, and the directory order "Mulder, Anouk" turned into "anouk
-    mulder" (also "Vries, Jan de" and "de Vries, Jan" into "jan de vries")."""
+    punctuation ignored, a hyphenated name one word ("Gert-Jan"), and the directory order
+    "Mulder, Anouk" turned into "anouk mulder" (also "Vries, Jan de" and "de Vries, Jan"
+    into "jan de vries")."""
     text = unicodedata.normalize("NFKD", name.translate(_CONFUSABLES))
     text = "".join(c for c in text if not unicodedata.combining(c)).casefold()
+    text = _JOINED.sub("", text)  # "Gert-Jan" is one name, not "Jan"
     aside = " ".join(_ASIDE.findall(text))  # "(SKOT)", "[extern]": kept, after the name
     text = _ASIDE.sub(" ", text)
     last, comma, first = text.partition(",")

@@ -44,6 +44,7 @@ class _Policy(EmailPolicy):
 _SURROGATE = re.compile("[\udc80-\udcff]")
 POLICY = _Policy()
 _CTL = re.compile(r"[\x00-\x1f\x7f]")
+_BAD_ADDRESS = re.compile(r"[\x00-\x20\x7f<>()\[\],;:\"\\]")
 
 
 def normalize_line_endings(raw: bytes) -> bytes:
@@ -71,6 +72,21 @@ class Author:
     @property
     def domain(self) -> str:
         return self.addr_spec.rpartition("@")[2].lower() if self.valid else ""
+
+    @property
+    def address_ok(self) -> bool:
+        """The address itself is usable even where the field is not: raw UTF-8 in a
+        display name is a defect to the parser, yet mail programs show it and replies go
+        to the address (rules that follow replies use this; B1's From: check does not)."""
+        if self.valid:
+            return True
+        try:  # raw UTF-8 (an internationalised address, RFC 6531) as the parser left it
+            spec = self.addr_spec.encode("utf-8", "surrogateescape").decode("utf-8")
+        except UnicodeError:
+            return False
+        local, at, domain = spec.rpartition("@")
+        return bool(local and at and domain) and "@" not in local and \
+            not _BAD_ADDRESS.search(spec)
 
 
 class Part:

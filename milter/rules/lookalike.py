@@ -27,21 +27,62 @@ _ADDRESS = re.compile(r"[^\s<>()\"',;:@\[\]]+@((?:[a-z0-9-]+\.)+[a-z0-9-]+)", re
 
 
 def school_addresses_in(display_name: str, school_domains: tuple[str, ...]) -> list[str]:
-    """School domains named by an address inside a display name."""
+    """School addresses inside a display name."""
     text = unicodedata.normalize("NFKC", display_name)
-    return [m.group(1).lower() for m in _ADDRESS.finditer(text)
+    return [m.group(0).lower() for m in _ADDRESS.finditer(text)
             if domain_in(m.group(1), school_domains)]
 
 
+# Where a mailing list that rewrites From: (DMARC mitigation: "'Anouk Mulder' via Ouders"
+# <ouders@lists.example>) keeps the original author.
+_ORIGINAL_AUTHOR = ("Reply-To", "X-Original-From", "X-Original-Sender")
+
+
+def list_resend_authors(message: Message, author: Author) -> set[str]:
+    """The original authors a mailing list names when it posts a message as itself: a
+    ``List-Id:``, a ``Sender:`` in the list's own domain, and the author in Reply-To or
+    X-Original-From/-Sender. A staff member's post coming back through such a list names
+    them; so could a forger, but then replies go to the real staff member."""
+    if not message.header("List-Id"):
+        return set()
+    list_domain = domain_of(author.addr_spec)
+    if not any(a.address_ok and domain_of(a.addr_spec) == list_domain
+               for a in message.addresses("Sender")):
+        return set()
+    return {a.addr_spec.lower() for name in _ORIGINAL_AUTHOR for a in message.addresses(name)
+            if a.address_ok}
+
+
+# Forms of address before a name ("Juf Anouk Mulder", "Dhr. J. de Vries").
+TITLES = frozenset({"juf", "juffrouw", "meester", "meneer", "mevrouw", "mevr", "mw", "mr",
+                    "dhr", "heer", "dr", "drs", "ir", "ing", "prof", "mrs", "ms", "miss"})
+# What separates a name from the rest of a display name: "SKOT | Anouk Mulder",
+# "Directie: Anouk Mulder", "Basisschool X - Anouk Mulder".
+_SEGMENT = re.compile(r"\s[-\u2013\u2014]\s|[|/:;\u2022]")
+
+
+def _name_starts(display_name: str) -> list[tuple[str, ...]]:
+    """The word sequences of a display name where a person's name may begin: the whole
+    name and each segment, forms of address dropped."""
+    out = []
+    for segment in [display_name, *_SEGMENT.split(display_name)]:
+        words = name_words(segment)
+        while words and (words[0] in TITLES or words[:2] == ("de", "heer")):
+            words = words[1:]
+        out.append(words)
+    return out
+
+
 def staff_named(display_name: str, ctx: Context) -> list[str]:
-    """Addresses of staff members whose whole name (two words or more) is in the display
-    name, in any order of "First Last" / "Last, First", case and accents ignored. A parent
-    who shares only a first name with a teacher does not match."""
-    words = name_words(display_name)
+    """Addresses of staff members whose whole name (two words or more) begins the display
+    name or one of its segments, as "First Last" or "Last, First", case, accents and forms
+    of address ignored; words may follow ("(SKOT)", "via Ouderraad"). A parent who shares
+    only a first name or a surname with a teacher does not match, nor "Gert-Jan de Jong" or
+    "Marie Anne de Vries" a teacher "Jan de Jong" or "Anne de Vries"."""
+    starts = _name_starts(display_name)
     found: list[str] = []
     for name, person in ctx.directory.staff_names.items():
-        n = len(name)
-        if any(words[i:i + n] == name for i in range(len(words) - n + 1)):
+        if any(words[:len(name)] == name for words in starts):
             found.append(person.address if person is not None else " ".join(name))
     return found
 
@@ -78,7 +119,7 @@ def lookalike_sender(message: Message, ctx: Context, params: Mapping[str, Any]) 
         for value in message.header("From"):
             found = [m.group(1).lower() for m in _ADDRESS.finditer(
                 unicodedata.normalize("NFKC", value))]
-            named = [d for d in found if domain_in(d, ctx.school_domains)]
+            named = [d for d in found if domain_in(d, ctx.school_domains)]  # domains
             if named and len(named) < len(found):
                 signals["invalid-from-school-address"] = None
                 domains.update(dict.fromkeys(named))
@@ -87,13 +128,15 @@ def lookalike_sender(message: Message, ctx: Context, params: Mapping[str, Any]) 
         # mail programs still show the name, so it is read here as UTF-8.
         display = author.display_name.encode("utf-8", "surrogateescape").decode(
             "utf-8", "replace")
-        if not display or author.addr_spec.count("@") != 1 or _known(author, ctx, trusted):
+        if not display or not author.address_ok or _known(author, ctx, trusted):
             continue
-        named = school_addresses_in(display, ctx.school_domains)
+        original = list_resend_authors(message, author)
+        named = [a for a in school_addresses_in(display, ctx.school_domains)
+                 if a not in original]
         if named:
             signals["display-name-school-address"] = None
-            domains.update(dict.fromkeys(named))
-        people = staff_named(display, ctx)
+            domains.update(dict.fromkeys(domain_of(a) for a in named))
+        people = [p for p in staff_named(display, ctx) if p not in original]
         if people:
             signals["staff-name"] = None
             staff.update(dict.fromkeys(people))

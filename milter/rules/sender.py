@@ -131,8 +131,8 @@ def sender_headers(message: Message, ctx: Context, params: Mapping[str, Any]) ->
         for name in names:
             for a in message.addresses(name):
                 spec = a.addr_spec.lower()
-                owner = ctx.directory.owner_of_private(spec) if a.valid else None
-                if not a.valid:
+                owner = ctx.directory.owner_of_private(spec) if a.address_ok else None
+                if not a.address_ok:
                     problem = "invalid"
                 elif owner is not None:
                     problem = "private"
@@ -146,7 +146,8 @@ def sender_headers(message: Message, ctx: Context, params: Mapping[str, Any]) ->
                 else:
                     continue  # a school address, from the internal networks
                 problems[f"{group}-{problem}"] = None
-                domains.setdefault(name.lower(), set()).add(a.domain)
+                domains.setdefault(name.lower(), set()).add(
+                    domain_of(spec) if a.address_ok else "")
                 if STRENGTH[group_action] > STRENGTH[action]:
                     action = group_action
     if not problems:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import email
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from email.message import Message as StdMessage
@@ -277,3 +278,47 @@ def test_check_says_when_the_config_turns_dns_off(tmp_path: Path,
     eml.write_bytes(make_message(frm="directie@school.example", to="teacher@school.example"))
     v = check_json(["--config", str(cfg), "--client-ip", OUTSIDE_IP, str(eml)], capsys)
     assert v["authentication"] == {"checked": False, "skipped": "[dns] authenticate = false"}
+
+
+# -- ordinary mail stays unmarked (bench/sender_eval.py, a smaller sample) ----------------
+
+def sender_eval() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "sender_eval.py"
+    spec = importlib.util.spec_from_file_location("sender_eval", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sender_eval"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ordinary_mail_sample_is_not_marked(tmp_path: Path) -> None:
+    ev = sender_eval()
+    staff_csv, samples = ev.ordinary(seed=7, count=600)
+    assert len({s.kind for s in samples}) >= 12  # every kind of ordinary mail is in it
+    rt = ev.runtime_for(tmp_path, staff_csv)
+    assert [(s.kind, [r.id for r in f]) for s, f in ev.marked(rt, samples)] == []
+    # the same runner does see an impostor: an outside sender with a teacher's full name
+    school = ev.School(ev.random.Random(7))
+    impostors = [ev._i_homonym(school, ev.random.Random(i)) for i in range(5)]
+    assert len(ev.marked(rt, impostors)) == 5
+
+
+def test_raw_utf8_names_and_addresses_are_usable_in_reply_to(tmp_path: Path) -> None:
+    rt = runtime(tmp_path)
+    raw = ("From: Renée Teacher <teacher@school.example>\r\nTo: ouder@example.org\r\n"
+           "Subject: Hallo\r\nReply-To: \"Renée Teacher\" <teacher@school.example>, "
+           "administratie@school.example\r\n\r\nHoi\r\n").encode()
+    env = Envelope("teacher@school.example", ("ouder@example.org",), "127.0.0.1",
+                   auth_user="teacher")
+    # (B1.sender-domain refuses the raw UTF-8 From: itself: "invalid-from", not judged here)
+    assert sender_headers(rt.evaluate(env, raw)) == []
+    private = raw.replace(b"administratie@school.example", "théo@home.example".encode())
+    (r,) = sender_headers(rt.evaluate(env, private))
+    assert r.evidence["problems"] == ["reply-to-external"]
+
+
+def sender_headers(ev: Evaluation) -> list[Any]:
+    return [r for r in ev.verdict.rules if r.id == "B1.sender-headers"]
