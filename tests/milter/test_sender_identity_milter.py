@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+import struct
 from collections.abc import Iterator
 from email import message_from_bytes
 from pathlib import Path
@@ -204,3 +205,20 @@ def test_warning_is_the_same_message_on_both_fronts(
     else:
         assert BANNER_MARK.encode() in via_milter.partition(b"\r\n\r\n")[2]
         assert smtp_msg["Subject"] == message_from_bytes(raw)["Subject"]
+
+
+def test_mta_without_body_changes_gets_the_subject_prefix(
+        both_fronts: tuple[dict[str, GatewayThread], SinkHandler]) -> None:
+    gws, _ = both_fronts
+    mta = RawMTA(gws["milter-banner"].running.milter_port)
+    try:
+        mta.send(codec.OptNeg(6, 0x1FF & ~codec.SMFIF_CHGBODY, 0x1FFFFF))
+        _, actions, _ = struct.unpack(">III", mta.replies()[-1].data)
+        assert not actions & codec.SMFIF_CHGBODY
+        replies = mta.message(WARNED["plain"], "anouk.mulder.skot@gmail.example",
+                              ["teacher@school.example"], client=OUTSIDE_IP)
+    finally:
+        mta.close()
+    assert codec.SMFIR_REPLBODY not in [r.cmd for r in replies]
+    (change,) = [r.data for r in replies if r.cmd == codec.SMFIR_CHGHEADER]
+    assert change == struct.pack(">I", 1) + b"Subject\0[Let op: externe afzender] Hallo\0"

@@ -322,3 +322,24 @@ def test_raw_utf8_names_and_addresses_are_usable_in_reply_to(tmp_path: Path) -> 
 
 def sender_headers(ev: Evaluation) -> list[Any]:
     return [r for r in ev.verdict.rules if r.id == "B1.sender-headers"]
+
+
+def test_subject_prefix_drops_nul_and_unfolds() -> None:
+    raw = b"From: a@b.example\r\nSubject: Hal\x00lo\r\n\tdaar\r\nTo: c@d.example\r\n\r\nHoi\r\n"
+    out = prefix_subject(raw, "[Let op]")
+    assert out == (b"From: a@b.example\r\nSubject: [Let op] Hallo\tdaar\r\n"
+                   b"To: c@d.example\r\n\r\nHoi\r\n")
+
+
+def test_example_config_ships_the_new_rules_in_monitor_mode(tmp_path: Path) -> None:
+    from tests.conftest import POLICY, ROOT
+
+    text = (ROOT / "deploy" / "example" / "skot-milter.toml").read_text()
+    text = text.replace("/opt/skot-milter/policies/skot.toml", str(POLICY))
+    text = text.replace("/var/lib/skot-milter", str(tmp_path / "state"))
+    (tmp_path / "skot-milter.toml").write_text(text)
+    (tmp_path / "staff.csv").write_text((ROOT / "deploy" / "example" / "staff.csv").read_text())
+    rt = Runtime.load(str(tmp_path / "skot-milter.toml"))
+    assert {rid: rt.policy.rules[rid].mode for rid in ("B1.sender-headers",
+                                                       "B1.lookalike-sender")} == {
+        "B1.sender-headers": "monitor", "B1.lookalike-sender": "monitor"}
