@@ -201,6 +201,18 @@ def _o_list(s: School, rng: random.Random) -> Sample:
                 s.staff_address(rng.randrange(len(s.staff))), False)
 
 
+def _o_list_parent(s: School, rng: random.Random) -> Sample:
+    """The school's list server re-posting a parent's message (From: rewritten)."""
+    first, last = rng.choice(s.parents)
+    addr = s.parent_address(first, last)
+    raw = _msg(f"\"'{first} {last}' via Ouders groep 5\" <ouders5@lists.{DOMAIN}>",
+               f"ouders5@lists.{DOMAIN}", "Traktatie",
+               f"Sender: ouders5-bounces@lists.{DOMAIN}\r\nList-Id: <ouders5.lists.{DOMAIN}>\r\n"
+               f"Reply-To: {first} {last} <{addr}>\r\n")
+    return _out("out: school list re-posting a parent", raw, f"ouders5-bounces@lists.{DOMAIN}",
+                s.parent_address(*rng.choice(s.parents)), False)
+
+
 def _o_newsletter(s: School, rng: random.Random) -> Sample:
     parent = s.parent_address(*rng.choice(s.parents))
     raw = _msg(f"Nieuwsbrief De Voorbeeld <nieuwsbrief@{DOMAIN}>", parent,
@@ -315,13 +327,15 @@ def _i_bounce(s: School, rng: random.Random) -> Sample:
 
 MAKERS = {
     "o-plain": _o_plain, "o-shared": _o_shared, "o-on-behalf": _o_on_behalf,
-    "o-list": _o_list, "o-newsletter": _o_newsletter, "o-auto": _o_auto,
+    "o-list": _o_list, "o-list-parent": _o_list_parent, "o-newsletter": _o_newsletter,
+    "o-auto": _o_auto,
     "i-parent": _i_parent, "i-shares-name": _i_shares_name, "i-newsletter": _i_newsletter,
     "i-service": _i_service, "i-list": _i_list, "i-list-staff-post": _i_list_staff_post,
     "i-colleague": _i_colleague_elsewhere, "i-address-name": _i_address_as_name,
     "i-bounce": _i_bounce, "i-homonym": _i_homonym,
 }
-KINDS = {"o-plain": 30, "o-shared": 4, "o-on-behalf": 3, "o-list": 3, "o-newsletter": 2,
+KINDS = {"o-plain": 30, "o-shared": 4, "o-on-behalf": 3, "o-list": 3, "o-list-parent": 2,
+         "o-newsletter": 2,
          "o-auto": 2, "i-parent": 25, "i-shares-name": 10, "i-newsletter": 6, "i-service": 6,
          "i-list": 3, "i-list-staff-post": 2, "i-colleague": 3, "i-address-name": 1,
          "i-bounce": 1, "i-homonym": 0}

@@ -242,7 +242,6 @@ class MilterSession:
                     out += codec.encode_insheader(0, "DKIM-Signature", sig)
         return out
 
-
     def _warning_changes(self, evaluation: Evaluation) -> bytes:
         """The recipient's warning (``milter.warning``) as the MTA's edits: the SMTP front
         relays the same bytes whole. Without body changes allowed, the subject prefix."""

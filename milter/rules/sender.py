@@ -107,6 +107,13 @@ def allowed_by(address: str, allowed: list[str]) -> bool:
     return False
 
 
+def school_list_post(message: Message, ctx: Context) -> bool:
+    """A post of the school's own mailing list server (from the internal networks, not
+    logged in): a ``List-Id:`` and a ``Sender:`` in a school domain."""
+    return bool(message.header("List-Id")) and any(
+        a.address_ok and ctx.is_internal(a.addr_spec) for a in message.addresses("Sender"))
+
+
 @rule("B1.sender-headers", allowed=[], sender_action="reject", reply_to_action="reject",
       return_path_action="tag",
       choices={f"{g.replace('-', '_')}_action": _HEADER_ACTIONS for g in HEADER_GROUPS})
@@ -120,6 +127,7 @@ def sender_headers(message: Message, ctx: Context, params: Mapping[str, Any]) ->
         return None
     allowed = list(params.get("allowed", []))
     own = auth_identity_address(ctx.envelope.auth_user, ctx) if ctx.envelope.auth_user else ""
+    school_list = not own and school_list_post(message, ctx)
     problems: dict[str, None] = {}
     domains: dict[str, set[str]] = {}
     owners: dict[str, None] = {}
@@ -140,6 +148,8 @@ def sender_headers(message: Message, ctx: Context, params: Mapping[str, Any]) ->
                 elif allowed_by(spec, allowed) or spec == own:
                     continue
                 elif not ctx.is_internal(spec):
+                    if school_list and group == "reply-to":
+                        continue  # the list points replies at the poster, often a parent
                     problem = "external"
                 elif own:
                     problem = "not-own"
