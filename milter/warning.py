@@ -33,7 +33,8 @@ from milter.core.verdict import Verdict, ascii_line
 from milter.policy import Policy
 
 MAX_DEPTH = 10
-_BODY_TAG = re.compile(rb"<body\b[^>]*>", re.IGNORECASE)
+_HTML_ANCHORS = tuple(re.compile(p, re.IGNORECASE) for p in (
+    rb"<body\b[^>]*>", rb"</head\s*>", rb"<html\b[^>]*>", rb"<!doctype\b[^>]*>"))
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,9 @@ def _with_banner(content: bytes, leaf: _Leaf, text: str) -> bytes | None:
                   b'margin:0 0 12px 0;font-family:sans-serif;color:#000000">'
                   + html.escape(encoded.decode(info.name)).encode(info.name, "xmlcharrefreplace")
                   + b"</div>\r\n")
-        tag = _BODY_TAG.search(data)
+        # After <body>; without one after </head>, <html> or the doctype: never before a
+        # doctype (that would switch the mail program's renderer to quirks mode).
+        tag = next((m for m in (p.search(data) for p in _HTML_ANCHORS) if m), None)
         at = tag.end() if tag else 0
         data = data[:at] + banner + data[at:]
     else:

@@ -128,6 +128,10 @@ def sender_headers(message: Message, ctx: Context, params: Mapping[str, Any]) ->
     allowed = list(params.get("allowed", []))
     own = auth_identity_address(ctx.envelope.auth_user, ctx) if ctx.envelope.auth_user else ""
     school_list = not own and school_list_post(message, ctx)
+    # The From: author's own school address may be repeated (Reply-To: the shared box the
+    # message is from): whether From: itself is allowed is B1.auth-identity's question.
+    authors = {a.addr_spec.lower() for a in message.authors
+               if a.valid and ctx.is_internal(a.addr_spec)}
     problems: dict[str, None] = {}
     domains: dict[str, set[str]] = {}
     owners: dict[str, None] = {}
@@ -145,7 +149,7 @@ def sender_headers(message: Message, ctx: Context, params: Mapping[str, Any]) ->
                 elif owner is not None:
                     problem = "private"
                     owners[owner.address] = None
-                elif allowed_by(spec, allowed) or spec == own:
+                elif allowed_by(spec, allowed) or spec == own or spec in authors:
                     continue
                 elif not ctx.is_internal(spec):
                     if school_list and group == "reply-to":

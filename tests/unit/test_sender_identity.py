@@ -343,3 +343,32 @@ def test_example_config_ships_the_new_rules_in_monitor_mode(tmp_path: Path) -> N
     assert {rid: rt.policy.rules[rid].mode for rid in ("B1.sender-headers",
                                                        "B1.lookalike-sender")} == {
         "B1.sender-headers": "monitor", "B1.lookalike-sender": "monitor"}
+
+
+@pytest.mark.parametrize("html,expected", [
+    (b"<!DOCTYPE html><html><head><title>x</title></head><p>Hoi</p></html>",
+     b"<!DOCTYPE html><html><head><title>x</title></head><div "),
+    (b"<!doctype html>\r\n<p>Hoi</p>", b"<!doctype html><div "),
+    (b"<p>Hoi</p>", b"<div "),
+])
+def test_html_banner_never_before_the_doctype(html: bytes, expected: bytes) -> None:
+    raw = b"Subject: x\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + html
+    out = add_banner(raw, "Let op")
+    assert out is not None
+    body = out.partition(b"\r\n\r\n")[2]
+    assert body.replace(b"\r\n", b"").startswith(expected) and b">Let op</div>" in body
+
+
+def test_reply_to_the_from_address_is_left_to_auth_identity(tmp_path: Path) -> None:
+    """A shared box's message (From: the box) may name the box as Reply-To; whether the
+    login may send as the box at all is B1.auth-identity's verdict, not a second one."""
+    rt = runtime(tmp_path)
+    raw = make_message(frm="Administratie <administratie@school.example>",
+                       extra_headers="Reply-To: administratie@school.example\r\n"
+                                     "Sender: teacher@school.example\r\n")
+    env = Envelope("administratie@school.example", ("ouder@example.org",), "127.0.0.1",
+                   auth_user="teacher")
+    assert [r.id for r in rt.evaluate(env, raw).verdict.rules] == ["B1.auth-identity"]
+    colleague = raw.replace(b"Reply-To: administratie@", b"Reply-To: director@")
+    assert sorted(r.id for r in rt.evaluate(env, colleague).verdict.rules) == [
+        "B1.auth-identity", "B1.sender-headers"]
