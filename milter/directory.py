@@ -71,6 +71,11 @@ class Directory:
                 index[words] = None if words in index else p
         return index
 
+    @cached_property
+    def staff_name_words(self) -> int:
+        """The most words a staff name has (how far a display name is looked up)."""
+        return max(map(len, self.staff_names), default=0)
+
     def owner_of_private(self, address: str) -> Person | None:
         """The staff member who declared ``address`` as one of their private addresses."""
         return self.by_private.get(address.lower())

@@ -79,12 +79,15 @@ def staff_named(display_name: str, ctx: Context) -> list[str]:
     of address ignored; words may follow ("(SKOT)", "via Ouderraad"). A parent who shares
     only a first name or a surname with a teacher does not match, nor "Gert-Jan de Jong" or
     "Marie Anne de Vries" a teacher "Jan de Jong" or "Anne de Vries"."""
-    starts = _name_starts(display_name)
-    found: list[str] = []
-    for name, person in ctx.directory.staff_names.items():
-        if any(words[:len(name)] == name for words in starts):
-            found.append(person.address if person is not None else " ".join(name))
-    return found
+    names = ctx.directory.staff_names
+    longest = ctx.directory.staff_name_words
+    found: dict[str, None] = {}
+    for words in _name_starts(display_name):
+        for n in range(2, min(len(words), longest) + 1):  # look-ups, not a scan of staff
+            if words[:n] in names:
+                person = names[words[:n]]
+                found[person.address if person is not None else " ".join(words[:n])] = None
+    return list(found)
 
 
 def _known(author: Author, ctx: Context, trusted: list[str]) -> bool:
