@@ -95,7 +95,7 @@ EMPTY = Directory()
 
 # Letters from other scripts that look like Latin ones (Unicode's confusables, the ones
 # seen in display-name spoofing); NFKD does not fold them.
-_CONFUSABLES = str.maketrans("аеорсухіјѕԁԛԝвкмнтӏαεορτυνχιкΑΒΕΗΙΚΜΝΟΡΤΧΥΖАВЕКМНОРСТХ",
+_CONFUSABLES = str.maketrans("аеорсухіјѕԁԛԝвкмнтӏαεορτυνχικΑΒΕΗΙΚΜΝΟΡΤΧΥΖАВЕКМНОРСТХ",
                              "aeopcyxijsdqwbkmhtlaeoptuvxikABEHIKMNOPTXYZABEKMHOPCTX")
 _WORD = re.compile(r"[^\W_]+")
 _JOINED = re.compile(r"(?<=\w)[-\u2010\u2011](?=\w)")
