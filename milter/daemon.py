@@ -20,10 +20,8 @@ from milter.audit.checkpoint import Checkpointer, load_signing_key
 from milter.audit.store import AuditUnavailable, open_store
 from milter.audit.writer import AuditWriter
 from milter.config import Config, ConfigError
-from milter.core.context import Context
-from milter.core.message import Message
 from milter.dkimsign import Signer
-from milter.dnsauth import AuthResults, Resolver, authenticate
+from milter.dnsauth import configured_authenticator
 from milter.fronts.milter import server as milter_server
 from milter.fronts.smtp.auth import load_authenticator
 from milter.fronts.smtp.connection import ConnectionLimits, SMTPConnection
@@ -102,18 +100,7 @@ def make_checkpointer(runtime: Runtime) -> Checkpointer | None:
 
 
 def make_authenticator(runtime: Runtime) -> Authenticator | None:
-    cfg = runtime.config
-    if not cfg.dns.authenticate:
-        return None
-    resolver = Resolver(cfg.dns.nameservers, cfg.dns.port, cfg.dns.timeout,
-                        cfg.dns.cache_seconds, cfg.dns.cache_entries)
-
-    def auth(message: Message, ctx: Context) -> AuthResults:
-        env = ctx.envelope
-        return authenticate(resolver, message.raw, env.client_ip, env.helo, env.mail_from,
-                            [a.domain for a in message.authors if a.valid])
-
-    return auth
+    return configured_authenticator(runtime.config)  # shared with `check`
 
 
 def make_notifier(runtime: Runtime, audit: AuditWriter) -> Notifier | None:

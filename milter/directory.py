@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -61,6 +63,23 @@ class Directory:
                 index[key] = None if key in index else p  # two people share it: ambiguous
         return index
 
+    @cached_property
+    def staff_names(self) -> dict[tuple[str, ...], Person | None]:
+        """Staff names as normalised words (``name_words``), for look-alike senders. A name
+        of one word is left out (a first name alone says nothing); a name two staff
+        members share maps to None (still a staff name, no one person)."""
+        index: dict[tuple[str, ...], Person | None] = {}
+        for p in self.people.values():
+            words = name_words(p.name)
+            if p.role == "staff" and len(words) >= 2:
+                index[words] = None if words in index else p
+        return index
+
+    @cached_property
+    def staff_name_words(self) -> int:
+        """The most words a staff name has (how far a display name is looked up)."""
+        return max(map(len, self.staff_names), default=0)
+
     def owner_of_private(self, address: str) -> Person | None:
         """The staff member who declared ``address`` as one of their private addresses."""
         return self.by_private.get(address.lower())
@@ -87,6 +106,30 @@ class Directory:
 
 
 EMPTY = Directory()
+
+# Letters from other scripts that look like Latin ones (Unicode's confusables, the ones
+# seen in display-name spoofing); NFKD does not fold them.
+_CONFUSABLES = str.maketrans("аеорсухіјѕԁԛԝвкмнтӏαεορτυνχικΑΒΕΗΙΚΜΝΟΡΤΧΥΖАВЕКМНОРСТХ",
+                             "aeopcyxijsdqwbkmhtlaeoptuvxikABEHIKMNOPTXYZABEKMHOPCTX")
+_WORD = re.compile(r"[^\W_]+")
+_JOINED = re.compile(r"(?<=\w)[-\u2010\u2011](?=\w)")
+_ASIDE = re.compile(r"\([^)]*\)|\[[^\]]*\]")
+
+
+def name_words(name: str) -> tuple[str, ...]:
+    """A person's name as comparable words: case, accents, look-alike letters and
+    punctuation ignored, a hyphenated name one word ("Gert-Jan"), and the directory order
+    "Mulder, Anouk" turned into "anouk mulder" (also "Vries, Jan de" and "de Vries, Jan"
+    into "jan de vries")."""
+    text = unicodedata.normalize("NFKD", name.translate(_CONFUSABLES))
+    text = "".join(c for c in text if not unicodedata.combining(c)).casefold()
+    text = _JOINED.sub("", text)  # "Gert-Jan" is one name, not "Jan"
+    aside = " ".join(_ASIDE.findall(text))  # "(SKOT)", "[extern]": kept, after the name
+    text = _ASIDE.sub(" ", text)
+    last, comma, first = text.partition(",")
+    if comma and _WORD.search(first) and _WORD.search(last):
+        text = f"{first} {last}"
+    return tuple(_WORD.findall(f"{text} {aside}"))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import ipaddress
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import dkim
@@ -22,6 +22,9 @@ import dns.rdatatype
 import dns.resolver
 from publicsuffixlist import PublicSuffixList
 
+from milter.config import Config
+from milter.core.context import Context
+from milter.core.message import Message
 from milter.core.results import (
     AuthResults as AuthResults,  # re-exported: the callers of authenticate
 )
@@ -337,6 +340,22 @@ def authenticate(resolver: Resolver, raw: bytes, client_ip: str, helo: str, mail
     dmarcs = tuple(dmarc_check(resolver, d, spf, mail_from, helo, dkims)
                    for d in dict.fromkeys(from_domains) if d)
     return AuthResults(spf, dkims, dmarcs, mail_from, helo)
+
+
+def configured_authenticator(cfg: Config) -> Callable[[Message, Context], AuthResults] | None:
+    """SPF/DKIM/DMARC through the configured resolver (``[dns]``), or None when the config
+    turns authentication off: ``serve`` and ``check`` use this one function."""
+    if not cfg.dns.authenticate:
+        return None
+    resolver = Resolver(cfg.dns.nameservers, cfg.dns.port, cfg.dns.timeout,
+                        cfg.dns.cache_seconds, cfg.dns.cache_entries)
+
+    def auth(message: Message, ctx: Context) -> AuthResults:
+        env = ctx.envelope
+        return authenticate(resolver, message.raw, env.client_ip, env.helo, env.mail_from,
+                            [a.domain for a in message.authors if a.valid])
+
+    return auth
 
 
 def claimed_authserv_id(value: str) -> str:

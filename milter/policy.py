@@ -103,6 +103,9 @@ def iter_errors(data: Mapping[str, Any], path: Path) -> list[ConfigError]:
             elif allowed[p] is not None and type(v) is not type(allowed[p]):
                 errors.append(ConfigError(path, f"{key}.params.{p}",
                                           f"expected {type(allowed[p]).__name__}, got {v!r}"))
+            elif p in registry[rid].choices and v not in registry[rid].choices[p]:
+                errors.append(ConfigError(path, f"{key}.params.{p}", f"{v!r}; allowed: "
+                                          + ", ".join(registry[rid].choices[p])))
     return errors
 
 

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from milter import metrics
+from milter import metrics, warning
 from milter.audit.store import AuditEvent, AuditRecord, AuditUnavailable
 from milter.audit.writer import AuditWriter
 from milter.config import DEFAULT_MESSAGE_MEMORY
@@ -119,10 +119,11 @@ class Gateway:
         finally:
             metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
 
-    def added_fields(self, evaluation: Evaluation, authserv_id: str) -> list[tuple[str, str]]:
+    def added_fields(self, evaluation: Evaluation, authserv_id: str,
+                     delivered: bytes | None = None) -> list[tuple[str, str]]:
         """Header fields we add, as (name, value): results, policy tags, then a DKIM
-        signature over them and the message. The SMTP front writes them before the message;
-        the milter front asks the MTA to add them."""
+        signature over them and the message as delivered. The SMTP front writes them before
+        the message; the milter front asks the MTA to add them."""
         fields = policy_fields(evaluation, authserv_id)
         message = evaluation.message
         if self.signer is not None and message is not None and \
@@ -130,9 +131,18 @@ class Gateway:
             authors = [a.addr_spec for a in message.authors if a.valid]
             if len(authors) == 1:
                 head = render_fields(fields)
-                sig = self.signer.signature(head + evaluation.raw, authors[0])
+                body = evaluation.raw if delivered is None else delivered
+                sig = self.signer.signature(head + body, authors[0])
                 fields = [split_field(line) for line in unfold(sig)] + fields
         return fields
+
+    def delivered(self, tx: Transaction, banner: bool = True) -> bytes:
+        """The message as received, or with the warning a tagging rule asks for (a subject
+        prefix or banner, ``milter.warning``): the same bytes whichever front delivers it."""
+        evaluation = tx.evaluation
+        assert evaluation is not None
+        return warning.delivered(evaluation.raw, evaluation.message, evaluation.verdict,
+                                 tx.runtime.policy, banner)
 
 
 @dataclass

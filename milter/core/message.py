@@ -44,6 +44,7 @@ class _Policy(EmailPolicy):
 _SURROGATE = re.compile("[\udc80-\udcff]")
 POLICY = _Policy()
 _CTL = re.compile(r"[\x00-\x1f\x7f]")
+_BAD_ADDRESS = re.compile(r"[\x00-\x20\x7f<>()\[\],;:\"\\]")
 
 
 def normalize_line_endings(raw: bytes) -> bytes:
@@ -71,6 +72,21 @@ class Author:
     @property
     def domain(self) -> str:
         return self.addr_spec.rpartition("@")[2].lower() if self.valid else ""
+
+    @property
+    def address_ok(self) -> bool:
+        """The address itself is usable even where the field is not: raw UTF-8 in a
+        display name is a defect to the parser, yet mail programs show it and replies go
+        to the address (rules that follow replies use this; B1's From: check does not)."""
+        if self.valid:
+            return True
+        try:  # raw UTF-8 (an internationalised address, RFC 6531) as the parser left it
+            spec = self.addr_spec.encode("utf-8", "surrogateescape").decode("utf-8")
+        except UnicodeError:
+            return False
+        local, at, domain = spec.rpartition("@")
+        return bool(local and at and domain) and "@" not in local and \
+            not _BAD_ADDRESS.search(spec)
 
 
 class Part:
@@ -299,6 +315,12 @@ class Message:
         """All raw values of a header, unfolded, in order."""
         lname = name.lower()
         return [v for k, v in self.headers if k.lower() == lname]
+
+    def addresses(self, name: str) -> tuple[Author, ...]:
+        """Every address in the address-list header ``name`` (all its fields), parsed as
+        ``From:`` is; an empty value (``Return-Path: <>``) gives none."""
+        values = tuple(v for v in self.header(name) if v.strip() not in ("", "<>"))
+        return _parse_authors(values)[0] if values else ()
 
 
 def _header_str(msg: StdMessage, name: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from milter.core.context import Context
@@ -26,18 +26,21 @@ class RuleSpec:
     id: str
     fn: RuleFn
     params: Mapping[str, Any]  # allowed policy params with their defaults
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values
 
 
 REGISTRY: dict[str, RuleSpec] = {}
 
 
-def rule(rule_id: str, **params: Any) -> Callable[[RuleFn], RuleFn]:
-    """Register ``fn`` as rule ``rule_id``; keyword arguments are its policy params."""
+def rule(rule_id: str, choices: Mapping[str, tuple[str, ...]] | None = None,
+         **params: Any) -> Callable[[RuleFn], RuleFn]:
+    """Register ``fn`` as rule ``rule_id``; keyword arguments are its policy params, and
+    ``choices`` names the values a string param may take (checked when the policy loads)."""
 
     def register(fn: RuleFn) -> RuleFn:
         if rule_id in REGISTRY:
             raise RuntimeError(f"rule {rule_id} registered twice")
-        REGISTRY[rule_id] = RuleSpec(rule_id, fn, params)
+        REGISTRY[rule_id] = RuleSpec(rule_id, fn, params, dict(choices or {}))
         return fn
 
     return register

@@ -7,6 +7,7 @@ from typing import Any
 
 from milter.core.context import Context, domain_in, domain_of
 from milter.core.message import Message
+from milter.core.verdict import STRENGTH
 from milter.rules import Finding, rule
 
 
@@ -81,3 +82,94 @@ def private_address(message: Message, ctx: Context, params: Mapping[str, Any]) -
     return Finding(reason="mail from a staff member's private address to school recipients",
                    evidence={"staff_member": owner.address,
                              "recipient_roles": sorted({ctx.role(r) for r in recipients})})
+
+
+# Headers that say where replies, bounces and receipts go, grouped by the policy param that
+# sets their action: routing any of them to a private mailbox defeats B1 as surely as From:.
+HEADER_GROUPS: dict[str, tuple[str, ...]] = {
+    "sender": ("Sender",),
+    "reply-to": ("Reply-To", "Mail-Reply-To"),
+    "return-path": ("Return-Path", "Errors-To", "Return-Receipt-To",
+                    "Disposition-Notification-To"),
+}
+_HEADER_ACTIONS = ("accept", "tag", "quarantine", "reject")
+
+
+def allowed_by(address: str, allowed: list[str]) -> bool:
+    """``allowed`` holds addresses and ``@domain`` entries (a domain and its subdomains)."""
+    address = address.lower()
+    for entry in allowed:
+        entry = str(entry).lower()
+        if entry.startswith("@") and domain_in(domain_of(address), [entry[1:]]):
+            return True
+        if address == entry:
+            return True
+    return False
+
+
+def school_list_post(message: Message, ctx: Context) -> bool:
+    """A post of the school's own mailing list server (from the internal networks, not
+    logged in): a ``List-Id:`` and a ``Sender:`` in a school domain."""
+    return bool(message.header("List-Id")) and any(
+        a.address_ok and ctx.is_internal(a.addr_spec) for a in message.addresses("Sender"))
+
+
+@rule("B1.sender-headers", allowed=[], sender_action="reject", reply_to_action="reject",
+      return_path_action="tag",
+      choices={f"{g.replace('-', '_')}_action": _HEADER_ACTIONS for g in HEADER_GROUPS})
+def sender_headers(message: Message, ctx: Context, params: Mapping[str, Any]) -> Finding | None:
+    """Outbound: ``Sender:``, ``Reply-To:`` and the bounce/receipt headers judged as
+    ``From:`` is. Authenticated: the user's own address or an ``allowed`` one (shared
+    boxes, the administration office); from the internal networks: a school address or an
+    allowed one. A staff member's declared private address is its own problem
+    (``reply-to-private``); each header group's action is a policy param."""
+    if ctx.direction != "outbound":
+        return None
+    allowed = list(params.get("allowed", []))
+    own = auth_identity_address(ctx.envelope.auth_user, ctx) if ctx.envelope.auth_user else ""
+    school_list = not own and school_list_post(message, ctx)
+    # The From: author's own school address may be repeated (Reply-To: the shared box the
+    # message is from): whether From: itself is allowed is B1.auth-identity's question.
+    authors = {a.addr_spec.lower() for a in message.authors
+               if a.valid and ctx.is_internal(a.addr_spec)}
+    problems: dict[str, None] = {}
+    domains: dict[str, set[str]] = {}
+    owners: dict[str, None] = {}
+    action = "accept"
+    for group, names in HEADER_GROUPS.items():
+        group_action = str(params.get(f"{group.replace('-', '_')}_action", "reject"))
+        if group_action == "accept":
+            continue
+        for name in names:
+            for a in message.addresses(name):
+                spec = a.addr_spec.lower()
+                owner = ctx.directory.owner_of_private(spec) if a.address_ok else None
+                if not a.address_ok:
+                    problem = "invalid"
+                elif owner is not None:
+                    problem = "private"
+                    owners[owner.address] = None
+                elif allowed_by(spec, allowed) or spec == own or spec in authors:
+                    continue
+                elif not ctx.is_internal(spec):
+                    if school_list and group == "reply-to":
+                        continue  # the list points replies at the poster, often a parent
+                    problem = "external"
+                elif own:
+                    problem = "not-own"
+                else:
+                    continue  # a school address, from the internal networks
+                problems[f"{group}-{problem}"] = None
+                domains.setdefault(name.lower(), set()).add(
+                    domain_of(spec) if a.address_ok else "")
+                if STRENGTH[group_action] > STRENGTH[action]:
+                    action = group_action
+    if not problems:
+        return None
+    evidence: dict[str, Any] = {"problems": list(problems),
+                                "headers": {k: sorted(v) for k, v in domains.items()}}
+    if own:
+        evidence["auth_user"] = own
+    if owners:
+        evidence["staff_member"] = sorted(owners)
+    return Finding(reason="; ".join(problems), evidence=evidence, max_action=action)

@@ -279,9 +279,19 @@ def encode_insheader(index: int, name: str, value: str) -> bytes:
     return packet(SMFIR_INSHEADER, struct.pack(">I", index) + _cstr(name) + _cstr(value))
 
 
-def encode_chgheader(index: int, name: str, value: str) -> bytes:
-    """Change the ``index``-th (1-based) header called ``name``; an empty value deletes it."""
-    return packet(SMFIR_CHGHEADER, struct.pack(">I", index) + _cstr(name) + _cstr(value))
+def encode_chgheader(index: int, name: str, value: str | bytes) -> bytes:
+    """Change the ``index``-th (1-based) header called ``name``; an empty value deletes it.
+    A bytes value goes as it is (a subject in 8-bit text keeps its bytes)."""
+    raw = value if isinstance(value, bytes) else value.encode("utf-8")
+    if b"\0" in raw:
+        raise ValueError("NUL in a milter string")
+    return packet(SMFIR_CHGHEADER, struct.pack(">I", index) + _cstr(name) + raw + b"\0")
+
+
+def encode_replbody(body: bytes, chunk: int = 65535) -> bytes:
+    """Replace the message body (several packets for a large one; the MTA joins them)."""
+    return b"".join(packet(SMFIR_REPLBODY, body[i:i + chunk])
+                    for i in range(0, max(len(body), 1), chunk))
 
 
 def encode_quarantine(reason: str) -> bytes:

@@ -18,10 +18,12 @@ from milter.dnsauth import strip_our_results
 from milter.fronts.milter import codec
 from milter.spool import Spooled
 from milter.transaction import LOCAL_PROBLEM, TOO_BIG, Gateway, Transaction
+from milter.warning import milter_changes
 
 log = logging.getLogger("skot-milter.milter")
 
-ACTIONS = codec.SMFIF_ADDHDRS | codec.SMFIF_CHGHDRS | codec.SMFIF_QUARANTINE
+ACTIONS = (codec.SMFIF_ADDHDRS | codec.SMFIF_CHGHDRS | codec.SMFIF_QUARANTINE
+           | codec.SMFIF_CHGBODY)  # body: the banner of a tagging rule (milter.warning)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class MilterConnection:
         self.macros: dict[str, str] = {}
         self.client_ip = ""
         self.helo = ""
+        self.actions = ACTIONS  # what the MTA allowed us (option negotiation)
         self.tx: Transaction | None = None
         self.message = Message()
 
@@ -68,8 +71,8 @@ class MilterConnection:
             if event.version < 2:
                 raise codec.ProtocolError(f"milter version {event.version} too old")
             # We take every step (protocol flags 0) and ask only for the actions we use.
-            return codec.encode_optneg(min(event.version, codec.VERSION),
-                                       ACTIONS & event.actions, 0)
+            self.actions = ACTIONS & event.actions
+            return codec.encode_optneg(min(event.version, codec.VERSION), self.actions, 0)
         if isinstance(event, codec.Macro):
             self.macros.update(event.macros)
             return b""
@@ -170,8 +173,9 @@ class MilterConnection:
             return self._header_changes(tx) + codec.encode_continue()
 
     def _header_changes(self, tx: Transaction) -> bytes:
-        """Delete forged results with our id, add ours and the policy tags (a DKIM signature
-        first, at the top)."""
+        """Delete forged results with our id, add ours and the policy tags, the recipient's
+        warning (``milter.warning``) as the MTA's edits, and a DKIM signature at the top
+        over the message as it will be delivered (the SMTP front relays the same bytes)."""
         evaluation = tx.evaluation
         assert evaluation is not None
         hostname = tx.runtime.config.gateway.hostname
@@ -185,11 +189,30 @@ class MilterConnection:
                 probe = f"{name}: ".encode() + value.strip() + b"\r\n\r\n"
                 if strip_our_results(probe, hostname) != probe:
                     out += codec.encode_chgheader(seen, name, "")
-        for field_name, field_value in self.gateway.added_fields(evaluation, hostname):
+        delivered = self.gateway.delivered(tx, banner=bool(self.actions & codec.SMFIF_CHGBODY))
+        warning = self._warning_changes(evaluation.raw, delivered)
+        for field_name, field_value in self.gateway.added_fields(evaluation, hostname,
+                                                                 delivered):
             if field_name == "DKIM-Signature":
-                out += codec.encode_insheader(0, field_name, field_value)
+                warning += codec.encode_insheader(0, field_name, field_value)
             else:
                 out += codec.encode_addheader(field_name, field_value)
+        return out + warning
+
+    def _warning_changes(self, raw: bytes, delivered: bytes) -> bytes:
+        """The warning as a Subject change (or addition) and a body replacement; without
+        body changes allowed, ``delivered`` carries the subject prefix only."""
+        if delivered is raw:
+            return b""
+        subject, body = milter_changes(raw, delivered)
+        out = b""
+        if subject is not None:
+            if any(name.lower() == "subject" for name, _ in self.message.headers):
+                out += codec.encode_chgheader(1, "Subject", subject)
+            else:
+                out += codec.encode_addheader("Subject", subject.decode("ascii", "replace"))
+        if body is not None:
+            out += codec.encode_replbody(body)
         return out
 
 

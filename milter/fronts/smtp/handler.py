@@ -337,11 +337,12 @@ class SMTPHandler:
         self.background.add(intent)
         intent.add_done_callback(self.background.discard)
         before_dot: Reply | NextHopError | None = None
+        body = self.gateway.delivered(tx)
         head = render_fields(self.gateway.added_fields(
-            evaluation, tx.runtime.config.gateway.hostname))
+            evaluation, tx.runtime.config.gateway.hostname, body))
         try:
             try:
-                before_dot = await downstream.start_data(head, evaluation.raw)
+                before_dot = await downstream.start_data(head, body)
             except NextHopError as exc:
                 before_dot = exc
             await asyncio.shield(intent)
