@@ -256,7 +256,10 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
     },
     "audit": {
         "url": (_audit_url, REQUIRED),
-        "retention_days": (_int(0), 0),        # 0: keep forever; else `audit purge` purges
+        # Personal fields of older records are purged by the running gateway (hashes stay),
+        # except under a legal hold. 0 keeps them forever (config check warns).
+        "retention_days": (_int(0), 730),
+        "purge_every_hours": (_float(0.0), 24.0),  # how often; 0: only `audit purge` does
         "checkpoint_key": (_opt_str, ""),      # Ed25519 key file (outside the database)
         "checkpoint_dir": (_opt_str, ""),      # where signed checkpoints are exported
         "checkpoint_every": (_int(1), 1000),   # records
@@ -379,6 +382,7 @@ class DirectorySettings:
 class AuditSettings:
     url: str
     retention_days: int
+    purge_every_hours: float
     checkpoint_key: str
     checkpoint_dir: str
     checkpoint_every: int

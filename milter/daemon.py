@@ -30,6 +30,7 @@ from milter.logs import configure_logging
 from milter.nexthop import SessionPool
 from milter.notices import Notifier, RateLimiter
 from milter.quarantine import QuarantineStore
+from milter.retention import RetentionSchedule
 from milter.runtime import Authenticator, Runtime
 from milter.spool import MemoryBudget
 from milter.transaction import Gateway
@@ -46,6 +47,7 @@ class Daemon:
     servers: list[asyncio.AbstractServer]
     port: int                 # the SMTP front's port (0 without one)
     milter_port: int = 0
+    retention: RetentionSchedule | None = None  # started by the first worker only
     extras: list[Any] = field(default_factory=list)
 
     stopped: bool = False
@@ -69,6 +71,8 @@ class Daemon:
         # store closes, so their outcome is recorded.
         if self.gateway.notifier is not None:
             await self.gateway.notifier.drain()
+        if self.retention is not None:
+            await asyncio.to_thread(self.retention.stop)
         self.gateway.audit.close()
 
 
@@ -175,7 +179,9 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
         sock = msrv.sockets[0].getsockname()
         milter_port = sock[1] if isinstance(sock, tuple) else 0
         log.info("milter front on %s", milter_listen)
-    return Daemon(gateway, handler, servers, bound, milter_port)
+    retention = RetentionSchedule(cfg, lambda: open_store(cfg.audit_url, cfg.gateway.node),
+                                  directory=lambda: gateway.runtime.directory)
+    return Daemon(gateway, handler, servers, bound, milter_port, retention)
 
 
 def reload(running: Daemon, config_path: str | None) -> bool:
@@ -206,6 +212,8 @@ async def serve(config: Config, worker: int = 0, reuse_port: bool = False) -> in
     if runtime.config.metrics.listen and worker == 0:
         metrics.serve(runtime.config.metrics.listen)
     running = await start(runtime, reuse_port=reuse_port)
+    if worker == 0 and running.retention is not None:
+        running.retention.start()  # one worker purges for all
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

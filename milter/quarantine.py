@@ -155,10 +155,10 @@ def delete(cfg: Config, store: QuarantineStore, entry: Entry, actor: str,
     store.delete(entry.id)
 
 
-def purge(cfg: Config, store: QuarantineStore) -> int:
+def purge(cfg: Config, store: QuarantineStore, now: float | None = None) -> int:
     """Delete held messages past ``quarantine.retention_days``, each on record."""
     days = cfg.quarantine.retention_days
-    old = store.older_than(days * 86400)
+    old = store.older_than(days * 86400, now)
     for entry in old:
         delete(cfg, store, entry, "retention", f"retention period of {days} days passed")
     return len(old)

@@ -26,7 +26,7 @@ from milter.audit.store import (
     open_store,
 )
 from milter.audit.verify import UnusableKeys, Verification, verify
-from milter.commands import CommandError, add_config, load_config, print_json
+from milter.commands import CommandError, add_config, load_config, load_runtime, print_json
 
 CSV_FIELDS = COLUMNS
 
@@ -279,22 +279,6 @@ def run_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _holds(store: AuditStore) -> tuple[set[str], set[int]]:
-    people: set[str] = set()
-    records: set[int] = set()
-    for r in store.records(Filters()):
-        if r.event not in ("legal-hold", "legal-hold-release"):
-            continue
-        person = str(r.evidence.get("person", "")).lower()
-        record = int(r.evidence.get("record", 0) or 0)
-        add = r.event == "legal-hold"
-        if person:
-            (people.add if add else people.discard)(person)
-        if record:
-            (records.add if add else records.discard)(record)
-    return people, records
-
-
 def run_hold(args: argparse.Namespace) -> int:
     store = open_from_args(args)
     event = "legal-hold-release" if args.release else "legal-hold"
@@ -306,21 +290,23 @@ def run_hold(args: argparse.Namespace) -> int:
 
 
 def run_purge(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
+
+    from milter import retention
 
     cfg = load_config(args)
     store = open_from_args(args)
     if args.before:
-        cutoff = args.before
+        before = args.before
     else:
         days = cfg.audit.retention_days
         if not days:
             raise CommandError("audit.retention_days is 0 (keep forever); use --before DATE")
-        cutoff = (datetime.now(UTC) - timedelta(days=days)).isoformat().replace("+00:00", "Z")
-    people, records = _holds(store)
-    count = store.purge(cutoff, people, records, actor(args))
-    print(f"purged personal fields of {count} record(s) before {cutoff}; "
-          f"{len(people)} person(s) and {len(records)} record(s) on legal hold")
+        before = retention.cutoff(days, datetime.now(UTC))
+    count, people, records = retention.purge_audit(store, before, actor(args),
+                                                   load_runtime(args).directory)
+    print(f"purged personal fields of {count} record(s) before {before}; "
+          f"{people} person(s) and {records} record(s) on legal hold")
     return 0
 
 

@@ -39,7 +39,15 @@ def problems(path: str | None, notes: list[str] | None = None) -> list[str]:
                                                           cfg.policy_path)]
     except config_mod.ConfigError as exc:
         errors.append(str(exc))
-    errors += _directory(cfg, notes if notes is not None else [])
+    notes = notes if notes is not None else []
+    errors += _directory(cfg, notes)
+    if cfg.audit.retention_days == 0:
+        notes.append(f"warning: {cfg.path}: audit.retention_days = 0 keeps personal data in "
+                     "the audit store forever; a privacy officer expects a limit (default "
+                     "730 days; records under a legal hold are kept regardless)")
+    elif cfg.audit.purge_every_hours == 0:
+        notes.append(f"warning: {cfg.path}: audit.purge_every_hours = 0: the gateway does not "
+                     "purge by itself; run `skot-milter audit purge` from cron")
     for extra in EXTRA_CHECKS:
         errors += extra(cfg)
     return errors
