@@ -367,6 +367,21 @@ def ordinary(rng: random.Random, n: int, photo: bytes) -> list[Sample]:
             [[str(c) for c in r] for r in budget_rows(rng, 8)]), "application/pdf")])),
         ("pdf", "order list", lambda: mail("Bestelling.", [("bestelling.pdf", pdf_table(
             order_rows(rng, 30)), "application/pdf")])),
+        ("body", "asks for the BSN, quotes another number", lambda: mail(letter(rng, [
+            "Voor de aanmelding bij de GGD hebben wij het BSN van uw kind nodig.",
+            # the worst case: a reference that happens to pass the 11-test
+            rng.choice([f"Uw aanmeldnummer is {bsn(rng)}.",
+                        f"Dossiernummer {bsn(rng)}.",
+                        f"Het volgnummer van de aanvraag: {bsn(rng)}",
+                        f"Uw klantnummer: {bsn(rng)}."])]))),
+        ("html", "calendar with teachers", lambda: mail("Agenda.", html=html_table(
+            [["Datum", "Activiteit", "Wie"]] + [[date(rng), rng.choice(
+                ["Studiedag", "Sportdag", "Excursie", "Kerstviering"]), "Juf " + rng.choice(
+                FIRST)] for _ in range(15)]))),
+        ("xlsx", "sponsored run results", lambda: mail("Uitslag.", [("sponsorloop.xlsx",
+            files.xlsx([["Naam", "Rondes", "Bedrag"]] + [[name(rng), rng.randint(5, 40),
+                                                          rng.randint(10, 200)]
+                                                         for _ in range(25)]), XLSX)])),
         ("pptx", "presentation", lambda: mail("Presentatie.", [("ouderavond.pptx", pptx(
             ["Ouderavond " + date(rng), "Begroting " + amount(rng)]), PPTX)])),
         ("zip", "orders zipped", lambda: mail("Alles.", [("stukken.zip", files.zip_of({
