@@ -22,13 +22,20 @@ IBAN_LENGTHS = {"NL": 18, "BE": 16, "DE": 22, "FR": 27, "GB": 22, "ES": 24, "IT"
 
 def bsn_valid(digits: str) -> bool:
     """The 11-test: 9*d1 + 8*d2 + ... + 2*d8 - d9 is a multiple of 11 (and not all zeros)."""
-    if len(digits) != 9 or not digits.isascii() or not digits.isdigit() \
-            or digits == "000000000":
+    if len(digits) != 9 or not digits.isascii() or not digits.isdigit():
         return False
-    b = digits.encode()
-    # the code points carry 48 each: 48 * (9+8+...+2-1) = 2064, and 2064 % 11 == 7
-    return (9 * b[0] + 8 * b[1] + 7 * b[2] + 6 * b[3] + 5 * b[4] + 4 * b[5] + 3 * b[6]
-            + 2 * b[7] - b[8]) % 11 == 7
+    return _eleven(int(digits))
+
+
+# The 11-test by three table look-ups on the number's three-digit groups: a fifth of the cost
+# of a loop over the digits, which counts on a digit-heavy CSV of a million numbers.
+_T0 = [(9 * (n // 100) + 8 * (n // 10 % 10) + 7 * (n % 10)) % 11 for n in range(1000)]
+_T1 = [(6 * (n // 100) + 5 * (n // 10 % 10) + 4 * (n % 10)) % 11 for n in range(1000)]
+_T2 = [(3 * (n // 100) + 2 * (n // 10 % 10) - (n % 10)) % 11 for n in range(1000)]
+
+
+def _eleven(n: int) -> bool:
+    return n != 0 and (_T0[n // 1_000_000] + _T1[n // 1000 % 1000] + _T2[n % 1000]) % 11 == 0
 
 
 # A BSN as people write it: nine digits, or 1234.56.789 / 123 456 789 / 123-456-789 with one
@@ -62,10 +69,11 @@ def count_bsn(text: str) -> int:
     return sum(1 for _, digits, _ in bsn_candidates(text) if bsn_valid(digits))
 
 
-def _bsn_matches(text: str) -> Iterator[re.Match[str]]:
+def _bsn_matches(text: str, positions: list[int] | None = None) -> Iterator[re.Match[str]]:
     """What ``_BSN_CAND.finditer(text)`` finds, trying only where a run of digits starts
     (a candidate never follows a digit)."""
-    positions = _digit_positions(text)
+    if positions is None:
+        positions = _digit_positions(text)
     if positions is None:
         yield from _BSN_CAND.finditer(text)
         return
@@ -79,7 +87,6 @@ def _bsn_matches(text: str) -> Iterator[re.Match[str]]:
 
 
 _DIGITS = "0123456789"
-_TWO_DIGITS = re.compile(r"\d\d")
 _MANY_DIGITS = 4096  # past this many, one regex pass is cheaper than a loop over digits
 
 
@@ -120,33 +127,26 @@ def iban_valid(candidate: str) -> bool:
 _IBAN_CI = re.compile(_IBAN.pattern, re.IGNORECASE)
 
 
-def _digit_pairs(text: str) -> Iterator[int]:
-    """Where ``\\d\\d`` matches, left to right, without overlap."""
-    positions = _digit_positions(text)
-    if positions is None:
-        yield from (m.start() for m in _TWO_DIGITS.finditer(text))
-        return
-    after = 0
-    for pos in positions:
-        if pos >= after and text[pos + 1:pos + 2].isdecimal():
-            yield pos
-            after = pos + 2
+# Where an IBAN can start: two letters and two check digits at a word start. One regex pass
+# at C speed; digit-heavy text (where a scan for digit pairs met millions) has few letters.
+_IBAN_START = re.compile(r"[A-Za-z]{2}\d\d")
 
 
-def count_iban(text: str) -> int:
-    """IBANs start with two letters and two check digits: find the digit pairs (rare in
-    prose), then look two letters back."""
-    count, last_end = 0, -1
-    for start in _digit_pairs(text):
-        pos = start - 2
-        if pos < last_end or pos < 0 or not text[pos:pos + 2].isalpha() \
-                or (pos and text[pos - 1].isalnum()):
+def _iban_matches(text: str) -> Iterator[re.Match[str]]:
+    last_end = -1
+    for start in _IBAN_START.finditer(text):
+        pos = start.start()
+        if pos < last_end or (pos and text[pos - 1].isalnum()):
             continue
         m = _IBAN_CI.match(text, pos)
         if m and iban_valid(m.group(1)):
-            count += 1
             last_end = m.end(1)
-    return count
+            yield m
+
+
+def count_iban(text: str) -> int:
+    """Occurrences of valid IBANs (every occurrence, not distinct accounts)."""
+    return sum(1 for _ in _iban_matches(text))
 
 
 def _occurs(haystack: str, needle: str, whole_word: bool) -> bool:
@@ -210,6 +210,7 @@ _OTHER_NUMBER = re.compile(
     # any other "...nummer" / "...nr" names the number: aanmeldnummer, volgnummer, dossiernr
     r"|\w*(?:nummer|nr)\b")
 _NEAR = 40  # characters before a number where a reference word counts
+_LETTER = re.compile(r"[^\W\d_]")
 
 
 def keyword_positions(lower: str, keywords: Iterable[str]) -> list[int]:
@@ -250,10 +251,18 @@ def bsn_in_text(text: str, keywords: Sequence[str], window: int,
     found = {} if found is None else found
     valid: list[tuple[int, str]] = []
     shaped = 0
-    for pos, digits, _sep in bsn_candidates(text):
+    positions = _digit_positions(text)
+    matches = _BSN_CAND.finditer(text) if positions is None else _bsn_matches(text, positions)
+    t0, t1, t2 = _T0, _T1, _T2
+    for m in matches:  # inlined: this loop meets every number of a long digit-heavy text
         shaped += 1
-        if bsn_valid(digits):
-            valid.append((pos, digits))
+        digits = m.group(1)
+        if digits is None:
+            digits = m.group(2).translate(_SEPARATORS)
+        n = int(digits)
+        if n and (t0[n // 1_000_000] + t1[n // 1000 % 1000] + t2[n % 1000]) % 11 == 0 \
+                and digits.isascii():
+            valid.append((m.start(), digits))
     if not valid:
         return found
     lower = text.lower()
@@ -261,7 +270,10 @@ def bsn_in_text(text: str, keywords: Sequence[str], window: int,
     bare: set[str] = set()
     for pos, digits in valid:
         line_start = lower.rfind("\n", max(0, pos - _NEAR), pos) + 1
-        other = _other_number(lower, max(line_start, pos - _NEAR), pos, keys)
+        start = max(line_start, pos - _NEAR)
+        # words need letters: a CSV of numbers skips the word search
+        other = (_other_number(lower, start, pos, keys) if _LETTER.search(lower, start, pos)
+                 else None)
         key = _near(keys, pos, window)
         if other is not None and (key is None or pos - other < key):
             continue
@@ -276,6 +288,7 @@ def bsn_in_text(text: str, keywords: Sequence[str], window: int,
     return found
 
 
+_CELL_BSN = re.compile(r"\d{9}|\d{4}([. \u00a0])\d{2}\1\d{3}|\d{3}([. \u00a0-])\d{3}\2\d{3}")
 _EXCEL_NUMBER = re.compile(r"\d+(?:\.0+)?|\d(?:\.\d+)?[eE]\+?\d+")
 
 
@@ -304,12 +317,8 @@ def _cell_number(cell: str, restore: bool) -> str | None:
         except (ValueError, OverflowError):
             return None
         return value.zfill(9) if 7 <= len(value) <= 9 else None
-    cands = list(bsn_candidates(value))
-    if len(cands) == 1 and cands[0][0] == 0:
-        digits = cands[0][1]
-        if len(value.translate(_SEPARATORS)) == 9:
-            return digits
-    return None
+    m = _CELL_BSN.fullmatch(value)
+    return m.group(0).translate(_SEPARATORS) if m is not None else None
 
 
 def bsn_in_rows(rows: Sequence[Sequence[str]], keywords: Sequence[str],
@@ -335,7 +344,7 @@ def bsn_in_rows(rows: Sequence[Sequence[str]], keywords: Sequence[str],
                 n = _cell_number(row[c], restore)
                 if n is not None:
                     numbers.append(n)
-        good = [n for n in numbers if bsn_valid(n)]
+        good = [n for n in numbers if n.isascii() and _eleven(int(n))]
         if restore or (len(numbers) >= 5 and len(good) >= 0.8 * len(numbers)):
             for n in good:
                 found[n] = HIGH
@@ -344,18 +353,7 @@ def bsn_in_rows(rows: Sequence[Sequence[str]], keywords: Sequence[str],
 
 def iban_numbers(text: str) -> set[str]:
     """Distinct valid IBANs in ``text``, normalised (upper case, no spaces)."""
-    out: set[str] = set()
-    last_end = -1
-    for start in _digit_pairs(text):
-        pos = start - 2
-        if pos < last_end or pos < 0 or not text[pos:pos + 2].isalpha() \
-                or (pos and text[pos - 1].isalnum()):
-            continue
-        m = _IBAN_CI.match(text, pos)
-        if m and iban_valid(m.group(1)):
-            out.add(m.group(1).replace(" ", "").upper())
-            last_end = m.end(1)
-    return out
+    return {m.group(1).replace(" ", "").upper() for m in _iban_matches(text)}
 
 
 def normalise_iban(value: str) -> str:

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from milter.inspect.detectors import (
     _BSN_CAND,
     _bsn_matches,
-    _digit_pairs,
     _digit_positions,
     count_bsn,
     count_iban,
@@ -20,8 +19,9 @@ from milter.inspect.detectors import (
 _pieces = st.sampled_from(["111222333", "1112.22.333", "111 222 333", "111-222-333", "123456782",
                            "NL91ABNA0417164300", "NL91 ABNA 0417 1643 00", "nl91abna0417164300",
                            "BE68539007547034", "0", "12", " ", ".", "-", ",", "a", "NL", "x9",
-                           "\u0663", "\u00b2", "\u00e9", "\n", "999999999", "1234 AB", "1234.56.782", "123 456 782", ";", "(", "\t", "\u00a0",
-                           "\"", "312 298 105"])
+                           "\u0663", "\u00b2", "\u00e9", "\n", "999999999", "1234 AB",
+                           "1234.56.782", "123 456 782", ";", "(", "\t", "\u00a0", "\"",
+                           "312 298 105"])
 
 
 def same_candidates(text: str) -> None:
@@ -29,7 +29,6 @@ def same_candidates(text: str) -> None:
     if text.isascii() and len(text) < 4096:
         assert positions is not None  # the fast path is the one taken, and checked here
     assert positions is None or positions == [m.start() for m in re.finditer(r"\d", text)]
-    assert list(_digit_pairs(text)) == [m.start() for m in re.finditer(r"\d\d", text)]
     assert [m.span() for m in _bsn_matches(text)] == [m.span() for m in
                                                       _BSN_CAND.finditer(text)]
 
