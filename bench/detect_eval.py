@@ -15,11 +15,9 @@ Asserts nothing: figures, not tests (speed and quality live in bench/, never in 
 from __future__ import annotations
 
 import argparse
-import io
 import random
 import sys
 import tempfile
-import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,98 +108,11 @@ def date(rng: random.Random) -> str:
     return f"{rng.randint(1, 28)}-{rng.randint(1, 12)}-2026"
 
 
-# -- files -----------------------------------------------------------------------------------
+# -- files: tests/fixtures/files.py makes them with real libraries --------------------------
 
-def csv_bytes(rows: list[list[str]], sep: str = ",") -> bytes:
-    import csv
-    buf = io.StringIO()
-    csv.writer(buf, delimiter=sep, lineterminator="\r\n").writerows(rows)
-    return buf.getvalue().encode()
-
-
-def ods(rows: list[list[object]]) -> bytes:
-    """A minimal OpenDocument spreadsheet, as LibreOffice writes its content.xml."""
-    def cell(v: object) -> str:
-        if isinstance(v, int | float):
-            return (f'<table:table-cell office:value-type="float" office:value="{v}">'
-                    f"<text:p>{v}</text:p></table:table-cell>")
-        from html import escape
-        return (f'<table:table-cell office:value-type="string"><text:p>{escape(str(v))}'
-                "</text:p></table:table-cell>")
-    body = "".join("<table:table-row>" + "".join(cell(v) for v in r) + "</table:table-row>"
-                   for r in rows)
-    content = ('<?xml version="1.0" encoding="UTF-8"?><office:document-content '
-               'xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
-               'xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" '
-               'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0">'
-               '<office:body><office:spreadsheet><table:table table:name="Blad1">'
-               f"{body}</table:table></office:spreadsheet></office:body>"
-               "</office:document-content>")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr(zipfile.ZipInfo("mimetype"), "application/vnd.oasis.opendocument."
-                    "spreadsheet")
-        zf.writestr("content.xml", content)
-        zf.writestr("META-INF/manifest.xml", '<?xml version="1.0"?><manifest:manifest '
-                    'xmlns:manifest="urn:oasis:names:tc:opendocument:xmlns:manifest:1.0"/>')
-    return buf.getvalue()
-
-
-def pptx(slides: list[str], images: int = 0, photo: bytes = b"") -> bytes:
-    """A minimal presentation: slide text runs, and photos under ppt/media/."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types xmlns="http://schemas.'
-                    'openxmlformats.org/package/2006/content-types"/>')
-        for n, text in enumerate(slides, start=1):
-            zf.writestr(f"ppt/slides/slide{n}.xml", '<p:sld xmlns:a="a" xmlns:p="p"><a:p>'
-                        f"<a:r><a:t>{text}</a:t></a:r></a:p></p:sld>")
-        for n in range(images):
-            zf.writestr(f"ppt/media/image{n + 1}.jpeg", photo)
-    return buf.getvalue()
-
-
-def docx_with_photos(paragraphs: list[str], photo: bytes, n: int) -> bytes:
-    import docx as python_docx
-    doc = python_docx.Document()
-    for p in paragraphs:
-        doc.add_paragraph(p)
-    for _ in range(n):
-        doc.add_picture(io.BytesIO(photo))
-    buf = io.BytesIO()
-    doc.save(buf)
-    return buf.getvalue()
-
-
-def pdf_with_photo(lines: list[str], photo: bytes) -> bytes:
-    from reportlab.lib.utils import ImageReader
-    from reportlab.pdfgen import canvas
-    buf = io.BytesIO()
-    c = canvas.Canvas(buf)
-    y = 800
-    for line in lines:
-        c.drawString(72, y, line)
-        y -= 20
-    c.drawImage(ImageReader(io.BytesIO(photo)), 72, 200, width=300, height=225)
-    c.save()
-    return buf.getvalue()
-
-
-def pdf_table(rows: list[list[str]]) -> bytes:
-    """Each cell drawn on its own, as report generators do (no spaces in the PDF itself)."""
-    from reportlab.pdfgen import canvas
-    buf = io.BytesIO()
-    c = canvas.Canvas(buf)
-    y = 800
-    for row in rows:
-        for i, cell in enumerate(row):
-            c.drawString(40 + i * 130, y, cell)
-        y -= 18
-        if y < 60:
-            c.showPage()
-            y = 800
-    c.save()
-    return buf.getvalue()
+csv_bytes, ods, pptx = files.csv_bytes, files.ods, files.pptx
+docx_with_photos, pdf_with_photo, pdf_table = (files.docx_with_photos, files.pdf_with_photo,
+                                               files.pdf_table)
 
 
 # -- messages --------------------------------------------------------------------------------

@@ -200,7 +200,8 @@ def uninspectable(message: Message, ctx: Context, params: Mapping[str, Any]) -> 
     if ctx.direction != "outbound":
         return None
     report = inspect_message(message, ctx.limits)
-    bad = [_item_evidence(i, reason=i.uninspectable) for i in report.items if i.uninspectable]
+    bad = [_item_evidence(i, reason=i.uninspectable, defects=i.defects)
+           for i in report.items if i.uninspectable]
     if not bad:
         return None
     return Finding(reason="cannot inspect: " + "; ".join(b["reason"] for b in bad)[:300],
