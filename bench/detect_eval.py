@@ -15,6 +15,7 @@ Asserts nothing: figures, not tests (speed and quality live in bench/, never in 
 from __future__ import annotations
 
 import argparse
+import io
 import random
 import sys
 import tempfile
@@ -158,6 +159,10 @@ DISCLAIMERS = [
     "addressee. If you are not the intended recipient, please delete it.",
     "Disclaimer: aan dit bericht kunnen geen rechten worden ontleend. Dit bericht kan "
     "VERTROUWELIJKE informatie bevatten en is alleen bedoeld voor de geadresseerde.",
+    "CONFIDENTIALITY NOTICE:\nThis e-mail and any attachments are for the exclusive use of "
+    "the intended recipient. If you are not the intended recipient, please delete it.",
+    "VERTROUWELIJK\nDe informatie in dit bericht is uitsluitend bestemd voor de "
+    "geadresseerde. Gebruik door anderen is niet toegestaan.",
 ]
 
 
@@ -315,6 +320,17 @@ def ordinary(rng: random.Random, n: int, photo: bytes) -> list[Sample]:
     return out
 
 
+def docx_tabs(rows: list[list[str]]) -> bytes:
+    """A list typed in Word with tab stops, not a table: one paragraph a row."""
+    import docx as python_docx
+    doc = python_docx.Document()
+    for r in rows:
+        doc.add_paragraph("\t".join(r))
+    buf = io.BytesIO()
+    doc.save(buf)
+    return buf.getvalue()
+
+
 def html_table(rows: list[list[str]]) -> str:
     from html import escape
     head = "".join(f"<th>{escape(c)}</th>" for c in rows[0])
@@ -412,6 +428,9 @@ def leaks(rng: random.Random, n: int, photo: bytes) -> list[Sample]:
         ("people", "csv", "pupil list", lambda: mail("Lijst.", [("klas.csv", csv_bytes(
             pupils(rng, rng.randint(12, 30), personal(cols())), rng.choice([",", ";"])),
             "text/csv")])),
+        ("people", "docx", "pupil list typed with tabs", lambda: mail("Lijst.", [(
+            "klas.docx", docx_tabs(pupils(rng, rng.randint(12, 30), personal(cols()))),
+            DOCX)])),
         ("people", "docx", "pupil table", lambda: mail("Lijst.", [("klas.docx", files.docx(
             ["Groep 5"], table=pupils(rng, rng.randint(12, 30), personal(cols()))), DOCX)])),
         ("people", "pdf", "pupil list as PDF", lambda: mail("Lijst.", [("klas.pdf", pdf_table(

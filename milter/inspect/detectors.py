@@ -372,8 +372,10 @@ _DISCLAIMER = re.compile(
     r"|may contain|kan vertrouwelijke|kunnen vertrouwelijke|kan informatie bevatten"
     r"|disclaimer|niet de beoogde|onbevoegd|openbaarmaking|not the intended"
     r"|vertrouwelijk (?:mee )?om|vertrouwelijk behandel|vertrouwelijk omgaan"
-    r"|vertrouwelijk met uw|privacyverklaring|privacy statement|avg")
-_SENTENCE_END = re.compile(r"[.!?\n]")
+    r"|vertrouwelijk met uw|privacyverklaring|privacy statement|confidentiality notice"
+    r"|exclusive use")
+_BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
+_PARAGRAPH = 400  # characters either side of a marking searched for its paragraph
 
 
 def marking_levels(text: str, words: Sequence[str], case_sensitive: Sequence[str],
@@ -413,11 +415,13 @@ def marking_levels(text: str, words: Sequence[str], case_sensitive: Sequence[str
 def _marking_level(text: str, lower: str, pos: int, end: int, where: str) -> int:
     if _NEGATED.search(lower, max(0, pos - 12), pos):
         return NONE
-    s_start = max((m.end() for m in _SENTENCE_END.finditer(lower, max(0, pos - 300), pos)),
-                  default=max(0, pos - 300))
-    s_end_m = _SENTENCE_END.search(lower, end, end + 300)
-    sentence = lower[s_start:s_end_m.start() if s_end_m else end + 300]
-    if _DISCLAIMER.search(sentence):
+    # a disclaimer is a paragraph of its own: its heading ("VERTROUWELIJK",
+    # "CONFIDENTIALITY NOTICE:") and its sentences belong together
+    p_start = max((m.end() for m in _BLANK_LINE.finditer(lower, max(0, pos - _PARAGRAPH),
+                                                         pos)),
+                  default=max(0, pos - _PARAGRAPH))
+    p_end = _BLANK_LINE.search(lower, end, end + _PARAGRAPH)
+    if _DISCLAIMER.search(lower, p_start, p_end.start() if p_end else end + _PARAGRAPH):
         return NONE
     if where in ("subject", "name"):
         return HIGH

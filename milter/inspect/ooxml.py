@@ -40,11 +40,21 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".we
 _MEDIA_DIRS = ("word/media/", "ppt/media/", "xl/media/")
 
 
+_RUN_PIECE = {
+    # a run's tab is a bare <w:tab/>; tab stops in the paragraph's properties have attributes
+    "docx": re.compile(r"<w:t(?:\s[^>]*)?>([^<]*)</w:t>|<w:(tab|cr)/>|<w:(br)\b[^>]*/>"),
+    "pptx": re.compile(r"<a:t(?:\s[^>]*)?>([^<]*)</a:t>|<a:(tab)/>|<a:(br)\b[^>]*/>"),
+}
+
+
 def _paragraphs(xml: str, kind: str) -> list[str]:
     """One line per paragraph, its runs joined without spaces: Word splits a word or a number
     over several runs at will, and a line break between paragraphs (and table cells) keeps
-    them from running together into new numbers."""
-    return ["".join(_TEXT[kind].findall(p)) for p in _PARA[kind].findall(xml)]
+    them from running together into new numbers. Tabs stay tabs: a list typed with tab
+    stops is a table."""
+    return ["".join(text if not (sep or br) else "\t" if sep == "tab" else "\n"
+                    for text, sep, br in _RUN_PIECE[kind].findall(p))
+            for p in _PARA[kind].findall(xml)]
 
 
 def _read(zf: zipfile.ZipFile, name: str, budget: Budget) -> str:

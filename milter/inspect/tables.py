@@ -86,11 +86,13 @@ def _is_name(cell: str, header: bool) -> bool:
 
 
 def _external_email(cell: str, school_domains: Sequence[str]) -> bool:
-    m = _EMAIL.fullmatch(cell.strip())
-    if m is None:
-        return False
-    domain = m.group(1).lower()
-    return not any(domain == d or domain.endswith("." + d) for d in school_domains)
+    """An address outside the school in the cell (searched, not matched whole: a PDF's
+    cells can touch, ``ouder@gmail.com09-11-2014``)."""
+    for m in _EMAIL.finditer(cell):
+        domain = m.group(1).lower()
+        if not any(domain == d or domain.endswith("." + d) for d in school_domains):
+            return True
+    return False
 
 
 def _value_kind(cell: str, school_domains: Sequence[str]) -> str:

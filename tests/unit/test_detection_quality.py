@@ -271,6 +271,21 @@ def test_pupil_list_in_other_formats(rt: Runtime, fmt: str) -> None:
     assert verdict(rt, mail("Lijst.", [att]))["action"] == "quarantine"
 
 
+def test_pupil_list_typed_in_word_with_tab_stops(rt: Runtime) -> None:
+    import io
+
+    import docx as python_docx
+
+    doc = python_docx.Document()
+    for row in PEOPLE:
+        doc.add_paragraph("\t".join(row))
+    buf = io.BytesIO()
+    doc.save(buf)
+    v = verdict(rt, mail("Lijst.", [("klas.docx", buf.getvalue(), DOCX)]))
+    assert v["action"] == "quarantine"
+    assert [f["rows"] for f in findings(v) if f["signal"] == "people"] == [15]
+
+
 def test_names_with_parents_phone_email_and_address_without_birth_date(rt: Runtime) -> None:
     rows = [["Naam", "Telefoon", "E-mail ouders", "Adres"]] + [
         [n, p, e, a] for n, _, p, e, a in PUPILS]
@@ -342,6 +357,10 @@ def test_marking_in_the_subject_without_attachments(rt: Runtime, subject: str) -
     "Wij gaan vertrouwelijk om met de gegevens die u ons geeft.",
     "De informatie is vertrouwelijk en uitsluitend bestemd voor de geadresseerde.",
     "Een oppervlakte van 20 m2, opp. 20 m2.",
+    "Groeten.\n\nCONFIDENTIALITY NOTICE:\nThis e-mail is for the exclusive use of the intended "
+    "recipient.",
+    "Groeten.\n\nVERTROUWELIJK\nDe informatie in dit bericht is uitsluitend bestemd voor de "
+    "geadresseerde.",
 ])
 def test_marking_lookalikes_in_the_body_do_not_fire(rt: Runtime, body: str) -> None:
     assert verdict(rt, mail(body))["action"] == "accept"
