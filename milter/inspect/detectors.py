@@ -112,6 +112,8 @@ def _digit_positions(text: str) -> list[int] | None:
 
 def iban_valid(candidate: str) -> bool:
     s = candidate.replace(" ", "").upper()
+    if not (s.isascii() and s.isalnum() and s[:2].isalpha() and s[2:4].isdigit()):
+        return False
     expected = IBAN_LENGTHS.get(s[:2])
     if expected is not None and len(s) != expected:
         return False
@@ -316,7 +318,7 @@ def _cell_number(cell: str, restore: bool) -> str | None:
             value = str(int(float(value))) if not value.isdigit() else value
         except (ValueError, OverflowError):
             return None
-        return value.zfill(9) if 7 <= len(value) <= 9 else None
+        return value.zfill(9) if 5 <= len(value) <= 9 else None
     m = _CELL_BSN.fullmatch(value)
     return m.group(0).translate(_SEPARATORS) if m is not None else None
 
