@@ -16,14 +16,6 @@ from defusedxml import ElementTree
 
 from milter.inspect import Budget, Item
 
-_TEXT = {
-    "docx": re.compile(r"<w:t(?:\s[^>]*)?>([^<]*)</w:t>"),
-    "pptx": re.compile(r"<a:t(?:\s[^>]*)?>([^<]*)</a:t>"),
-}
-_PARA = {
-    "docx": re.compile(r"<w:p[ >].*?</w:p>|<w:p/>", re.S),
-    "pptx": re.compile(r"<a:p[ >].*?</a:p>|<a:p/>", re.S),
-}
 _ROW = re.compile(r"<w:tr[ >].*?</w:tr>", re.S)
 _CELL = re.compile(r"<w:tc[ >].*?</w:tc>", re.S)
 _XL_ROW = re.compile(r"<row[ >].*?</row>", re.S)
@@ -40,10 +32,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".we
 _MEDIA_DIRS = ("word/media/", "ppt/media/", "xl/media/")
 
 
-_RUN_PIECE = {
-    # a run's tab is a bare <w:tab/>; tab stops in the paragraph's properties have attributes
-    "docx": re.compile(r"<w:t(?:\s[^>]*)?>([^<]*)</w:t>|<w:(tab|cr)/>|<w:(br)\b[^>]*/>"),
-    "pptx": re.compile(r"<a:t(?:\s[^>]*)?>([^<]*)</a:t>|<a:(tab)/>|<a:(br)\b[^>]*/>"),
+# The pieces of text in reading order, and where each paragraph ends. A run's tab is a bare
+# <w:tab/>; tab stops in a paragraph's properties have attributes and are not text.
+_PIECES = {
+    "docx": re.compile(r"<w:t(?:\s[^>]*)?>([^<]*)</w:t>|<w:(tab|cr)/>|<w:(br)\b[^>]*/>"
+                       r"|(</w:p>|<w:p/>)"),
+    "pptx": re.compile(r"<a:t(?:\s[^>]*)?>([^<]*)</a:t>|<a:(tab)/>|<a:(br)\b[^>]*/>"
+                       r"|(</a:p>|<a:p/>)"),
 }
 
 
@@ -51,10 +46,22 @@ def _paragraphs(xml: str, kind: str) -> list[str]:
     """One line per paragraph, its runs joined without spaces: Word splits a word or a number
     over several runs at will, and a line break between paragraphs (and table cells) keeps
     them from running together into new numbers. Tabs stay tabs: a list typed with tab
-    stops is a table."""
-    return ["".join(text if not (sep or br) else "\t" if sep == "tab" else "\n"
-                    for text, sep, br in _RUN_PIECE[kind].findall(p))
-            for p in _PARA[kind].findall(xml)]
+    stops is a table. One regex pass over the part."""
+    lines: list[str] = []
+    line: list[str] = []
+    for text, sep, br, end in _PIECES[kind].findall(xml):
+        if end:
+            lines.append("".join(line))
+            line = []
+        elif sep == "tab":
+            line.append("\t")
+        elif sep or br:
+            line.append("\n")
+        else:
+            line.append(text)
+    if line:
+        lines.append("".join(line))
+    return lines
 
 
 def _read(zf: zipfile.ZipFile, name: str, budget: Budget) -> str:

@@ -187,7 +187,8 @@ def text_tables(text: str) -> list[list[list[str]]]:
                 tables.append(block) if len(block) >= 2 else None
                 block = []
             continue
-        cells = [c.strip() for c in _CELL_SPLIT.split(stripped)]
+        cells = ([c.strip() for c in _CELL_SPLIT.split(stripped)]
+                 if "\t" in stripped or "  " in stripped else [stripped])
         if len(cells) >= 2:
             block.append(cells)
             blank = 0
