@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from milter.inspect.detectors import (
     _BSN_CAND,
+    _IBAN_START,
     _bsn_matches,
+    _iban_starts,
     _digit_positions,
     count_bsn,
     count_iban,
@@ -31,6 +33,7 @@ def same_candidates(text: str) -> None:
     assert positions is None or positions == [m.start() for m in re.finditer(r"\d", text)]
     assert [m.span() for m in _bsn_matches(text)] == [m.span() for m in
                                                       _BSN_CAND.finditer(text)]
+    assert list(_iban_starts(text)) == [m.start() for m in _IBAN_START.finditer(text)]
 
 
 @settings(max_examples=400)
