@@ -102,6 +102,10 @@ def iter_errors(data: Mapping[str, Any], path: Path) -> list[ConfigError]:
             elif allowed[p] is not None and type(v) is not type(allowed[p]):
                 errors.append(ConfigError(path, f"{key}.params.{p}",
                                           f"expected {type(allowed[p]).__name__}, got {v!r}"))
+            elif p in registry[rid].choices and v not in registry[rid].choices[p]:
+                errors.append(ConfigError(path, f"{key}.params.{p}", "expected one of "
+                                          + ", ".join(f'"{c}"' for c in registry[rid].choices[p])
+                                          + f", got {v!r}"))
     return errors
 
 

@@ -38,18 +38,21 @@ class RuleSpec:
     id: str
     fn: RuleFn
     params: Mapping[str, Any]  # allowed policy params with their defaults
+    # string params that take one of a few values: a typo is a config error, not a default
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 REGISTRY: dict[str, RuleSpec] = {}
 
 
-def rule(rule_id: str, **params: Any) -> Callable[[RuleFn], RuleFn]:
+def rule(rule_id: str, choices: Mapping[str, tuple[str, ...]] | None = None,
+         **params: Any) -> Callable[[RuleFn], RuleFn]:
     """Register ``fn`` as rule ``rule_id``; keyword arguments are its policy params."""
 
     def register(fn: RuleFn) -> RuleFn:
         if rule_id in REGISTRY:
             raise RuntimeError(f"rule {rule_id} registered twice")
-        REGISTRY[rule_id] = RuleSpec(rule_id, fn, params)
+        REGISTRY[rule_id] = RuleSpec(rule_id, fn, params, dict(choices or {}))
         return fn
 
     return register

@@ -32,7 +32,7 @@ from milter.rules import Finding, rule
 DEFAULT_MARKINGS = ["vertrouwelijk", "confidential", "leerlingdossier", "personeelsdossier",
                     "zorgdossier", "OPP", "ontwikkelingsperspectief", "groeidocument",
                     "handelingsplan", "medisch dossier", "strikt persoonlijk", "diagnose"]
-LEVELS = {"none": NONE, "low": LOW, "medium": MEDIUM, "high": HIGH}
+LEVELS = {"low": LOW, "medium": MEDIUM, "high": HIGH}
 
 
 def _cap(ctx: Context) -> str | None:
@@ -54,9 +54,9 @@ class _Judge:
     ``act_confidence`` and up take the rule's action, ``tag_confidence`` and up only tag."""
 
     def __init__(self, params: Mapping[str, Any]) -> None:
-        self.act = LEVELS.get(str(params["act_confidence"]), MEDIUM)
+        self.act = LEVELS[str(params["act_confidence"])]  # values checked on policy load
         tag = str(params["tag_confidence"])
-        self.tag = LEVELS[tag] if tag in LEVELS and tag != "none" else HIGH + 1
+        self.tag = LEVELS[tag] if tag != "none" else HIGH + 1
 
     def counted(self, levels: Mapping[str, int], minimum: int, signal: str,
                 **extra: Any) -> dict[str, Any] | None:
@@ -84,7 +84,9 @@ class _Judge:
                    "Highly Confidential", "Intern vertrouwelijk"],
       label_ids=[], min_bsn=1, min_iban=3, pupil_list_min_rows=10, check_subject=True,
       check_body=True, own_ibans=[], bsn_keywords=DEFAULT_BSN_KEYWORDS, keyword_window=300,
-      act_confidence="medium", tag_confidence="none")
+      act_confidence="medium", tag_confidence="none",
+      choices={"act_confidence": ("low", "medium", "high"),
+               "tag_confidence": ("none", "low", "medium", "high")})
 def confidential_attachment(message: Message, ctx: Context,
                             params: Mapping[str, Any]) -> Finding | None:
     """Confidential or personal content in what goes outside: attachments, the body and the

@@ -538,3 +538,13 @@ def test_check_command_shows_the_body_finding(tmp_path: Path,
     v = json.loads(capsys.readouterr().out)
     assert v["action"] == "quarantine" and BSN not in json.dumps(v)
     assert findings(v) == [{"signal": "bsn", "count": 1, "confidence": "high"}]
+
+
+def test_a_confidence_typo_is_a_config_error(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    policy = POLICY.read_text().replace('act_confidence = "medium"', 'act_confidence = "hoog"')
+    (tmp_path / "p.toml").write_text(policy)
+    cfg = write_config(tmp_path, policy=tmp_path / "p.toml")
+    assert main(["config", "check", "--config", str(cfg)]) != 0
+    err = capsys.readouterr()
+    assert "act_confidence" in err.out + err.err and '"medium"' in err.out + err.err

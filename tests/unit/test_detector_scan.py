@@ -12,8 +12,8 @@ from milter.inspect.detectors import (
     _BSN_CAND,
     _IBAN_START,
     _bsn_matches,
-    _iban_starts,
     _digit_positions,
+    _iban_starts,
     count_bsn,
     count_iban,
 )
