@@ -39,7 +39,22 @@ def samples() -> dict[str, bytes]:
             "application/zip")]),
         "photo 1 MP": files.mail_with([("foto.jpg", files.photo(1000, 1000), "image/jpeg")]),
         "plain 2 KB": files.mail_with([], body="Beste ouders,\n" + "tekst " * 300),
+        "digit csv 10 MB": files.mail_with([("export.csv", _digit_csv(10 * 2**20), "text/csv")]),
     }
+
+
+def _digit_csv(size: int) -> bytes:
+    """The detectors' worst case: nothing but nine-digit numbers (1 in 11 passes the
+    11-test), comma-separated."""
+    import random
+
+    rng = random.Random(10)
+    rows = ["Bestelnummer,Artikel,Bedrag,Code,Ref,A,B,C"]
+    total = 0
+    while total < size:
+        rows.append(",".join(str(rng.randint(100_000_000, 999_999_999)) for _ in range(8)))
+        total += len(rows[-1]) + 2
+    return "\r\n".join(rows).encode()
 
 
 def rate(fn: object, seconds: float) -> tuple[int, float]:

@@ -174,10 +174,14 @@ def render(req: NoticeRequest, lang: str, *, name: str, school: str, postmaster:
            intro: str = "") -> tuple[str, str, str]:
     """(subject, text, html) of one notice; values are HTML-escaped in the HTML part."""
     action = req.verdict.action
-    rules_text = "\n".join(f"- {rp.text('title', lang)} (artikel {rp.article}, {rp.id}): "
-                           f"{rp.text('reason', lang)}." if lang == "nl" else
-                           f"- {rp.text('title', lang)} (article {rp.article}, {rp.id}): "
-                           f"{rp.text('reason', lang)}." for rp in req.rules)
+    evidence = {fr.id: fr.evidence for fr in req.verdict.rules}
+    rules_text = "\n".join(
+        (f"- {rp.text('title', lang)} (artikel {rp.article}, {rp.id}): "
+         f"{rp.text('reason', lang)}." if lang == "nl" else
+         f"- {rp.text('title', lang)} (article {rp.article}, {rp.id}): "
+         f"{rp.text('reason', lang)}.")
+        + "".join(f"\n  {line}" for line in finding_lines(evidence.get(rp.id) or {}, lang))
+        for rp in req.rules)
     no_subject = "(geen onderwerp)" if lang == "nl" else "(no subject)"
     values = {
         "name": name, "action_text": ACTION_TEXT[lang].get(action, action),
@@ -205,6 +209,86 @@ def render(req: NoticeRequest, lang: str, *, name: str, school: str, postmaster:
     subject = SUBJECT[lang].format(action=ACTION_TEXT[lang].get(action, action).split(";")[0],
                                    subject=(req.subject or "")[:120])
     return subject, text, body_html
+
+
+WORDS: dict[str, dict[str, str]] = {
+    "nl": {"bsn": "{n} BSN-nummer(s)", "iban": "{n} IBAN-rekeningnummer(s)",
+           "people": "een tabel met {rows} personen ({columns})",
+           "marking": "de markering {words}", "label": "het gevoeligheidslabel {labels}",
+           "body": "in de tekst van het bericht", "subject": "in het onderwerp",
+           "attachment": "in bijlage {name}", "found": "Gevonden",
+           "confidence": "zekerheid: {level}", "high": "hoog", "medium": "gemiddeld",
+           "low": "laag", "tag": "alleen gemarkeerd",
+           "media": "in bijlage {name}: {n} foto('s) of opname(n) in het document",
+           "media_file": "bijlage {name} ({type})", "uninspectable": "{name}: {reason}"},
+    "en": {"bsn": "{n} BSN number(s)", "iban": "{n} IBAN account number(s)",
+           "people": "a table of {rows} people ({columns})",
+           "marking": "the marking {words}", "label": "the sensitivity label {labels}",
+           "body": "in the message text", "subject": "in the subject",
+           "attachment": "in attachment {name}", "found": "Found",
+           "confidence": "confidence: {level}", "high": "high", "medium": "medium",
+           "low": "low", "tag": "tagged only",
+           "media": "in attachment {name}: {n} photo(s) or recording(s) in the document",
+           "media_file": "attachment {name} ({type})", "uninspectable": "{name}: {reason}"},
+}
+COLUMNS: dict[str, dict[str, str]] = {
+    "nl": {"birth_date": "geboortedatum", "pupil_number": "leerlingnummer", "bsn": "BSN",
+           "phone": "telefoonnummer", "email": "e-mailadres", "address": "adres",
+           "iban": "IBAN", "health": "medische gegevens"},
+    "en": {"birth_date": "birth date", "pupil_number": "pupil number", "bsn": "BSN",
+           "phone": "phone number", "email": "e-mail address", "address": "address",
+           "iban": "IBAN", "health": "medical data"},
+}
+
+
+def finding_lines(evidence: Mapping[str, Any], lang: str) -> list[str]:
+    """What a rule found, for the person who sent it: which signal, where (the body, the
+    subject or which attachment), how many and how sure; never a value (the numbers, names
+    and addresses found stay out of notices as they stay out of the audit)."""
+    w = WORDS.get(lang, WORDS["en"])
+    lines: list[str] = []
+    for item in evidence.get("items") or []:
+        if not isinstance(item, Mapping):
+            continue
+        name = str(item.get("name", ""))
+        where = w.get(str(item.get("where", "")), w["attachment"]).format(name=name)
+        if item.get("findings"):
+            for f in item["findings"]:
+                what = _finding_text(f, w, COLUMNS.get(lang, COLUMNS["en"]))
+                level = w.get(str(f.get("confidence", "")), "")
+                extra = [w["confidence"].format(level=level)] if level else []
+                if f.get("action") == "tag":
+                    extra.append(w["tag"])
+                suffix = f" ({', '.join(extra)})" if extra else ""
+                lines.append(f"{w['found']}: {what} {where}{suffix}.")
+        elif item.get("reason"):
+            lines.append(w["uninspectable"].format(name=name, reason=item["reason"]) + ".")
+        elif item.get("embedded_images"):
+            lines.append(f"{w['found']}: " + w["media"].format(
+                name=name, n=item["embedded_images"]) + ".")
+        elif item.get("type"):
+            lines.append(f"{w['found']}: " + w["media_file"].format(
+                name=name, type=item["type"]) + ".")
+    return list(dict.fromkeys(lines))  # a body in text and HTML finds the same once
+
+
+def _finding_text(f: Mapping[str, Any], w: Mapping[str, str], cols: Mapping[str, str]) -> str:
+    sig = str(f.get("signal", ""))
+    if sig in ("bsn", "iban"):
+        return w[sig].format(n=f.get("count", 0))
+    if sig == "people":
+        columns = ", ".join(cols.get(str(c), str(c)) for c in f.get("columns") or [])
+        return w["people"].format(rows=f.get("rows", 0), columns=columns)
+    if sig == "marking":
+        return w["marking"].format(words=", ".join(f"'{x}'" for x in f.get("words") or []))
+    if sig == "label":
+        return w["label"].format(labels=", ".join(f"'{x}'" for x in f.get("labels") or []
+                                                  if not _is_guid(str(x))))
+    return sig
+
+
+def _is_guid(value: str) -> bool:
+    return bool(re.fullmatch(r"\{?[0-9a-fA-F-]{36}\}?", value))
 
 
 def build_mail(*, postmaster: str, to: str, subject: str, text: str, body_html: str,

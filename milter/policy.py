@@ -104,8 +104,9 @@ def iter_errors(data: Mapping[str, Any], path: Path) -> list[ConfigError]:
                 errors.append(ConfigError(path, f"{key}.params.{p}",
                                           f"expected {type(allowed[p]).__name__}, got {v!r}"))
             elif p in registry[rid].choices and v not in registry[rid].choices[p]:
-                errors.append(ConfigError(path, f"{key}.params.{p}", f"{v!r}; allowed: "
-                                          + ", ".join(registry[rid].choices[p])))
+                errors.append(ConfigError(path, f"{key}.params.{p}", "expected one of "
+                                          + ", ".join(f'"{c}"' for c in registry[rid].choices[p])
+                                          + f", got {v!r}"))
     return errors
 
 

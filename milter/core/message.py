@@ -265,20 +265,123 @@ def _stored(msg: StdMessage) -> object:
 
 
 def _filename(msg: StdMessage) -> str:
+    """The name a mail client shows: Content-Disposition ``filename`` before Content-Type
+    ``name``, and of each the RFC 2231 form (``filename*``, continuations) before the plain
+    one. Python's ``get_filename`` prefers the plain one; Thunderbird, Outlook and Apple Mail
+    show the RFC 2231 one, and the name the policy and the notice give must be theirs."""
+    for header, param in (("content-disposition", "filename"), ("content-type", "name")):
+        values = _param_values(msg, header, param)
+        for key in ("extended", "plain"):
+            if key in values:
+                return values[key]
+    return ""
+
+
+def _header_params(msg: StdMessage, header: str) -> list[tuple[str, str]]:
+    """The parameters of the first ``header`` field as written: (lower-case name, raw value)."""
     try:
-        name = msg.get_filename() or msg.get_param("name", header="content-type")
+        raw = msg.get(header)
     except Exception:  # noqa: BLE001
-        return ""
-    if isinstance(name, tuple):  # RFC 2231 triple from get_param
-        from email.utils import collapse_rfc2231_value
-        name = collapse_rfc2231_value(name)
-    if not isinstance(name, str):
-        return ""
-    if "=?" in name:  # an encoded-word inside quotes: mail programs write it, RFC 2047 forbids it
-        from email.header import decode_header, make_header
+        return []
+    if raw is None:
+        return []
+    return _split_params(str(raw))
+
+
+def _split_params(value: str) -> list[tuple[str, str]]:
+    """``type/sub; a=1; b="x;y"`` -> [("a", "1"), ("b", '"x;y"')], quotes respected."""
+    pieces: list[str] = []
+    buf: list[str] = []
+    quoted = escaped = False
+    for ch in value:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == ";" and not quoted:
+            pieces.append("".join(buf))
+            buf = []
+            continue
+        buf.append(ch)
+    pieces.append("".join(buf))
+    out: list[tuple[str, str]] = []
+    for piece in pieces[1:]:
+        name, eq, val = piece.partition("=")
+        if eq:
+            out.append((name.strip().lower(), val.strip()))
+    return out
+
+
+def _param_values(msg: StdMessage, header: str, param: str) -> dict[str, str]:
+    """The plain and the RFC 2231 (``param*``, ``param*0``...) value of one parameter,
+    decoded, as {"plain": ..., "extended": ...} (only those present)."""
+    from email.utils import collapse_rfc2231_value, decode_params
+
+    params = _header_params(msg, header)
+    out: dict[str, str] = {}
+    plain = [v for n, v in params if n == param]
+    if plain:
+        value = _unquote(plain[0])
+        if "=?" in value:  # an encoded-word in quotes: mail programs write it, RFC 2047 does not
+            from email.header import decode_header, make_header
+            with contextlib.suppress(Exception):
+                value = str(make_header(decode_header(value)))
+        out["plain"] = _CTL.sub("", value).strip()
+    extended = [(n, v) for n, v in params if n.startswith(param + "*")]
+    if extended:
         with contextlib.suppress(Exception):
-            name = str(make_header(decode_header(name)))
-    return _CTL.sub("", name).strip()
+            decoded = decode_params([("", ""), *extended])
+            for n, v in decoded[1:]:
+                if n == param:
+                    out["extended"] = _CTL.sub("", _unquote(collapse_rfc2231_value(v))).strip()
+                    break
+    return out
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value
+
+
+# Parameters whose doubles mail programs resolve differently (first or last, plain or RFC
+# 2231), and headers likewise: the reader of the message may see another structure, another
+# charset or another attachment name than we inspected.
+_WATCHED = {"content-type": ("boundary", "charset", "name"),
+            "content-disposition": ("filename",)}
+_SINGLE_HEADERS = ("content-disposition", "content-transfer-encoding")
+
+
+def mime_defects(node: StdMessage) -> list[str]:
+    """``DuplicateMimeParameter:<name>``, ``ConflictingMimeParameter:<name>`` and
+    ``DuplicateMimeHeader:<name>`` for one MIME node."""
+    defects: list[str] = []
+    for header, watched in _WATCHED.items():
+        params = _header_params(node, header)
+        if not params:
+            continue
+        names = [n for n, _ in params]
+        for param in watched:
+            family = [n for n in names if n == param or n.startswith(param + "*")]
+            if len(family) != len(set(family)):
+                defects.append(f"DuplicateMimeParameter:{param}")
+            values = _param_values(node, header, param)
+            if len(set(values.values())) > 1:
+                defects.append(f"ConflictingMimeParameter:{param}")
+    shown = {k: v for k, v in (
+        ("filename", _param_values(node, "content-disposition", "filename")),
+        ("name", _param_values(node, "content-type", "name"))) if v}
+    if len(shown) == 2:
+        a = shown["filename"].get("extended", shown["filename"].get("plain"))
+        b = shown["name"].get("extended", shown["name"].get("plain"))
+        if a and b and a != b:
+            defects.append("ConflictingMimeParameter:filename/name")
+    for header in _SINGLE_HEADERS:
+        if sum(1 for k in node if k.lower() == header) > 1:
+            defects.append(f"DuplicateMimeHeader:{header}")
+    return defects
 
 
 @dataclass(frozen=True)
@@ -386,6 +489,7 @@ def parse(raw: bytes, *, elide: bool = True) -> Message:
                 raise Unparseable(f"more than {MAX_PARTS} MIME parts")
             if sum(1 for k in node if k.lower() == "content-type") > 1:
                 defects.append("DuplicateContentType")
+            defects.extend(mime_defects(node))
             if node is not msg:
                 defects.extend(type(d).__name__ for d in node.defects)
             if elided is not None:

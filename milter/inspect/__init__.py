@@ -23,9 +23,11 @@ class Item:
     size: int
     sha256: str = ""
     text: str = ""
-    rows: list[list[str]] = field(default_factory=list)   # table rows (csv, xlsx, docx)
+    rows: list[list[str]] = field(default_factory=list)   # table rows (csv, xlsx, docx, html)
     labels: list[str] = field(default_factory=list)       # sensitivity label names and ids
     uninspectable: str = ""       # the reason, when we cannot tell what is inside
+    defects: list[str] = field(default_factory=list)      # what made it uninspectable
+    images: list[int] = field(default_factory=list)       # sizes of pictures embedded in it
     is_body: bool = False
     depth: int = 0
 
@@ -70,12 +72,13 @@ def inspect_message(message: Message, limits: Limits) -> Report:
 
     budget = Budget(limits)
     items: list[Item] = []
-    ambiguous = sorted({d for d in message.defects if d in AMBIGUOUS_DEFECTS})
+    ambiguous = sorted({d for d in message.defects if d.split(":")[0] in AMBIGUOUS_DEFECTS})
     for part in message.parts:
         items.extend(read_part(part, budget))
     if ambiguous:
         items.append(Item(name="(message structure)", kind="mime", size=len(message.raw),
-                          uninspectable="ambiguous MIME structure: " + ", ".join(ambiguous)))
+                          uninspectable="ambiguous MIME structure: " + ", ".join(ambiguous),
+                          defects=ambiguous))
     report = Report(tuple(items))
     message.cache[key] = report
     return report
@@ -85,4 +88,7 @@ def inspect_message(message: Message, limits: Limits) -> Report:
 AMBIGUOUS_DEFECTS = frozenset({
     "DuplicateContentType", "StartBoundaryNotFoundDefect",
     "MultipartInvariantViolationDefect", "NoBoundaryInMultipartDefect",
+    # a parameter given twice, or two spellings of it that disagree: clients pick different
+    # ones (``DuplicateMimeParameter:boundary``); a header given twice, likewise
+    "DuplicateMimeParameter", "ConflictingMimeParameter", "DuplicateMimeHeader",
 })

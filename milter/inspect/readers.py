@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import html
 import io
 import re
 import zipfile
@@ -20,7 +19,6 @@ from milter.inspect import Budget, Item
 BASE64_DEFECTS = {"InvalidBase64PaddingDefect", "InvalidBase64CharactersDefect",
                   "InvalidBase64LengthDefect"}
 
-_TAG = re.compile(r"<[^>]+>")
 _WS = re.compile(r"[ \t\r\f\v]+")
 
 
@@ -87,7 +85,14 @@ def _zip_kind(data: bytes) -> str:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             names = set(zf.namelist())
-    except (zipfile.BadZipFile, ValueError, OSError):
+            if "mimetype" in names and "content.xml" in names:
+                mimetype = zf.read("mimetype")[:100]
+                for suffix, odf_kind in ((b".spreadsheet", "ods"), (b".text", "odt"),
+                                         (b".presentation", "odp")):
+                    if mimetype.startswith(b"application/vnd.oasis.opendocument") \
+                            and mimetype.endswith(suffix):
+                        return odf_kind
+    except (zipfile.BadZipFile, ValueError, OSError, KeyError, RuntimeError):
         return "zip"
     if "[Content_Types].xml" in names:
         if any(n.startswith("word/") for n in names):
@@ -116,7 +121,8 @@ def read_part(part: Part, budget: Budget) -> list[Item]:
     name = part.filename or ("(body)" if not part.is_attachment else "(unnamed)")
     items: list[Item] = []
     item = read_bytes(name, data, budget, depth=0, items=items,
-                      charset=part.text_charset())
+                      charset=part.text_charset(),
+                      html_part=part.content_type == "text/html")
     item.is_body = not part.is_attachment
     if BASE64_DEFECTS & set(part.defects) and item.kind not in ("text", "html", "csv"):
         item.uninspectable = item.uninspectable or "broken base64 transfer encoding"
@@ -124,9 +130,11 @@ def read_part(part: Part, budget: Budget) -> list[Item]:
 
 
 def read_bytes(name: str, data: bytes, budget: Budget, depth: int, items: list[Item],
-               charset: str | None = None) -> Item:
+               charset: str | None = None, html_part: bool = False) -> Item:
     """Read one object; members of archives are appended to ``items``."""
     kind = sniff(data, name)
+    if kind == "text" and html_part:
+        kind = "html"  # an HTML body without an <html> tag is still read as HTML
     item = Item(name=name, kind=kind, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
                 depth=depth)
     limit = budget.limits.max_text_chars
@@ -139,10 +147,14 @@ def read_bytes(name: str, data: bytes, budget: Budget, depth: int, items: list[I
             if kind == "csv" or _csv_like(item.text):
                 item.rows = _csv_rows(item.text)
         elif kind == "html":
-            item.text = html.unescape(_TAG.sub(" ", decode_text(data, charset)))[:limit]
+            from milter.inspect.markup import read_html
+            item.text, item.rows = read_html(decode_text(data, charset), limit)
         elif kind in ("docx", "xlsx", "pptx"):
             from milter.inspect.ooxml import read_ooxml
             read_ooxml(item, data, budget)
+        elif kind in ("ods", "odt", "odp"):
+            from milter.inspect.odf import read_odf
+            read_odf(item, data, budget)
         elif kind == "pdf":
             from milter.inspect.pdf import read_pdf
             read_pdf(item, data, budget)

@@ -26,7 +26,8 @@ class RuleSpec:
     id: str
     fn: RuleFn
     params: Mapping[str, Any]  # allowed policy params with their defaults
-    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values
+    # string params that take one of a few values: a typo is a config error, not a default
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 REGISTRY: dict[str, RuleSpec] = {}
