@@ -227,6 +227,8 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "auth_users": (_opt_str, ""),
         "xforward_from": (_networks, ()),
         "proxy_protocol_from": (_networks, ()),  # HAProxy PROXY v1/v2 from these only
+        # Postfix's smtp_tls_policy_maps source: config check requires TLS to every partner.
+        "tls_policy_map": (_opt_str, ""),
     },
     "logging": {
         "format": (_choice("text", "json"), "text"),
@@ -346,6 +348,7 @@ class GatewaySettings:
     auth_users: str
     xforward_from: tuple[Network, ...]
     proxy_protocol_from: tuple[Network, ...]
+    tls_policy_map: str
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,38 @@ TEXT_KEYS = ("title_nl", "title_en", "reason_nl", "reason_en", "advice_nl", "adv
 RULE_KEYS = {"article", "articles", "action", "mode", "notice", "notice_supervisor", "enabled",
              "params", *TEXT_KEYS}
 POLICY_KEYS = {"name", "version", "default_mode", "keep_subjects"}
+PARTNER_KEYS = {"name", "ground", "domains", "addresses", "rules"}
+SECURE_MAIL_KEYS = {"headers", "rules"}
+# Rules an approved partner or a secure-mail service turns from holding into tagging.
+LAWFUL_RULES = ("A1.confidential-attachment", "A1.uninspectable")
+
+
+@dataclass(frozen=True)
+class Partner:
+    """An approved recipient of confidential mail (a samenwerkingsverband, youth care, the
+    GGD), with the legal ground the school relies on: mail to it is tagged and audited
+    instead of held, for the rules listed."""
+
+    name: str
+    ground: str
+    domains: tuple[str, ...] = ()
+    addresses: tuple[str, ...] = ()
+    rules: tuple[str, ...] = LAWFUL_RULES
+
+    def covers(self, address: str) -> bool:
+        addr = address.lower()
+        domain = addr.rpartition("@")[2]
+        return addr in self.addresses or any(domain == d or domain.endswith("." + d)
+                                             for d in self.domains)
+
+
+@dataclass(frozen=True)
+class SecureMail:
+    """Header fields by which a secure-mail service (the message is only a link to it) is
+    recognised; for ``rules`` such a message is tagged, not held."""
+
+    headers: tuple[str, ...] = ()
+    rules: tuple[str, ...] = LAWFUL_RULES
 
 
 @dataclass(frozen=True)
@@ -43,6 +75,65 @@ class Policy:
     keep_subjects: bool
     rules: Mapping[str, RulePolicy] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    partners: tuple[Partner, ...] = ()
+    secure_mail: SecureMail = SecureMail()
+
+    def partners_for(self, rule_id: str, recipients: tuple[str, ...]) -> tuple[Partner, ...]:
+        """The partners that cover every one of ``recipients`` for ``rule_id`` (empty when
+        any recipient is not an approved partner for that rule)."""
+        found: dict[str, Partner] = {}
+        for rcpt in recipients:
+            match = next((p for p in self.partners
+                          if rule_id in p.rules and p.covers(rcpt)), None)
+            if match is None:
+                return ()
+            found.setdefault(match.name, match)
+        return tuple(found.values())
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
+
+
+def _partner_errors(data: Any, path: Path, known: Any) -> list[ConfigError]:
+    errors: list[ConfigError] = []
+    if not isinstance(data, list):
+        return [ConfigError(path, "partners", "expected [[partners]] tables")]
+    for i, spec in enumerate(data, 1):
+        key = f"partners[{i}]"
+        if not isinstance(spec, dict):
+            errors.append(ConfigError(path, key, "expected a table"))
+            continue
+        for k in spec:
+            if k not in PARTNER_KEYS:
+                errors.append(ConfigError(path, f"{key}.{k}", "unknown key; allowed: "
+                                          + ", ".join(sorted(PARTNER_KEYS))))
+        for k in ("name", "ground"):
+            if not isinstance(spec.get(k), str) or not spec.get(k):
+                errors.append(ConfigError(path, f"{key}.{k}", "required: "
+                                          + ("who it is" if k == "name" else
+                                             "the legal ground, e.g. \"Wet passend onderwijs\"")))
+        for k in ("domains", "addresses", "rules"):
+            if k in spec and not _str_list(spec[k]):
+                errors.append(ConfigError(path, f"{key}.{k}", "expected a list of strings"))
+        if not spec.get("domains") and not spec.get("addresses"):
+            errors.append(ConfigError(path, f"{key}.domains",
+                                      "give domains or addresses (or both)"))
+        for rid in spec.get("rules", []) if _str_list(spec.get("rules", [])) else []:
+            if rid not in known:
+                errors.append(ConfigError(path, f"{key}.rules", f"no such rule {rid!r}"))
+    return errors
+
+
+def _secure_mail_errors(data: Any, path: Path) -> list[ConfigError]:
+    if not isinstance(data, dict):
+        return [ConfigError(path, "secure_mail", "expected a table [secure_mail]")]
+    errors = [ConfigError(path, f"secure_mail.{k}", "unknown key; allowed: headers, rules")
+              for k in data if k not in SECURE_MAIL_KEYS]
+    for k in ("headers", "rules"):
+        if k in data and not _str_list(data[k]):
+            errors.append(ConfigError(path, f"secure_mail.{k}", "expected a list of strings"))
+    return errors
 
 
 def iter_errors(data: Mapping[str, Any], path: Path) -> list[ConfigError]:
@@ -51,8 +142,13 @@ def iter_errors(data: Mapping[str, Any], path: Path) -> list[ConfigError]:
     registry = load_all()
     errors: list[ConfigError] = []
     for top in data:
-        if top not in ("policy", "rules"):
-            errors.append(ConfigError(path, top, "unknown section; allowed: [policy], [rules.ID]"))
+        if top not in ("policy", "rules", "partners", "secure_mail"):
+            errors.append(ConfigError(path, top, "unknown section; allowed: [policy], "
+                                      "[rules.ID], [[partners]], [secure_mail]"))
+    if "partners" in data:
+        errors += _partner_errors(data["partners"], path, registry)
+    if "secure_mail" in data:
+        errors += _secure_mail_errors(data["secure_mail"], path)
     head = data.get("policy", {})
     for key in head:
         if key not in POLICY_KEYS:
@@ -133,6 +229,15 @@ def load(path: Path) -> Policy:
             notice=bool(spec.get("notice", False)),
             notice_supervisor=bool(spec.get("notice_supervisor", False)),
             texts={k: spec[k] for k in TEXT_KEYS if k in spec}, params=params)
+    partners = tuple(Partner(name=p["name"], ground=p["ground"],
+                             domains=tuple(d.lower().lstrip("@") for d in p.get("domains", [])),
+                             addresses=tuple(a.lower() for a in p.get("addresses", [])),
+                             rules=tuple(p.get("rules", LAWFUL_RULES)))
+                     for p in data.get("partners", []))
+    sm = data.get("secure_mail", {})
+    secure = SecureMail(headers=tuple(h.lower() for h in sm.get("headers", [])),
+                        rules=tuple(sm.get("rules", LAWFUL_RULES)))
     return Policy(path=path, name=str(head.get("name", path.stem)),
                   keep_subjects=bool(head.get("keep_subjects", False)), rules=rules,
-                  extra={k: v for k, v in head.items() if k not in POLICY_KEYS})
+                  extra={k: v for k, v in head.items() if k not in POLICY_KEYS},
+                  partners=partners, secure_mail=secure)

@@ -96,7 +96,13 @@ def _notice_templates(cfg: config_mod.Config) -> list[str]:
 
 
 # Subsystems (notice templates, DKIM keys, ...) add checks of the form cfg -> [problem].
-EXTRA_CHECKS: list[Any] = [_notice_templates]
+def _partner_tls(cfg: config_mod.Config) -> list[str]:
+    from milter.commands.partners import tls_problems
+
+    return tls_problems(cfg)
+
+
+EXTRA_CHECKS: list[Any] = [_notice_templates, _partner_tls]
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from milter.core.context import Context
@@ -44,7 +44,8 @@ class Engine:
                 log.exception("rule %s failed", rp.id)
                 raise RuleCrashed(f"{rp.id}: {type(exc).__name__}") from exc
             if finding is not None:
-                fired.append((rp, _fired(rp, finding)))
+                fired.append((rp, _lawful(self.policy, rp, _fired(rp, finding), message,
+                                          ctx)))
         return combine(fired, ctx)
 
 
@@ -56,6 +57,28 @@ def _fired(rp: RulePolicy, finding: Finding) -> FiredRule:
         action = finding.max_action
     return FiredRule(id=rp.id, article=rp.article, action=action, mode=rp.mode,
                      reason=finding.reason, evidence=finding.evidence, notice=rp.notice)
+
+
+def _lawful(policy: Policy, rp: RulePolicy, fr: FiredRule, message: Message,
+            ctx: Context) -> FiredRule:
+    """Confidential mail a school may send: to approved partners only, or through a
+    secure-mail service, it is tagged (and audited with the partner and the legal ground)
+    instead of held. The finding itself is kept whole."""
+    if STRENGTH[fr.action] <= STRENGTH["tag"] or fr.action == "tempfail":
+        return fr
+    external = ctx.external_recipients
+    partners = policy.partners_for(rp.id, external) if external else ()
+    if partners:
+        return replace(fr, action="tag", evidence={
+            **fr.evidence, "partners": [p.name for p in partners],
+            "grounds": sorted({p.ground for p in partners})})
+    secure = policy.secure_mail
+    if rp.id in secure.rules and secure.headers:
+        present = sorted({name.lower() for name, _ in message.headers} & set(secure.headers))
+        if present:
+            return replace(fr, action="tag", evidence={**fr.evidence,
+                                                       "protected_by": present})
+    return fr
 
 
 def combine(fired: list[tuple[RulePolicy, FiredRule]], ctx: Context) -> Verdict:

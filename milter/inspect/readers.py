@@ -116,6 +116,20 @@ def decode_text(data: bytes, charset: str | None = None) -> str:
         return data.decode("cp1252", errors="replace")  # what Dutch Windows writes
 
 
+SMIME_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
+PGP_ARMOR = b"-----BEGIN PGP MESSAGE-----"
+
+
+def encrypted_mail(content_type: str, name: str, data: bytes) -> str:
+    """"smime" or "openpgp" for an encrypted message part (S/MIME enveloped or opaque-signed
+    data, RFC 8551; PGP/MIME or inline PGP, RFC 3156), else ""."""
+    if content_type in SMIME_TYPES or name.lower().endswith((".p7m", ".p7z")):
+        return "smime"
+    if content_type == "application/pgp-encrypted" or PGP_ARMOR in data:
+        return "openpgp"
+    return ""
+
+
 def read_part(part: Part, budget: Budget) -> list[Item]:
     data = part.payload
     name = part.filename or ("(body)" if not part.is_attachment else "(unnamed)")
@@ -124,6 +138,9 @@ def read_part(part: Part, budget: Budget) -> list[Item]:
                       charset=part.text_charset(),
                       html_part=part.content_type == "text/html")
     item.is_body = not part.is_attachment
+    encrypted = encrypted_mail(part.content_type, name, data)
+    if encrypted:  # whole-message encryption: nothing inside can be read (HOSTILE-INPUTS 25)
+        item.kind, item.uninspectable = encrypted, f"{encrypted}-encrypted message"
     if BASE64_DEFECTS & set(part.defects) and item.kind not in ("text", "html", "csv"):
         item.uninspectable = item.uninspectable or "broken base64 transfer encoding"
     return [item, *items]
