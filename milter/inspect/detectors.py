@@ -43,12 +43,13 @@ def _eleven(n: int) -> bool:
 # to it, no digit joined by a dot or dash (a decimal, a phone number, a longer reference).
 # Commas, semicolons, brackets, quotes, tabs and line ends are all boundaries (CSV, prose).
 # The separated shapes must also stand apart from other separated digit groups, so that cells
-# or amounts side by side (312 298 105 400) are never read as one number.
+# or amounts side by side (312 298 105 400) are never read as one number, and a dotted one
+# with a decimal comma is an amount (123.456.789,00).
 _BSN_CAND = re.compile(
     r"(?<![^\W_])(?<!\d[.\-])"
     r"(?:(\d{9})"
     r"|(?<!\d[ \u00a0])(\d{4}([. \u00a0])\d{2}\3\d{3}|\d{3}([. \u00a0-])\d{3}\4\d{3})"
-    r"(?![ \u00a0]\d))"
+    r"(?![ \u00a0]\d)(?!(?<=\.\d{3}),\d))"
     r"(?![^\W_])(?![.\-]\d)")
 _SEPARATORS = str.maketrans("", "", ". \u00a0-")
 

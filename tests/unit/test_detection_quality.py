@@ -146,6 +146,13 @@ def test_html_cells_are_never_joined_into_a_bsn(rt: Runtime) -> None:
     assert verdict(rt, mail("Zie onder.", html=html))["action"] == "accept"
 
 
+def test_amounts_and_longer_numbers_are_not_bsns() -> None:
+    for text in ["BSN-controle: begroting EUR 111.222.333,00", "BSN tel 0031111222333",
+                 "BSN: bedrag 1.111222333", "BSN NL111222333B01", "BSN 111222333.5",
+                 "BSN 111 222 333 444"]:
+        assert bsn_in_text(text, DEFAULT_BSN_KEYWORDS, 300) == {}, text
+
+
 def test_budget_in_a_pdf_table_is_not_a_bsn(rt: Runtime) -> None:
     data = files.pdf_table([["Post", "Begroot", "Realisatie", "Verschil"],
                             ["Leermiddelen", "111", "222", "333"]])
