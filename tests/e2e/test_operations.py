@@ -201,7 +201,7 @@ def test_sigterm_while_a_worker_is_replaced_leaves_no_worker_behind(served: Any)
     proc, port = served(gateway_extra="workers = 2")
     pid = proc.proc.pid
     workers = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    assert len(workers) == 2
+    assert len(workers) == 2, proc.log.read_text()
     os.kill(workers[1], signal.SIGKILL)
     proc.wait_log("exited with")           # the supervisor is pausing before a new one
     proc.signal(signal.SIGTERM)

@@ -49,9 +49,9 @@ def smime() -> bytes:
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
 
 
-PGP = ("From: someone@school.example\r\nTo: x@y.example\r\nSubject: Verslag\r\n"
-       "Message-ID: <pgp@school.example>\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\n"
-       "hQEMA1b2c3d4e5f6AQf/abc\r\n=XyZ1\r\n-----END PGP MESSAGE-----\r\n").encode()
+PGP = (b"From: someone@school.example\r\nTo: x@y.example\r\nSubject: Verslag\r\n"
+       b"Message-ID: <pgp@school.example>\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\n"
+       b"hQEMA1b2c3d4e5f6AQf/abc\r\n=XyZ1\r\n-----END PGP MESSAGE-----\r\n")
 
 
 @pytest.fixture
