@@ -252,6 +252,12 @@ def ordinary(rng: random.Random, n: int, photo: bytes) -> list[Sample]:
             *ordinary_lines(rng)]))),
         ("subject", "subject says not confidential", lambda: mail(
             letter(rng, ordinary_lines(rng)), subject="Niet vertrouwelijk: roosterwijziging")),
+        # a subject names the topic: inviting parents to talk about a plan is ordinary mail
+        ("subject", "invitation about a care plan", lambda: mail(
+            letter(rng, [f"Graag nodig ik u uit voor een gesprek over {rng.choice(FIRST)}.",
+                         *ordinary_lines(rng)]),
+            subject=rng.choice(["Uitnodiging gesprek handelingsplan", "OPP-gesprek donderdag",
+                                "Afspraak evaluatie groeidocument"]))),
         ("body", "disclaimer", lambda: mail(letter(rng, ordinary_lines(rng), disclaimer=True))),
         ("html", "newsletter table", lambda: mail(letter(rng, ordinary_lines(rng)),
                                                   html=html_table(timetable_rows(rng)))),
@@ -449,8 +455,8 @@ def leaks(rng: random.Random, n: int, photo: bytes) -> list[Sample]:
             *ordinary_lines(rng)]))),
         ("marking", "subject", "subject marking", lambda: mail(
             letter(rng, [f"Het gesprek met {name(rng)}."]),
-            subject=rng.choice(["Vertrouwelijk: gesprek", "OPP " + rng.choice(FIRST),
-                                "VERTROUWELIJK - verslag"]))),
+            subject=rng.choice(["Vertrouwelijk: gesprek", "Strikt persoonlijk: " +
+                                rng.choice(FIRST), "VERTROUWELIJK - verslag"]))),
         ("marking", "docx", "care plan document", lambda: mail("Zie bijlage.", [(
             "verslag.docx", files.docx([rng.choice(["Zorgdossier", "Ontwikkelingsperspectief",
                                                     "VERTROUWELIJK"]),

@@ -313,6 +313,10 @@ def _other_number(lower: str, start: int, end: int, keys: list[int]) -> int | No
     BSN keyword itself ("burgerservicenummer", "BSN-nummer") is not one."""
     last = None
     for m in _OTHER_NUMBER.finditer(lower, start, end):
+        if m.start() > 0 and lower[m.start() - 1].isalnum():
+            # the tail of a word that began before the window ("...servicenummer" of a
+            # "burgerservicenummer" 46 characters back): that word is too far to count
+            continue
         i = bisect.bisect_left(keys, m.start() - 5)
         if i < len(keys) and keys[i] <= m.end():
             continue

@@ -7,6 +7,7 @@ any external recipient the external ones decide.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,6 +86,7 @@ class _Judge:
       label_ids=[], min_bsn=1, min_iban=3, pupil_list_min_rows=10, check_subject=True,
       check_body=True, own_ibans=[], bsn_keywords=DEFAULT_BSN_KEYWORDS, keyword_window=300,
       act_confidence="medium", tag_confidence="none",
+      classification_markings=["vertrouwelijk", "confidential", "strikt persoonlijk"],
       choices={"act_confidence": ("low", "medium", "high"),
                "tag_confidence": ("none", "low", "medium", "high")})
 def confidential_attachment(message: Message, ctx: Context,
@@ -113,7 +115,15 @@ def confidential_attachment(message: Message, ctx: Context,
             hits.append(_item_evidence(item, where=_where(item), findings=findings,
                                        **_legacy(findings)))
     if params["check_subject"] and message.subject:
-        marks = marking_levels(message.subject, words, case_sensitive, "subject")
+        # A subject names what the mail is about: "Uitnodiging gesprek handelingsplan" to
+        # the parents is ordinary school mail. A classification ("Vertrouwelijk: ...") in
+        # the subject is a marking of its own; a care word counts when the subject also
+        # names someone ("OPP Sem"), else it is prose.
+        classification = {str(w).lower() for w in params["classification_markings"]}
+        found = marking_levels(message.subject, words, case_sensitive, "subject")
+        named = _names_someone(message.subject, found)
+        marks = {w: (lvl if named or w.lower() in classification else min(lvl, LOW))
+                 for w, lvl in found.items()}
         finding = _marking_finding(judge, marks)
         if finding:
             hits.append({"name": "(subject)", "where": "subject", "findings": [finding],
@@ -127,6 +137,19 @@ def confidential_attachment(message: Message, ctx: Context,
     cap = _cap(ctx) if acting else "tag"
     return Finding(reason="confidential content: " + ", ".join(kinds), evidence=evidence,
                    max_action=cap)
+
+
+_WORD = re.compile(r"[^\W\d_][\w'-]*")
+
+
+def _names_someone(subject: str, markings: Mapping[str, int]) -> bool:
+    """A capitalised word that is neither the first word nor a marking: most likely a name
+    ("OPP Sem", "Handelingsplan Jan de Vries")."""
+    marks = {m.lower() for m in markings}
+    words = [w for w in _WORD.findall(subject) if w.lower() not in marks]
+    first = _WORD.search(subject)
+    return any(w[0].isupper() and w[1:].islower() and len(w) > 1
+               and not (first and w == first.group(0)) for w in words)
 
 
 def _legacy(findings: list[dict[str, Any]]) -> dict[str, Any]:

@@ -374,7 +374,11 @@ def test_marking_lookalikes_in_the_body_do_not_fire(rt: Runtime, body: str) -> N
 
 
 @pytest.mark.parametrize("subject", ["Niet vertrouwelijk: roosterwijziging",
-                                     "Opp. schoolplein", "Geen vertrouwelijke info"])
+                                     "Opp. schoolplein", "Geen vertrouwelijke info",
+                                     # a care word names the topic of an invitation
+                                     "Uitnodiging gesprek handelingsplan",
+                                     "OPP-gesprek donderdag 15:00",
+                                     "afspraak evaluatie groeidocument"])
 def test_marking_lookalikes_in_the_subject_do_not_fire(rt: Runtime, subject: str) -> None:
     assert verdict(rt, mail("Hallo.", subject=subject))["action"] == "accept"
 
@@ -555,3 +559,12 @@ def test_a_confidence_typo_is_a_config_error(tmp_path: Path,
     assert main(["config", "check", "--config", str(cfg)]) != 0
     err = capsys.readouterr()
     assert "act_confidence" in err.out + err.err and '"medium"' in err.out + err.err
+
+
+def test_bsn_keyword_further_back_than_the_reference_window_still_counts(rt: Runtime) -> None:
+    """Found by bench/detect_eval.py: a long name between "burgerservicenummer" and the
+    number put the keyword's tail ("...servicenummer") in the window where words naming
+    another kind of number are looked for, and the BSN was read as a reference."""
+    v = verdict(rt, mail("Het burgerservicenummer van Jesse van der Berg-Oudenaarden is "
+                         "100891627.\nGroet."))
+    assert v["action"] == "quarantine"
