@@ -523,6 +523,8 @@ def two_charsets() -> bytes:
 
 SIGNALS = ("bsn", "iban", "people", "marking", "label", "ambiguous", "media")
 STOP = {"quarantine", "reject"}
+SENDER_RULES = ("B1.sender-domain", "B1.auth-identity", "B1.sender-headers",
+                "B1.lookalike-sender")
 
 
 def signals_of(verdict: dict[str, Any]) -> dict[str, str]:
@@ -572,6 +574,7 @@ def run(seed: int, n_ordinary: int, n_leaks: int, show_errors: bool) -> None:
     rng = random.Random(seed)
     photo = files.photo(400, 300)
     samples = ordinary(rng, n_ordinary, photo) + leaks(rng, n_leaks, photo)
+    sender_marked = 0
     with tempfile.TemporaryDirectory() as tmp:
         rt = Runtime.load(str(_config(Path(tmp))))
         results: list[tuple[Sample, str, dict[str, str]]] = []
@@ -580,7 +583,12 @@ def run(seed: int, n_ordinary: int, n_leaks: int, show_errors: bool) -> None:
                            auth_user=s.auth_user, txid="eval")
             v = rt.evaluate(env, s.raw).verdict.to_json()
             results.append((s, v["action"], signals_of(v)))
+            if not s.expect:  # the sender-identity rules (issue 15), in any mode
+                sender_marked += any(r["id"] in SENDER_RULES for r in v["rules"])
     report(results, show_errors)
+    ordinary_count = sum(1 for s, _, _ in results if not s.expect)
+    print(f"sender rules ({', '.join(SENDER_RULES)}, any mode) marked: "
+          f"{sender_marked}/{ordinary_count} ordinary   (goal 0)")
 
 
 def _config(tmp: Path) -> Path:
