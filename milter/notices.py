@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from milter.core.message import Message
-from milter.core.verdict import Verdict
+from milter.core.verdict import FiredRule, Verdict
 from milter.policy import Policy, RulePolicy
 
 log = logging.getLogger("skot-milter.notices")
@@ -61,6 +61,16 @@ SUMMARY = {"nl": "Daarnaast zijn er het afgelopen uur {n} andere meldingen over 
                  "achtergehouden om je inbox niet te overspoelen.\n\n",
            "en": "In the past hour {n} other notices about your messages were held back to "
                  "avoid flooding your inbox.\n\n"}
+SELF_RELEASE_TEXT = {
+    "nl": "Weet je zeker dat dit bericht verstuurd mag worden? Beantwoord dan deze melding "
+          "aan {address} vanaf je schooladres en schrijf erbij waarom. Het bericht gaat dan "
+          "meteen weg; je leidinggevende krijgt een kopie met jouw reden.\n\n",
+    "en": "Are you sure this message may be sent? Then reply to {address} from your school "
+          "address and say why. The message goes out at once; your supervisor gets a copy "
+          "with your reason.\n\n"}
+RELEASE_COPY_INTRO = {
+    "nl": "{sender} heeft een vastgehouden bericht zelf vrijgegeven. Reden: \"{reason}\"\n\n",
+    "en": "{sender} released a held message themselves. Reason: \"{reason}\"\n\n"}
 SUPERVISOR_INTRO = {"nl": "Je ontvangt deze melding als leidinggevende van {sender}.\n\n",
                     "en": "You receive this notice as the supervisor of {sender}.\n\n"}
 
@@ -147,6 +157,7 @@ class NoticeRequest:
     message_id: str
     received: datetime
     rules: tuple[RulePolicy, ...]
+    release_address: str = ""  # the sender may release it by replying here, with a reason
 
 
 @dataclass(frozen=True)
@@ -190,8 +201,9 @@ def render(req: NoticeRequest, lang: str, *, name: str, school: str, postmaster:
         "rules_html": rules_text,
         "advice": "\n".join(rp.text("advice", lang) for rp in req.rules
                             if rp.text("advice", lang)),
-        "release_text": RELEASE_TEXT[lang].format(postmaster=postmaster)
-        if action == "quarantine" else "",
+        "release_text": (SELF_RELEASE_TEXT[lang].format(address=req.release_address)
+                         if req.release_address else "")
+        + (RELEASE_TEXT[lang].format(postmaster=postmaster) if action == "quarantine" else ""),
         "postmaster": postmaster, "ref": req.txid,
         "summary_text": SUMMARY[lang].format(n=suppressed) if suppressed else "",
         "school": school or ("de school" if lang == "nl" else "the school"),
@@ -409,6 +421,43 @@ class Notifier:
                          body_html=body_html, txid=req.txid, in_reply_to=req.message_id,
                          hostname=self.hostname)
         return Notice(to, kind, lang, raw, req.txid, tuple(rp.id for rp in req.rules))
+
+    def schedule_release_copy(self, meta: Mapping[str, Any], sender: str, reason: str) -> None:
+        """The sender released a held message themselves: their supervisor gets the notice
+        of it with the reason (whatever the rule's notice_supervisor says)."""
+        task = asyncio.get_running_loop().create_task(self._release_copy(meta, sender, reason))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _release_copy(self, meta: Mapping[str, Any], sender: str, reason: str) -> None:
+        v = meta.get("verdict", {})
+        verdict = Verdict(str(v.get("action", "quarantine")), str(v.get("direction", "")),
+                          str(v.get("smtp_reply", "")), tuple(
+                              FiredRule(str(r.get("id", "")), str(r.get("article", "")),
+                                        str(r.get("action", "")), str(r.get("mode", "")),
+                                        str(r.get("reason", "")), dict(r.get("evidence") or {}))
+                              for r in v.get("rules", [])), str(v.get("ref", "")))
+        rules = tuple(rp for r in verdict.rules if (rp := self.policy.rules.get(r.id)))
+        person = self.directory.lookup(sender)
+        supervisor = person.supervisor if person is not None else ""
+        if not rules or not supervisor:
+            return
+        sup = self.directory.lookup(supervisor)
+        lang = sup.language if sup is not None and sup.language else self.language
+        sname = sup.name if sup is not None and sup.name else supervisor.partition("@")[0]
+        who = person.name if person is not None and person.name else sender
+        env = meta.get("envelope", {})
+        req = NoticeRequest(txid=str(meta.get("txid", "")), verdict=verdict, mail_from=sender,
+                            rcpt_tos=tuple(env.get("rcpt_tos", [])), subject="",
+                            message_id="", received=datetime.fromtimestamp(
+                                float(meta.get("stored_at", 0)), UTC), rules=rules)
+        intro = RELEASE_COPY_INTRO[lang].format(sender=who, reason=reason)
+        try:
+            await self.send(self._notice(req, supervisor, "supervisor", lang, sname, 0, intro))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a notice must never take the gateway down
+            log.exception("tx=%s release copy to the supervisor failed", req.txid)
 
     def schedule(self, req: NoticeRequest) -> None:
         """Plan and send in the background: never delays or changes the client's answer."""

@@ -20,6 +20,8 @@ RULE_KEYS = {"article", "articles", "action", "mode", "notice", "notice_supervis
 POLICY_KEYS = {"name", "version", "default_mode", "keep_subjects"}
 PARTNER_KEYS = {"name", "ground", "domains", "addresses", "rules"}
 SECURE_MAIL_KEYS = {"headers", "rules"}
+SELF_RELEASE_KEYS = {"rules", "max_confidence", "never_signals", "per_day", "local_part"}
+CONFIDENCES = ("low", "medium", "high")
 # Rules an approved partner or a secure-mail service turns from holding into tagging.
 LAWFUL_RULES = ("A1.confidential-attachment", "A1.uninspectable")
 
@@ -41,6 +43,19 @@ class Partner:
         domain = addr.rpartition("@")[2]
         return addr in self.addresses or any(domain == d or domain.endswith("." + d)
                                              for d in self.domains)
+
+
+@dataclass(frozen=True)
+class SelfRelease:
+    """Which held messages the sender may release themselves, with a reason (``rules``
+    empty: none). Findings above ``max_confidence`` or of a ``never_signals`` kind (a pupil
+    list) always wait for an admin; ``per_day`` caps it per person."""
+
+    rules: tuple[str, ...] = ()
+    max_confidence: str = "medium"
+    never_signals: tuple[str, ...] = ("people",)
+    per_day: int = 3
+    local_part: str = "vrijgeven"
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,7 @@ class Policy:
     extra: Mapping[str, Any] = field(default_factory=dict)
     partners: tuple[Partner, ...] = ()
     secure_mail: SecureMail = SecureMail()
+    self_release: SelfRelease = SelfRelease()
 
     def partners_for(self, rule_id: str, recipients: tuple[str, ...]) -> tuple[Partner, ...]:
         """The partners that cover every one of ``recipients`` for ``rule_id`` (empty when
@@ -125,6 +141,31 @@ def _partner_errors(data: Any, path: Path, known: Any) -> list[ConfigError]:
     return errors
 
 
+def _self_release_errors(data: Any, path: Path, known: Any) -> list[ConfigError]:
+    if not isinstance(data, dict):
+        return [ConfigError(path, "self_release", "expected a table [self_release]")]
+    errors = [ConfigError(path, f"self_release.{k}", "unknown key; allowed: "
+                          + ", ".join(sorted(SELF_RELEASE_KEYS)))
+              for k in data if k not in SELF_RELEASE_KEYS]
+    for k in ("rules", "never_signals"):
+        if k in data and not (_str_list(data[k]) or data[k] == []):
+            errors.append(ConfigError(path, f"self_release.{k}", "expected a list of strings"))
+    for rid in data.get("rules", []) if _str_list(data.get("rules", [])) else []:
+        if rid not in known:
+            errors.append(ConfigError(path, "self_release.rules", f"no such rule {rid!r}"))
+    if data.get("max_confidence", "medium") not in CONFIDENCES:
+        errors.append(ConfigError(path, "self_release.max_confidence",
+                                  "expected one of " + ", ".join(f'"{c}"' for c in CONFIDENCES)))
+    per_day = data.get("per_day", 3)
+    if isinstance(per_day, bool) or not isinstance(per_day, int) or per_day < 0:
+        errors.append(ConfigError(path, "self_release.per_day", "expected a whole number >= 0"))
+    local = data.get("local_part", "vrijgeven")
+    if not isinstance(local, str) or not local.replace("-", "").replace(".", "").isalnum():
+        errors.append(ConfigError(path, "self_release.local_part",
+                                  "expected letters, digits, dots or dashes, e.g. \"vrijgeven\""))
+    return errors
+
+
 def _secure_mail_errors(data: Any, path: Path) -> list[ConfigError]:
     if not isinstance(data, dict):
         return [ConfigError(path, "secure_mail", "expected a table [secure_mail]")]
@@ -142,9 +183,12 @@ def iter_errors(data: Mapping[str, Any], path: Path) -> list[ConfigError]:
     registry = load_all()
     errors: list[ConfigError] = []
     for top in data:
-        if top not in ("policy", "rules", "partners", "secure_mail"):
+        if top not in ("policy", "rules", "partners", "secure_mail", "self_release"):
             errors.append(ConfigError(path, top, "unknown section; allowed: [policy], "
-                                      "[rules.ID], [[partners]], [secure_mail]"))
+                                      "[rules.ID], [[partners]], [secure_mail], "
+                                      "[self_release]"))
+    if "self_release" in data:
+        errors += _self_release_errors(data["self_release"], path, registry)
     if "partners" in data:
         errors += _partner_errors(data["partners"], path, registry)
     if "secure_mail" in data:
@@ -237,7 +281,13 @@ def load(path: Path) -> Policy:
     sm = data.get("secure_mail", {})
     secure = SecureMail(headers=tuple(h.lower() for h in sm.get("headers", [])),
                         rules=tuple(sm.get("rules", LAWFUL_RULES)))
+    sr = data.get("self_release", {})
+    self_release = SelfRelease(rules=tuple(sr.get("rules", [])),
+                               max_confidence=str(sr.get("max_confidence", "medium")),
+                               never_signals=tuple(sr.get("never_signals", ["people"])),
+                               per_day=int(sr.get("per_day", 3)),
+                               local_part=str(sr.get("local_part", "vrijgeven")).lower())
     return Policy(path=path, name=str(head.get("name", path.stem)),
                   keep_subjects=bool(head.get("keep_subjects", False)), rules=rules,
                   extra={k: v for k, v in head.items() if k not in POLICY_KEYS},
-                  partners=partners, secure_mail=secure)
+                  partners=partners, secure_mail=secure, self_release=self_release)

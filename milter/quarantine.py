@@ -112,8 +112,10 @@ class ActionFailed(Exception):
     """A release or delete that did not happen; the reason is for the admin. Nothing changed."""
 
 
-def record_action(cfg: Config, event: str, entry: Entry, actor: str, reply: str = "") -> None:
-    """The audit record of what an admin (or the retention) did to a held message."""
+def record_action(cfg: Config, event: str, entry: Entry, actor: str, reply: str = "",
+                  extra: dict[str, Any] | None = None) -> None:
+    """The audit record of what an admin (or the retention, or the sender) did to a held
+    message."""
     env = entry.meta.get("envelope", {})
     try:
         store = open_store(cfg.audit_url, cfg.gateway.node)
@@ -123,7 +125,7 @@ def record_action(cfg: Config, event: str, entry: Entry, actor: str, reply: str 
                                     recipients=tuple(env.get("rcpt_tos", [])),
                                     direction=entry.meta.get("verdict", {}).get("direction", ""),
                                     action=event, reply=reply, actor=actor,
-                                    evidence={"quarantine_id": entry.id}))
+                                    evidence={"quarantine_id": entry.id, **(extra or {})}))
         finally:
             store.close()
     except AuditUnavailable as exc:
@@ -133,19 +135,33 @@ def record_action(cfg: Config, event: str, entry: Entry, actor: str, reply: str 
 def release(cfg: Config, store: QuarantineStore, entry: Entry, actor: str) -> str:
     """Relay the original bytes with the original envelope, record it, remove the entry.
     Returns the next hop's reply; raises ActionFailed when it does not accept the message."""
+    return asyncio.run(release_async(cfg, store, entry, actor))
+
+
+async def release_async(cfg: Config, store: QuarantineStore, entry: Entry, actor: str,
+                        extra: dict[str, Any] | None = None) -> str:
+    """``release`` for a caller on an event loop (the sender's own release by reply)."""
     env = entry.meta.get("envelope", {})
     try:
-        reply = asyncio.run(send_message(cfg.next_hop, cfg.gateway.hostname,
-                                         cfg.gateway.next_hop_timeout,
-                                         env.get("mail_from", ""), list(env.get("rcpt_tos", [])),
-                                         entry.raw))
+        reply = await send_message(cfg.next_hop, cfg.gateway.hostname,
+                                   cfg.gateway.next_hop_timeout, env.get("mail_from", ""),
+                                   list(env.get("rcpt_tos", [])), entry.raw)
     except NextHopError as exc:
         raise ActionFailed(f"next hop unavailable, nothing released: {exc}") from None
     if not reply.ok:
         raise ActionFailed(f"next hop refused the message: {reply.line}")
-    record_action(cfg, "quarantine-release", entry, actor, reply=reply.line)
-    store.delete(entry.id)
+    await asyncio.to_thread(record_action, cfg, "quarantine-release", entry, actor, reply.line,
+                            extra)
+    await asyncio.to_thread(store.delete, entry.id)
     return reply.line
+
+
+def find_by_token(store: QuarantineStore, token_sha256: str) -> Entry | None:
+    """The held message a self-release token belongs to (only its hash is stored)."""
+    for entry in store.entries():
+        if entry.meta.get("envelope", {}).get("release_token_sha256") == token_sha256:
+            return entry
+    return None
 
 
 def delete(cfg: Config, store: QuarantineStore, entry: Entry, actor: str,

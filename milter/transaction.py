@@ -18,16 +18,19 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from milter import metrics, warning
-from milter.audit.store import AuditEvent, AuditRecord, AuditUnavailable
+from milter import metrics, selfrelease, warning
+from milter import quarantine as quarantine_mod
+from milter.audit.store import AuditEvent, AuditRecord, AuditUnavailable, Filters
 from milter.audit.writer import AuditWriter
 from milter.config import DEFAULT_MESSAGE_MEMORY
 from milter.core.context import Envelope
 from milter.core.engine import RuleCrashed
-from milter.core.verdict import ascii_line
+from milter.core.message import Message, Unparseable, normalize_line_endings, parse
+from milter.core.verdict import ascii_line, reply_line
 from milter.dkimsign import Signer
 from milter.nexthop import NextHopError, Reply
 from milter.notices import Notifier, request_for
@@ -36,6 +39,7 @@ from milter.runtime import Authenticator, Evaluation, Runtime
 from milter.spool import MemoryBudget, Spooled
 
 log = logging.getLogger("skot-milter")
+_RELEASING = asyncio.Lock()
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -75,6 +79,7 @@ class Decision:
     deliver: bool
     reply: str = ""
     quarantine_id: str = ""
+    consumed: bool = False  # a 250 for a message that goes nowhere (a release request)
 
 
 @dataclass
@@ -160,6 +165,7 @@ class Transaction:
     extra: dict[str, Any] = field(default_factory=dict)  # evidence on every record (milter)
     recipients: list[str] = field(default_factory=list)
     evaluation: Evaluation | None = None
+    release_address: str = ""  # offered in the notice when the sender may release it
 
     def envelope(self) -> Envelope:
         return Envelope(mail_from=self.sender, rcpt_tos=tuple(self.recipients),
@@ -171,9 +177,17 @@ class Transaction:
 
     # -- the decision ----------------------------------------------------------------------
 
+    def release_token(self, recipient: str) -> str | None:
+        """Not None when ``recipient`` is a self-release address ("" when malformed)."""
+        return selfrelease.token_of(self.runtime.policy.self_release, recipient,
+                                    self.runtime.config.school_domains)
+
     async def decide(self, content: bytes) -> Decision:
         """Evaluate; a message that goes no further is kept (quarantine), recorded and
         notified here, and its reply is final. A rule that crashes is a 451, on record."""
+        if self.recipients and all(self.release_token(r) is not None
+                                   for r in self.recipients):
+            return await self._self_release(content)
         try:
             evaluation = await self.gateway.evaluate(self.envelope(), content, self.runtime)
         except RuleCrashed as exc:
@@ -193,11 +207,19 @@ class Transaction:
         extra: dict[str, Any] = {}
         qid = ""
         if verdict.action == "quarantine":
+            envelope: dict[str, Any] = {"mail_from": self.sender,
+                                        "rcpt_tos": list(self.recipients),
+                                        "client_ip": self.client, "auth_user": self.auth_user}
+            policy = self.runtime.policy.self_release
+            domains = self.runtime.config.school_domains
+            if selfrelease.eligible(policy, verdict) and self.sender and \
+                    self.sender.rpartition("@")[2].lower() in domains:
+                token = selfrelease.new_token()
+                envelope["release_token_sha256"] = selfrelease.token_hash(token)
+                self.release_address = selfrelease.address(policy, domains[0], token)
             try:
                 qid = await asyncio.to_thread(
-                    self.gateway.quarantine.put, self.txid, evaluation.raw,
-                    {"mail_from": self.sender, "rcpt_tos": list(self.recipients),
-                     "client_ip": self.client, "auth_user": self.auth_user},
+                    self.gateway.quarantine.put, self.txid, evaluation.raw, envelope,
                     verdict.to_json())
             except QuarantineError as exc:
                 log.error("tx=%s quarantine failed: %s", self.txid, exc)
@@ -320,7 +342,78 @@ class Transaction:
         req = request_for(self.txid, evaluation.verdict, self.runtime.policy,
                           evaluation.message, self.sender, self.recipients, evaluation.summary)
         if req is not None:
-            notifier.schedule(req)
+            notifier.schedule(replace(req, release_address=self.release_address))
+
+    # -- the sender releases a held message, with a reason ------------------------------------
+
+    async def _self_release(self, content: bytes) -> Decision:
+        """A reply to ``vrijgeven+TOKEN@school``: release once, for the original sender only,
+        with a reason; anything else is refused. Either way it is on record."""
+        policy = self.runtime.policy.self_release
+        tokens = {self.release_token(r) for r in self.recipients}
+        try:
+            message: Message | None = parse(normalize_line_endings(content))
+        except Unparseable:
+            message = None
+        why, entry = "", None
+        if len(tokens) != 1 or not next(iter(tokens)):
+            why = "unknown release address"
+        elif self.runtime.context(self.envelope()).direction != "outbound":
+            why = "not from the school network or signed in"
+        else:
+            entry = await asyncio.to_thread(quarantine_mod.find_by_token,
+                                            self.gateway.quarantine,
+                                            selfrelease.token_hash(next(iter(tokens)) or ""))
+            authors = [a.addr_spec.lower() for a in message.authors] if message else []
+            original = str(entry.meta.get("envelope", {}).get("mail_from", "")).lower() \
+                if entry is not None else ""
+            if entry is None:
+                why = "unknown or already released"
+            elif self.sender.lower() != original or authors != [original]:
+                why = "only the original sender may release it"
+            elif not selfrelease.reason_of(message):
+                why = "no reason given"
+            elif await self._released_today(original) >= policy.per_day:
+                why = f"daily limit of {policy.per_day} reached"
+        reason = selfrelease.reason_of(message)
+        if why or entry is None:
+            answer = reply_line("550 5.7.1", f"Vrijgeven geweigerd / release refused: {why} "
+                                f"ref={self.txid}")
+            await self.record_best_effort("self-release-refused", answer, {"why": why})
+            return Decision(None, False, answer)
+        async with _RELEASING:  # one release at a time in this process: never twice
+            if await asyncio.to_thread(self.gateway.quarantine.get, entry.id) is None:
+                answer = reply_line("550 5.7.1", "Vrijgeven geweigerd / release refused: "
+                                    f"already released ref={self.txid}")
+                await self.record_best_effort("self-release-refused", answer,
+                                              {"why": "already released"})
+                return Decision(None, False, answer)
+            try:
+                line = await quarantine_mod.release_async(
+                    self.runtime.config, self.gateway.quarantine, entry, f"self:{self.sender}",
+                    {"reason": reason, "self_release": True})
+            except quarantine_mod.ActionFailed as exc:
+                log.warning("tx=%s self-release of %s failed: %s", self.txid, entry.id, exc)
+                return Decision(None, False, self.reply(NEXT_HOP_DOWN))
+        answer = reply_line("250 2.0.0", f"Vrijgegeven / released ref={self.txid}")
+        await self.record_best_effort("self-release", answer, {
+            "quarantine_id": entry.id, "released_txid": entry.meta.get("txid", ""),
+            "reason": reason, "next_hop_reply": line})
+        notifier = self.gateway.notifier
+        if notifier is not None:
+            notifier.schedule_release_copy(entry.meta, self.sender, reason)
+        return Decision(None, False, answer, consumed=True)
+
+    async def _released_today(self, sender: str) -> int:
+        since = (datetime.now(UTC) - timedelta(days=1)).isoformat().replace("+00:00", "Z")
+        store = self.gateway.audit.store
+
+        def count() -> int:
+            return sum(1 for r in store.records(Filters(event="quarantine-release",
+                                                        since=since))
+                       if r.actor == f"self:{sender}")
+
+        return await asyncio.to_thread(count)
 
 
 def policy_fields(evaluation: Evaluation, authserv_id: str = "") -> list[tuple[str, str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from milter.audit.store import AuditRecord, AuditStore, Filters
 
 REPORT_FIELDS = ("date", "rule", "article", "mode", "action", "outcome", "recipients",
-                 "subject", "reference", "record")
+                 "subject", "reference", "record", "afterwards")
 VIOLATION_EVENTS = ("rejected", "quarantined", "delivered", "tempfailed")
 
 
@@ -35,5 +35,25 @@ def violations(store: AuditStore, person: str, since: str = "", until: str = ""
                         "mode": str(rule.get("mode", "")),
                         "action": str(rule.get("action", "")), "outcome": r.event,
                         "recipients": ", ".join(r.recipients), "subject": r.subject,
-                        "reference": r.txid, "record": str(r.id)})
+                        "reference": r.txid, "record": str(r.id), "afterwards": ""})
+    if any(row["outcome"] == "quarantined" for row in out):
+        after = _afterwards(store)
+        for row in out:
+            row["afterwards"] = after.get(row["reference"], "")
+    return out
+
+
+def _afterwards(store: AuditStore) -> dict[str, str]:
+    """What happened to held messages later, by txid: released (by whom, with the reason a
+    sender gave when releasing it themselves) or deleted."""
+    out: dict[str, str] = {}
+    for r in store.records(Filters(event="quarantine-release")):
+        reason = str(r.evidence.get("reason", ""))
+        who = ("zelf vrijgegeven / released by the sender" if r.actor.startswith("self:")
+               else f"vrijgegeven door / released by {r.actor}")
+        out[r.txid] = f"{r.ts[:16].replace('T', ' ')} {who}" + (f": {reason}" if reason
+                                                                  else "")
+    for r in store.records(Filters(event="quarantine-delete")):
+        out.setdefault(r.txid, f"{r.ts[:16].replace('T', ' ')} verwijderd / deleted by "
+                               f"{r.actor}")
     return out

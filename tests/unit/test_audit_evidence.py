@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sqlite3
 from pathlib import Path
@@ -253,6 +254,6 @@ def test_report_holds_only_what_the_person_is_answerable_for(setup: dict[str, An
     assert main(["audit", "report", "--config", setup["cfg"], "--person",
                  "Someone@School.example", "--format", "csv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    refs = [line.split(",")[-2] for line in lines[1:-1]]
+    refs = [row["reference"] for row in csv.DictReader(lines[:-1])]
     assert refs == ["t0", "t1", "t2", "t3", "priv1"]  # not the spoofed mail sent to them
     assert "intact" in lines[-1] and "1 signed checkpoint(s) hold" in lines[-1]

@@ -258,6 +258,11 @@ def encode_tempfail() -> bytes:
     return packet(SMFIR_TEMPFAIL)
 
 
+def encode_discard() -> bytes:
+    """Accept the message and drop it (the client hears the MTA's 250)."""
+    return packet(SMFIR_DISCARD)
+
+
 def encode_reject() -> bytes:
     return packet(SMFIR_REJECT)
 

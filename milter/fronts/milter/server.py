@@ -161,6 +161,8 @@ class MilterConnection:
         async with self.gateway.message_bytes(source) as raw:
             decision = await tx.decide(raw)
             if not decision.deliver:
+                if decision.consumed:  # a release request: answered, goes nowhere
+                    return codec.encode_discard()
                 if decision.quarantine_id and decision.evaluation is not None:
                     # the MTA's hold queue as well as our own copy
                     rules = ",".join(r.id for r in decision.evaluation.verdict.rules)

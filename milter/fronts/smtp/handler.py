@@ -274,6 +274,13 @@ class SMTPHandler:
         if not self._outbound(session) and not domain_in(address.rpartition("@")[2],
                                                          cfg.school_domains):
             return "554 5.7.1 Relay access denied"
+        release = tx.release_token(address) is not None
+        if tx.recipients and release != (tx.release_token(tx.recipients[0]) is not None):
+            return "550 5.5.1 A release request goes to its release address alone"
+        if release:  # ours, not the next hop's: the transaction answers it at DATA
+            tx.recipients.append(address)
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 Ok"
         try:
             reply = await pending.downstream.rcpt(address)
         except NextHopError as exc:
