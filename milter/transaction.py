@@ -46,7 +46,7 @@ STORAGE_FAILURE = "451 4.3.0 Temporary storage failure, try again later ref={ref
 LOCAL_PROBLEM = "451 4.3.0 Temporary local problem, try again later ref={ref}"
 NEXT_HOP_DOWN = "451 4.4.1 Next hop unavailable, try again later ref={ref}"
 NEXT_HOP_FAILED = "4.4.2 Next hop failed, try again later ref={ref}"
-TOO_BIG = "552 5.3.4 Message too big"
+# Over the size limit: ``milter.core.verdict.too_big(limit)``, with the limit, Dutch first.
 DELIVERED = "250 2.0.0 Ok: queued ref={ref}"
 
 
@@ -248,6 +248,15 @@ class Transaction:
             return self.reply(AUDIT_DOWN)
         self.notify()
         return ""
+
+    async def refused(self, reply: str, why: str, evidence: dict[str, Any]) -> None:
+        """The front refused the message before any policy ran (too big, a line too long):
+        the refusal is on record with its reason and the size seen."""
+        limit = self.runtime.config.gateway.max_message_size
+        log.info("tx=%s %s refused: %s", self.txid, self.front, why)
+        await self.record_best_effort("rejected", reply, {"refused": why, **evidence,
+                                                          **({"limit": limit} if why ==
+                                                             "too-big" else {})})
 
     async def abandoned(self, why: str) -> None:
         """The client vanished before the final dot: nothing was relayed; the intent gets
