@@ -51,7 +51,8 @@ PLACEHOLDERS: Mapping[str, frozenset[str]] = {
                         "rules_html", "advice", "release_text", "summary_text", "rule_id",
                         "article", "rule_title", "supervisor_text", "delete_date",
                         "retention_days"},
-    "summary": COMMON | {"summary_intro", "held_text", "held_html", "supervisor_text"},
+    "summary": COMMON | {"summary_intro", "held_text", "held_html", "supervisor_text",
+                         "release_text"},
     "release": COMMON | {"outcome_text", "subject", "recipients", "time"},
 }
 REQUIRED: Mapping[str, frozenset[str]] = {
@@ -70,9 +71,8 @@ TEXT_KEYS: Mapping[str, tuple[str, ...]] = {
     "action": ("reject", "quarantine", "tag", "forward", "supervisor_reject",
                "supervisor_quarantine", "supervisor_tag"),
     "sentences": ("held", "held_supervisor", "doubt_supervisor", "doubt", "doubt_as_supervisor",
-                  "also_held",
-                  "summary", "summary_supervisor", "summary_item", "summary_more", "released",
-                  "deleted"),
+                  "also_held", "summary", "summary_supervisor", "summary_item", "summary_more",
+                  "summary_held", "released", "deleted"),
     "status": ("reject", "quarantine", "tag"),
     "findings": ("attachment", "archive_member", "body", "subject", "bsn", "iban",
                  "pupil_rows", "markings", "labels", "uninspectable", "message", "media",
@@ -441,6 +441,9 @@ def render_summary(items: Sequence[HeldItem], style: Style, policy: Policy | Non
         "supervisor_text": "" if as_supervisor else (
             texts.get("sentences", "doubt_supervisor", supervisor=supervisor) if supervisor
             else texts.get("sentences", "doubt")),
+        "release_text": texts.get("sentences", "summary_held", days=style.retention_days,
+                                  postmaster=style.postmaster)
+        if not as_supervisor and any(i.action == "quarantine" for i in items) else "",
         "postmaster": style.postmaster, "ref": items[0].txid if items else "",
         "school": style.school or texts.get("words", "school"),
     }
@@ -628,7 +631,9 @@ def build_mail(*, postmaster: str, to: str, subject: str, text: str, body_html: 
         msg["X-SKOT-Rules"] = ", ".join(rule_ids)
     msg.set_content(text)
     msg.add_alternative(body_html, subtype="html")
-    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    # Headers folded only past 998 octets: the default (78) folds a long subject right after
+    # "Subject:", which some clients show with a leading space.
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n", max_line_length=998))
 
 
 class RateLimiter:

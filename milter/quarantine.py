@@ -151,8 +151,9 @@ def release(cfg: Config, store: QuarantineStore, entry: Entry, actor: str) -> st
     if not reply.ok:
         raise ActionFailed(f"next hop refused the message: {reply.line}")
     record_action(cfg, "quarantine-release", entry, actor, reply=reply.line)
+    subject = _subject(entry.raw)
     store.delete(entry.id)
-    tell_sender(cfg, entry, "released")
+    tell_sender(cfg, entry, "released", subject)
     return reply.line
 
 
@@ -160,9 +161,10 @@ def delete(cfg: Config, store: QuarantineStore, entry: Entry, actor: str,
            reason: str = "", notify: bool = True) -> None:
     """Record, then remove the held message; the sender is told (unless ``notify`` is off)."""
     record_action(cfg, "quarantine-delete", entry, actor, reply=reason)
+    subject = _subject(entry.raw) if notify else ""
     store.delete(entry.id)
     if notify:
-        tell_sender(cfg, entry, "deleted")
+        tell_sender(cfg, entry, "deleted", subject)
 
 
 def _subject(raw: bytes) -> str:
@@ -172,7 +174,7 @@ def _subject(raw: bytes) -> str:
         return ""
 
 
-def tell_sender(cfg: Config, entry: Entry, outcome: str) -> bool:
+def tell_sender(cfg: Config, entry: Entry, outcome: str, subject: str) -> bool:
     """Tell the sender that an admin released or deleted their held message (``outcome``:
     "released" or "deleted"). Only to a school address; on record as ``notice-sent`` or
     ``notice-failed``. Never raises: the admin's action is done either way."""
@@ -196,7 +198,7 @@ def tell_sender(cfg: Config, entry: Entry, outcome: str) -> bool:
         if person is not None:
             lang, name = person.language or lang, person.name or name
         subject, text, body_html = render_outcome(
-            outcome, style, lang=lang, name=name, subject=_subject(entry.raw),
+            outcome, style, lang=lang, name=name, subject=subject,
             recipients=list(env.get("rcpt_tos", [])),
             received=datetime.fromtimestamp(float(entry.meta.get("stored_at", 0)), UTC),
             ref=txid)

@@ -374,6 +374,7 @@ def test_suppressed_notices_are_audited_and_summarised_when_the_hour_is_over(
     assert "In het afgelopen uur zijn nog 5 berichten van je tegengehouden of geweigerd." in body
     for i in range(5, 10):
         assert f"“Rapport {i}” is tegengehouden" in body and f"01tx{i}" in body
+    assert "Tegengehouden berichten worden 30 dagen bewaard en daarna verwijderd." in body
     assert whole_sentences(body) == []
     subjects = [message_from_bytes(m.read_bytes(), policy=email_policy.default)["Subject"]
                 for m in mails]
