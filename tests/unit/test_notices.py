@@ -567,3 +567,30 @@ def test_supervisor_notices_are_rate_limited_too(tmp_path: Path) -> None:
     (_, boss) = n.plan(req)
     assert "3 more messages" not in plain(boss.rendered)  # Bea reads Dutch
     assert "nog 3 berichten" in plain(boss.rendered)
+
+
+def test_summaries_held_before_a_restart_are_sent_after_it(tmp_path: Path) -> None:
+    limiter = RateLimiter(tmp_path / "n.sqlite3", 1, window=0.2)
+    item = HeldItem("01old", 0.0, "Oud bericht", "reject", ("B1.private-address",))
+    assert limiter.admit("supervisor:boss@school.example", now=0.0)[0]
+    assert not limiter.admit("supervisor:boss@school.example", now=0.1, item=item, addressee={
+        "to": "boss@school.example", "lang": "nl", "name": "Bea Baas", "kind": "supervisor"})[0]
+    audit = Audit()
+    n = notifier(tmp_path, audit=audit, limiter=RateLimiter(tmp_path / "n.sqlite3", 1,
+                                                            window=0.2))
+
+    async def go() -> None:  # a new process: only the database knows what was held
+        n.start()
+        await asyncio.wait_for(_until(lambda: audit.events), 10)
+        await n.drain()
+
+    asyncio.run(go())
+    (event,) = audit.events
+    assert (event.event, event.recipients, event.evidence["held"]) == (
+        "notice-sent", ("boss@school.example",), ["01old"])
+    (mail,) = (tmp_path / "maildir" / "new").iterdir()
+    text = plain(mail.read_bytes())
+    assert text.startswith("Beste Bea Baas,")
+    assert ("In het afgelopen uur is nog 1 bericht tegengehouden of geweigerd van iemand van "
+            "wie je leidinggevende bent.") in text
+    assert "“Oud bericht” is geweigerd. Reden: Schoolmail vanaf een privéadres." in text
