@@ -402,17 +402,18 @@ class HeldItem:
     subject: str
     action: str
     titles: tuple[str, ...]   # rule ids; the summary words them in the reader's language
+    internal: bool = False    # to colleagues only: the titles never say "outside"
 
     def to_json(self) -> str:
         return json.dumps({"txid": self.txid, "received": self.received,
                            "subject": self.subject, "action": self.action,
-                           "rules": list(self.titles)})
+                           "rules": list(self.titles), "internal": self.internal})
 
     @classmethod
     def from_json(cls, data: str) -> HeldItem:
         d = json.loads(data)
         return cls(str(d["txid"]), float(d["received"]), str(d["subject"]), str(d["action"]),
-                   tuple(d["rules"]))
+                   tuple(d["rules"]), bool(d.get("internal", False)))
 
 
 def render_summary(items: Sequence[HeldItem], style: Style, policy: Policy | None, *,
@@ -424,8 +425,8 @@ def render_summary(items: Sequence[HeldItem], style: Style, policy: Policy | Non
     n = len(items)
     lines = []
     for item in items[:SUMMARY_ITEMS]:
-        titles = [texts.rule(policy.rules[r], "title") if policy and r in policy.rules else r
-                  for r in item.titles]
+        titles = [texts.rule(policy.rules[r], "title", item.internal)
+                  if policy and r in policy.rules else r for r in item.titles]
         lines.append(texts.get("sentences", "summary_item",
                                time=texts.when(datetime.fromtimestamp(item.received, UTC), zone),
                                subject=texts.quote(item.subject or texts.get(
@@ -786,7 +787,8 @@ class Notifier:
             return []
         lang, name, supervisor = self._person(to)
         item = HeldItem(req.txid, req.received.timestamp(), req.subject, req.verdict.action,
-                        tuple(rp.id for rp in req.rules))
+                        tuple(rp.id for rp in req.rules), internal=bool(req.rcpt_tos) and all(
+                            self.style.internal(r) for r in req.rcpt_tos))
         notices: list[Notice] = []
         send, held = self.limiter.admit(to, item=item, addressee={
             "to": to, "lang": lang, "name": name, "supervisor": supervisor, "kind": kind})
