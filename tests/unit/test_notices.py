@@ -166,7 +166,7 @@ def test_the_notice_names_the_file_and_the_finding_never_a_value() -> None:
     _, text, body_html = render(req, STYLE, lang="nl", name="Sam")
     assert ("de bijlage “leerlingenlijst groep 5.xlsx” bevat 15 rijen met leerlinggegevens; "
             "de bijlage “verslag.docx” bevat een burgerservicenummer (BSN) en het "
-            "gevoeligheidslabel “Vertrouwelijk”.") in text
+            "label “Vertrouwelijk”.") in text
     assert "leerlingenlijst groep 5.xlsx" in body_html
     for value in (files.BSNS[0], str(rows[1][0]), str(rows[1][1]), str(rows[1][3])):
         assert value not in text and value not in body_html  # never what was found
