@@ -69,6 +69,8 @@ def register(sub: Any) -> None:
                       help="the message went to colleagues only")
     prev.add_argument("--kind", choices=("sender", "supervisor", "forward", "summary",
                                          "released", "deleted"), default="")
+    prev.add_argument("--register", choices=("je", "u"), default=None,
+                      help="Dutch: address staff as je or u (default: notices.register_nl)")
     prev.add_argument("--html", action="store_true", help="print the HTML part")
     prev.set_defaults(func=run_preview)
 
@@ -112,7 +114,7 @@ def variants(policy: Policy, style: Style, domain: str, *, rule_id: str = "",
                            else (internal,)):
                 req = example_request(rp, domain, inside)
                 where = "to colleagues only" if inside else "to outside"
-                if kind in ("", "sender"):
+                if kind in ("", "sender", "forward"):
                     k = "forward" if rp.id == "FWD.auto-external" else "sender"
                     yield (f"{rp.id}, {where}, {lang}, {k}",
                            render(req, style, lang=lang, name="Jan Jansen", kind=k,
@@ -147,6 +149,8 @@ def run_preview(args: argparse.Namespace) -> int:
     style = Style.from_config(cfg)
     if not style.school:
         style = replace(style, school="De Regenboog")
+    if args.register:
+        style = replace(style, register_nl=args.register)
     langs = (args.lang,) if args.lang else (
         (cfg.school.language,) if args.rule_id else ("nl", "en"))
     one = bool(args.rule_id) and not args.kind

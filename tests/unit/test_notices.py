@@ -511,6 +511,9 @@ def test_cli_preview_shows_every_variant(tmp_path: Path,
     assert main(["notice", "preview", "Z9.nope", "--config", str(cfg)]) == 2
     assert "no rule Z9.nope" in capsys.readouterr().err
 
+    assert main(["notice", "preview", "--kind", "summary", "--register", "u",
+                 "--config", str(cfg)]) == 0
+    assert "nog 5 berichten van u tegengehouden" in capsys.readouterr().out
     cfg.write_text(cfg.read_text() + '\n[notices]\nregister_nl = "u"\n')
     assert main(["notice", "preview", "A1.confidential-attachment", "--config", str(cfg)]) == 0
     assert "Uw bericht is tegengehouden" in capsys.readouterr().out
