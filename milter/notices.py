@@ -595,6 +595,7 @@ class Notice:
     rule_ids: tuple[str, ...]
     suppressed: bool = False  # held back by the rate limit: audited, not sent
     held: tuple[str, ...] = ()  # a summary: the transactions it reports
+    error: str = ""  # it could not be built: audited as notice-failed, not sent
 
 
 def notice_rules(verdict: Verdict, policy: Policy) -> tuple[RulePolicy, ...]:
@@ -828,17 +829,25 @@ class Notifier:
         for _, who, items in self.limiter.claim_due(now):
             if not items or not who.get("to"):
                 continue
-            supervisor = who.get("supervisor", "")
-            subject, text, body_html = render_summary(
-                items, self.style, self.policy, lang=who.get("lang") or self.style.language,
-                name=who.get("name", ""), supervisor=self._name(supervisor),
-                as_supervisor=who.get("kind") == "supervisor")
             rules = tuple(dict.fromkeys(r for i in items for r in i.titles))
-            raw = build_mail(postmaster=self.style.postmaster, to=who["to"], subject=subject,
-                             text=text, body_html=body_html, txid="", in_reply_to="",
-                             hostname=self.hostname, rule_ids=rules)
+            held = tuple(i.txid for i in items)
+            try:
+                supervisor = who.get("supervisor", "")
+                subject, text, body_html = render_summary(
+                    items, self.style, self.policy, lang=who.get("lang") or self.style.language,
+                    name=who.get("name", ""), supervisor=self._name(supervisor),
+                    as_supervisor=who.get("kind") == "supervisor")
+                raw = build_mail(postmaster=self.style.postmaster, to=who["to"],
+                                 subject=subject, text=text, body_html=body_html, txid="",
+                                 in_reply_to="", hostname=self.hostname, rule_ids=rules)
+            except Exception as exc:  # noqa: BLE001 - claimed: it must still leave a trace
+                log.exception("a notice summary could not be built")
+                out.append(Notice(who["to"], "summary", who.get("lang", ""), b"", "", rules,
+                                  held=held, error=f"summary could not be built: "
+                                                   f"{type(exc).__name__}: {exc}"))
+                continue
             out.append(Notice(who["to"], "summary", who.get("lang", ""), raw, "", rules,
-                              held=tuple(i.txid for i in items)))
+                              held=held))
         return out
 
     def start(self) -> None:
@@ -868,7 +877,12 @@ class Notifier:
                 await asyncio.sleep(60.0)
                 continue
             for notice in batch:
-                await self.send(notice)
+                if notice.error:
+                    await self._audit("notice-failed", "", (notice.to,), notice.error,
+                                      {"kind": "summary", "rules": list(notice.rule_ids),
+                                       "held": list(notice.held)})
+                else:
+                    await self.send(notice)
 
     def schedule(self, req: NoticeRequest) -> None:
         """Plan and send in the background: never delays or changes the client's answer."""

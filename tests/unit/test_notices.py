@@ -609,3 +609,26 @@ def test_summaries_held_before_a_restart_are_sent_after_it(tmp_path: Path) -> No
     assert ("In het afgelopen uur is nog 1 bericht tegengehouden of geweigerd van iemand van "
             "wie je leidinggevende bent.") in text
     assert "“Oud bericht” is geweigerd. Reden: Schoolmail vanaf een privéadres." in text
+
+
+def test_a_summary_that_cannot_be_built_leaves_a_trace(tmp_path: Path) -> None:
+    templates = copy_templates(tmp_path)
+    (templates / "nl" / "summary.txt").write_text("{summary_intro} {held_text} {")
+    limiter = RateLimiter(tmp_path / "n.sqlite3", 1, window=0.2)
+    item = HeldItem("01lost", 0.0, "X", "reject", ("B1.private-address",))
+    assert limiter.admit("juf@school.example", now=0.0)[0]
+    assert not limiter.admit("juf@school.example", now=0.1, item=item, addressee={
+        "to": "juf@school.example", "lang": "nl", "name": "Juf", "kind": "sender"})[0]
+    audit = Audit()
+    n = notifier(tmp_path, audit=audit, limiter=limiter)
+    n.style = replace(STYLE, templates=templates)
+
+    async def go() -> None:
+        n.start()
+        await asyncio.wait_for(_until(lambda: audit.events), 10)
+        await n.drain()
+
+    asyncio.run(go())
+    (event,) = audit.events
+    assert event.event == "notice-failed" and event.evidence["held"] == ["01lost"]
+    assert "could not be built" in event.reply
