@@ -125,10 +125,11 @@ class SMTPConnection(SMTP):
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
             status = _REPLY_REWRITES.get(status, status)
-            if status in _TOO_BIG:  # MAIL ... SIZE= over the limit: no transaction yet
+            if status in _TOO_BIG:
+                at_mail = status == _TOO_BIG[1]  # MAIL ... SIZE= over the limit: no tx yet
                 status = too_big(self.data_size_limit or 0)
                 handler, session = self.event_handler, self.session
-                if isinstance(handler, SMTPHandler) and session is not None:
+                if at_mail and isinstance(handler, SMTPHandler) and session is not None:
                     await handler.refused_at_mail(session, getattr(self, "skot_last_arg", ""),
                                                   status)
         await super().push(status)
