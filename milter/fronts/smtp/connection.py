@@ -189,7 +189,8 @@ class SMTPConnection(SMTP):
                     log.error("cannot spool a message to %s: %s", self._spool_dir,
                               result.spool_error)
                 self.envelope = self._create_envelope()
-                if isinstance(self.event_handler, SMTPHandler) and self.session is not None:
+                if result.refused and isinstance(self.event_handler, SMTPHandler) and \
+                        self.session is not None:
                     await self.event_handler.data_refused(self.session, result.reply,
                                                           result.refused, result.size)
                 await self.push(result.reply)
