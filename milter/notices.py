@@ -71,8 +71,8 @@ TEXT_KEYS: Mapping[str, tuple[str, ...]] = {
     "action": ("reject", "quarantine", "tag", "forward", "supervisor_reject",
                "supervisor_quarantine", "supervisor_tag"),
     "sentences": ("held", "held_supervisor", "doubt_supervisor", "doubt", "doubt_as_supervisor",
-                  "also_held", "summary", "summary_supervisor", "summary_item", "summary_more",
-                  "summary_held", "released", "deleted"),
+                  "advice_quoted", "also_held", "summary", "summary_supervisor", "summary_item",
+                  "summary_more", "summary_held", "released", "deleted"),
     "status": ("reject", "quarantine", "tag"),
     "findings": ("attachment", "archive_member", "body", "subject", "bsn", "iban",
                  "pupil_rows", "markings", "labels", "uninspectable", "message", "media",
@@ -354,6 +354,9 @@ def render(req: NoticeRequest, style: Style, *, lang: str, name: str, kind: str 
                           f"({html.escape(texts.articles(rp))}): {html.escape(finding)}.</li>")
     advice = "\n".join(dict.fromkeys(a for rp in req.rules
                                      if (a := texts.rule(rp, "advice", internal))))
+    if kind == "supervisor" and advice:  # advice to the sender, quoted: "je" is not the reader
+        advice = texts.get("sentences", "advice_quoted", sender=sender_name,
+                           advice=texts.quote(advice.replace("\n", " ")))
     if kind == "supervisor":
         action_text = texts.get("action", f"supervisor_{action}", sender=sender_name)
         supervisor_text = texts.get("sentences", "doubt_as_supervisor", sender=sender_name)

@@ -78,7 +78,7 @@ def whole_sentences(text: str) -> list[str]:
             continue
         nxt = lines[i + 1] if i + 1 < len(lines) else ""
         label = re.match(r"^[A-Z][a-z]+: \S", line)
-        if not (line.rstrip().endswith((".", "?", "!", ":", ",")) or label):
+        if not (line.rstrip().rstrip("”’\"").endswith((".", "?", "!", ":", ",")) or label):
             bad.append(line)
         if nxt.strip() and nxt[0].islower():
             bad.append(line + " / " + nxt)
@@ -246,6 +246,7 @@ def test_the_supervisor_reads_about_someone_else() -> None:
     assert "Melding over een bericht van Sam Smit" in subject
     assert "Een bericht van Sam Smit is tegengehouden" in text
     assert "Wat kan Sam Smit doen?" in text and "Je bericht" not in text
+    assert "Sam Smit kreeg dit advies: “Deel het bestand via het documentsysteem" in text
     assert "Sam Smit kan met vragen over het protocol bij jou terecht" in text
 
 
