@@ -157,6 +157,17 @@ def _choice(*allowed: str) -> Validator:
     return check
 
 
+def _timezone(v: Any) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    s = _str(v)
+    try:
+        ZoneInfo(s)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("expected a time zone name such as \"Europe/Amsterdam\"") from None
+    return s
+
+
 def _language(v: Any) -> str:
     if v not in ("nl", "en"):
         raise ValueError("expected \"nl\" or \"en\"")
@@ -294,6 +305,10 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "rate_per_hour": (_int(1), 5),
         "retries": (_int(1), 3),
         "retry_delay": (_float(0.0), 30.0),
+        # Times in notices are local times in words, in this zone (IANA name).
+        "timezone": (_timezone, "Europe/Amsterdam"),
+        # Dutch notices address staff as "je" or "u" (policies/notices/nl or nl-u).
+        "register_nl": (_choice("je", "u"), "je"),
     },
     "milter": {
         "listen": (_opt_hostport, ""),          # "127.0.0.1:8894" or "unix:/path"; "" = off
@@ -416,6 +431,8 @@ class NoticesSettings:
     rate_per_hour: int
     retries: int
     retry_delay: float
+    timezone: str
+    register_nl: str
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from milter.fronts.smtp.connection import ConnectionLimits, SMTPConnection
 from milter.fronts.smtp.handler import SMTPHandler
 from milter.logs import configure_logging
 from milter.nexthop import SessionPool
-from milter.notices import Notifier, RateLimiter
+from milter.notices import Notifier, RateLimiter, Style
 from milter.quarantine import QuarantineStore
 from milter.retention import RetentionSchedule
 from milter.runtime import Authenticator, Runtime
@@ -111,14 +111,12 @@ def make_notifier(runtime: Runtime, audit: AuditWriter) -> Notifier | None:
     cfg = runtime.config
     if not cfg.notices.enabled:
         return None
-    return Notifier(policy=runtime.policy, templates=cfg.notice_templates,
-                    school=cfg.school.name, postmaster=cfg.school.postmaster,
-                    language=cfg.school.language, hostname=cfg.gateway.hostname,
+    return Notifier(policy=runtime.policy, style=Style.from_config(cfg),
+                    hostname=cfg.gateway.hostname,
                     next_hop=cfg.next_hop, timeout=cfg.gateway.next_hop_timeout,
                     limiter=RateLimiter(cfg.state_dir / "notices.sqlite3",
                                         cfg.notices.rate_per_hour),
-                    directory=runtime.directory, school_domains=cfg.school_domains,
-                    audit=audit, retries=cfg.notices.retries,
+                    directory=runtime.directory, audit=audit, retries=cfg.notices.retries,
                     retry_delay=cfg.notices.retry_delay)
 
 
@@ -179,6 +177,8 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
         sock = msrv.sockets[0].getsockname()
         milter_port = sock[1] if isinstance(sock, tuple) else 0
         log.info("milter front on %s", milter_listen)
+    if gateway.notifier is not None:
+        gateway.notifier.start()  # summaries held back before a restart
     retention = RetentionSchedule(cfg, lambda: open_store(cfg.audit_url, cfg.gateway.node),
                                   directory=lambda: gateway.runtime.directory)
     return Daemon(gateway, handler, servers, bound, milter_port, retention)

@@ -4,17 +4,23 @@ One directory per message (``<id>/message.eml`` and ``<id>/meta.json``), written
 temporary name, fsynced, then renamed and the parent fsynced: a power cut leaves either the
 whole entry or none. Entries are never modified in place. ``release``, ``delete`` and
 ``purge`` are what the CLI and the web view call: each is on record in the audit store, and
-nothing changes when the record cannot be written.
+nothing changes when the record cannot be written. After a release or a delete by an admin
+the sender is told (a notice, itself on record); a purge by the retention period is not
+announced again (the quarantine notice gave its date).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,7 @@ from milter.durable import fsync_dir, write_synced
 from milter.nexthop import NextHopError, send_message
 
 ID_CHARS = set("0123456789abcdefghijklmnopqrstuvwxyz-")
+log = logging.getLogger("skot-milter.quarantine")
 
 
 class QuarantineError(Exception):
@@ -152,7 +159,10 @@ async def release_async(cfg: Config, store: QuarantineStore, entry: Entry, actor
         raise ActionFailed(f"next hop refused the message: {reply.line}")
     await asyncio.to_thread(record_action, cfg, "quarantine-release", entry, actor, reply.line,
                             extra)
+    subject = subject_of(entry.raw)
     await asyncio.to_thread(store.delete, entry.id)
+    if not actor.startswith("self:"):  # the sender released it: no news to tell them
+        await asyncio.to_thread(tell_sender, cfg, entry, "released", subject)
     return reply.line
 
 
@@ -165,10 +175,76 @@ def find_by_token(store: QuarantineStore, token_sha256: str) -> Entry | None:
 
 
 def delete(cfg: Config, store: QuarantineStore, entry: Entry, actor: str,
-           reason: str = "") -> None:
-    """Record, then remove the held message."""
+           reason: str = "", notify: bool = True) -> None:
+    """Record, then remove the held message; the sender is told (unless ``notify`` is off)."""
     record_action(cfg, "quarantine-delete", entry, actor, reply=reason)
+    subject = subject_of(entry.raw) if notify else ""
     store.delete(entry.id)
+    if notify:
+        tell_sender(cfg, entry, "deleted", subject)
+
+
+def subject_of(raw: bytes) -> str:
+    try:
+        return str(BytesHeaderParser(policy=default_policy).parsebytes(raw).get("Subject", ""))
+    except Exception:  # noqa: BLE001 - a damaged header: the notice says "(no subject)"
+        return ""
+
+
+def tell_sender(cfg: Config, entry: Entry, outcome: str, subject: str) -> bool:
+    """Tell the sender that an admin released or deleted their held message (``outcome``:
+    "released" or "deleted"). Only to a school address; on record as ``notice-sent`` or
+    ``notice-failed``. Never raises: the admin's action is done either way."""
+    from milter.notices import Style, build_mail, render_outcome
+
+    env = entry.meta.get("envelope", {})
+    sender = str(env.get("mail_from", "")).lower()
+    style = Style.from_config(cfg)
+    if not cfg.notices.enabled or not sender or not style.internal(sender):
+        return False
+    txid = str(entry.meta.get("txid", ""))
+    error = ""
+    try:
+        lang, name = cfg.school.language, sender.partition("@")[0]
+        try:
+            from milter.directory_source import DirectorySource
+
+            person = DirectorySource(cfg).initial().lookup(sender)
+        except Exception:  # noqa: BLE001 - without the directory: the defaults
+            person = None
+        if person is not None:
+            lang, name = person.language or lang, person.name or name
+        subject, text, body_html = render_outcome(
+            outcome, style, lang=lang, name=name, subject=subject,
+            recipients=list(env.get("rcpt_tos", [])),
+            received=datetime.fromtimestamp(float(entry.meta.get("stored_at", 0)), UTC),
+            ref=txid)
+        raw = build_mail(postmaster=style.postmaster, to=sender, subject=subject, text=text,
+                         body_html=body_html, txid=txid, in_reply_to="",
+                         hostname=cfg.gateway.hostname)
+        reply = asyncio.run(send_message(cfg.next_hop, cfg.gateway.hostname,
+                                         cfg.gateway.next_hop_timeout, style.postmaster,
+                                         [sender], raw))
+        error = "" if reply.ok else reply.line
+    except NextHopError as exc:
+        error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a template or I/O fault: on record, not raised
+        log.exception("tx=%s %s notice could not be built", txid, outcome)
+        error = f"notice could not be built: {type(exc).__name__}: {exc}"
+    try:
+        store = open_store(cfg.audit_url, cfg.gateway.node)
+        try:
+            store.append(AuditEvent(event="notice-failed" if error else "notice-sent",
+                                    txid=txid, recipients=(sender,),
+                                    sender=cfg.school.postmaster,
+                                    action="notice-failed" if error else "notice-sent",
+                                    reply=error, evidence={"kind": outcome,
+                                                           "quarantine_id": entry.id}))
+        finally:
+            store.close()
+    except AuditUnavailable as exc:
+        log.error("tx=%s %s notice not on record: %s", txid, outcome, exc)
+    return not error
 
 
 def purge(cfg: Config, store: QuarantineStore, now: float | None = None) -> int:
@@ -176,5 +252,6 @@ def purge(cfg: Config, store: QuarantineStore, now: float | None = None) -> int:
     days = cfg.quarantine.retention_days
     old = store.older_than(days * 86400, now)
     for entry in old:
-        delete(cfg, store, entry, "retention", f"retention period of {days} days passed")
+        delete(cfg, store, entry, "retention", f"retention period of {days} days passed",
+               notify=False)
     return len(old)

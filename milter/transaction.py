@@ -50,7 +50,7 @@ STORAGE_FAILURE = "451 4.3.0 Temporary storage failure, try again later ref={ref
 LOCAL_PROBLEM = "451 4.3.0 Temporary local problem, try again later ref={ref}"
 NEXT_HOP_DOWN = "451 4.4.1 Next hop unavailable, try again later ref={ref}"
 NEXT_HOP_FAILED = "4.4.2 Next hop failed, try again later ref={ref}"
-TOO_BIG = "552 5.3.4 Message too big"
+# Over the size limit: ``milter.core.verdict.too_big(limit)``, with the limit, Dutch first.
 DELIVERED = "250 2.0.0 Ok: queued ref={ref}"
 
 
@@ -281,6 +281,15 @@ class Transaction:
         self.notify()
         return ""
 
+    async def refused(self, reply: str, why: str, evidence: dict[str, Any]) -> None:
+        """The front refused the message before any policy ran (too big, a line too long):
+        the refusal is on record with its reason and the size seen."""
+        limit = self.runtime.config.gateway.max_message_size
+        log.info("tx=%s %s refused: %s", self.txid, self.front, why)
+        await self.record_best_effort("rejected", reply, {"refused": why, **evidence,
+                                                          **({"limit": limit} if why ==
+                                                             "too-big" else {})})
+
     async def abandoned(self, why: str) -> None:
         """The client vanished before the final dot: nothing was relayed; the intent gets
         its outcome."""
@@ -401,7 +410,8 @@ class Transaction:
             "reason": reason, "next_hop_reply": line})
         notifier = self.gateway.notifier
         if notifier is not None:
-            notifier.schedule_release_copy(entry.meta, self.sender, reason)
+            notifier.schedule_release_copy(entry.meta, self.sender, reason,
+                                           quarantine_mod.subject_of(entry.raw))
         return Decision(None, False, answer, consumed=True)
 
     async def _released_today(self, sender: str) -> int:

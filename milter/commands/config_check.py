@@ -92,7 +92,10 @@ def _notice_templates(cfg: config_mod.Config) -> list[str]:
             rule_ids = set(rules)
     except config_mod.ConfigError:
         pass
-    return template_problems(cfg.notice_templates, rule_ids)
+    from milter.notices import text_set
+
+    sets = {text_set(lang, cfg.notices.register_nl) for lang in ("nl", "en")}
+    return template_problems(cfg.notice_templates, rule_ids, sorted(sets))
 
 
 # Subsystems (notice templates, DKIM keys, ...) add checks of the form cfg -> [problem].

@@ -92,9 +92,7 @@ def combine(fired: list[tuple[RulePolicy, FiredRule]], ctx: Context) -> Verdict:
                            "DNS-storing, probeer later opnieuw / temporary DNS failure, try "
                            "again later" + (f" ref={ref}" if ref else ""))
     elif action == "reject" and decisive is not None:
-        reply = reply_line("550 5.7.1", f"[{decisive.id}] {decisive.article}: "
-                           f"{decisive.text('reason', 'nl')} / {decisive.text('reason', 'en')}"
-                           + (f" ref={ref}" if ref else ""))
+        reply = _refusal(decisive, [rp for rp, fr in fired if fr.mode == "enforce"], ref)
     elif action == "quarantine":
         reply = reply_line("250 2.0.0", "Ok: bericht vastgehouden voor controle / "
                            "message held for review" + (f" ref={ref}" if ref else ""))
@@ -102,3 +100,22 @@ def combine(fired: list[tuple[RulePolicy, FiredRule]], ctx: Context) -> Verdict:
         reply = reply_line("250 2.0.0", "Ok" + (f" ref={ref}" if ref else ""))
     return Verdict(action=action, direction=ctx.direction, smtp_reply=reply,
                    rules=tuple(fr for _, fr in fired), ref=ref)
+
+
+def _refusal(decisive: RulePolicy, enforced: list[RulePolicy], ref: str) -> str:
+    """``550 5.7.1 [ids] articles: reasons (nl) / reasons (en) ref=``: every enforced rule
+    that fired is named, the refusing ones first; when all reasons do not fit in one reply
+    line, the ids stay and the first reason speaks for them (the ref is never cut off)."""
+    rules = [decisive, *(rp for rp in enforced if rp.id != decisive.id)]
+    ids = ", ".join(rp.id for rp in rules)
+    articles = ", ".join(dict.fromkeys(rp.article for rp in rules))
+    tail = f" ref={ref}" if ref else ""
+    for shown in (rules, rules[:1]):
+        text = (f"[{ids}] {articles}: " + "; ".join(rp.text("reason", "nl") for rp in shown)
+                + " / " + "; ".join(rp.text("reason", "en") for rp in shown))
+        line = reply_line("550 5.7.1", text + tail)
+        if not line.endswith("...") or shown is not rules:
+            break
+    if line.endswith("...") and tail:  # keep the reference whatever the length
+        line = line[: len(line) - len(tail) - 3] + "..." + tail
+    return line

@@ -74,6 +74,24 @@ def unparseable(direction: str, why: str, ref: str = "") -> Verdict:
     return Verdict("reject", direction, reply_line("554 5.6.0", text), (), ref)
 
 
+def size_words(n: int) -> str:
+    """A byte count as people say it: "25 MB", "512 KB"."""
+    if n >= 2**20:
+        return f"{n / 2**20:.0f} MB"
+    return f"{max(1, round(n / 1024))} KB"
+
+
+def too_big(limit: int) -> str:
+    """The refusal of a message over the size limit, with the limit, Dutch first."""
+    size = size_words(limit)
+    return (f"552 5.3.4 Bericht te groot: maximaal {size} ({limit} bytes) / "
+            f"Message too big: limit {size} ({limit} bytes)")
+
+
+LINE_TOO_LONG = ("500 5.5.2 Regel te lang: maximaal 1000 tekens per regel / "
+                 "Line too long: limit 1000 octets per line")
+
+
 @dataclass(frozen=True)
 class Finding:
     """A rule fired. ``reason`` is a short English detail for logs and the audit record;

@@ -41,6 +41,12 @@ class Served:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
+    def wait_log_count(self, needle: str, count: int, timeout: float = 20) -> None:
+        end = time.monotonic() + timeout
+        while self.log.read_text().count(needle) < count:
+            assert time.monotonic() < end, self.log.read_text()
+            time.sleep(0.05)
+
     def wait_log(self, needle: str, timeout: float = 10) -> None:
         end = time.monotonic() + timeout
         while needle not in self.log.read_text():
@@ -182,6 +188,7 @@ def test_metrics_add_up_over_worker_processes(served: Any, tmp_path: Path) -> No
     mport = free_port()
     proc, port = served(gateway_extra="workers = 2",
                         extra=f'[metrics]\nlisten = "127.0.0.1:{mport}"\n')
+    proc.wait_log_count("ready", 2)  # worker 1 (the exporter) may be the later one
     assert [send(port, make_message(), "someone@school.example") for _ in range(16)] == \
         [250] * 16
     assert send(port, VIOLATION, "me@gmail.example") == 550

@@ -45,6 +45,9 @@ def test_absolute_sqlite_url(tmp_path: Path) -> None:
     ('node = "test"', 'node = "test"\nworkers = -1', "gateway.workers", ">= 0"),
     ('node = "test"', 'node = "test"\nspool_threshold = 100', "gateway.spool_threshold",
      ">= 4096"),
+    ('[dns]', '[notices]\ntimezone = "Europe/Amsterdamm"\n[dns]', "notices.timezone",
+     "Europe/Amsterdam"),
+    ('[dns]', '[notices]\nregister_nl = "jij"\n[dns]', "notices.register_nl", '"je", "u"'),
 ])
 def test_config_errors_name_file_key_and_allowed(tmp_path: Path, old: str, new: str, key: str,
                                                   allowed: str) -> None:

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from milter.core.verdict import LINE_TOO_LONG, too_big
 from milter.fronts.smtp.datareader import (
-    LINE_TOO_LONG,
     SPOOL_FAILED,
-    TOO_BIG,
     DataReader,
     DataResult,
 )
@@ -71,7 +70,11 @@ def test_too_big_is_552_after_draining_without_holding_it(tmp_path: Path) -> Non
         assert r.feed(b"y" * 98 + b"\r\n") is False
         assert len(r._kept) < 2000  # drained, not kept
     assert r.feed(b".\r\nRSET\r\n") is True
-    assert r.finish().reply == TOO_BIG
+    result = r.finish()
+    assert result.reply == too_big(1000) and result.refused == "too-big"
+    assert result.reply.startswith("552 5.3.4 Bericht te groot")
+    assert "1000 bytes" in result.reply and "Message too big" in result.reply
+    assert result.size == 100 * 100  # what the client sent, for the audit record
     assert r.rest == b"RSET\r\n"
 
 
@@ -80,14 +83,15 @@ def test_exactly_at_the_limit_is_taken(tmp_path: Path) -> None:
     r = reader(tmp_path, max_size=len(body) * 10)
     assert content(feed_all(r, body * 10 + b".\r\n")) == body * 10
     r = reader(tmp_path, max_size=len(body) * 10 - 1)
-    assert feed_all(r, body * 10 + b".\r\n").reply == TOO_BIG
+    assert feed_all(r, body * 10 + b".\r\n").reply == too_big(len(body) * 10 - 1)
 
 
 @pytest.mark.parametrize("threshold", [1 << 20, 4096])
 def test_a_line_over_1000_octets_is_500(tmp_path: Path, threshold: int) -> None:
     r = reader(tmp_path, max_size=0, threshold=threshold)
     result = feed_all(r, b"ok\r\n" + b"w" * 1001 + b"\r\n" + b"a\r\n" * 3000 + b".\r\n", 997)
-    assert result.reply == LINE_TOO_LONG
+    assert result.reply == LINE_TOO_LONG and result.refused == "line-too-long"
+    assert result.reply.startswith("500 5.5.2 Regel te lang") and "Line too long" in result.reply
 
 
 def test_past_the_threshold_the_message_goes_to_a_spool_with_the_same_bytes(

@@ -28,7 +28,7 @@ from milter.inspect.detectors import (
     marking_levels,
 )
 from milter.inspect.tables import people_table, text_tables
-from milter.notices import render, request_for
+from milter.notices import Style, render, request_for
 from milter.runtime import Runtime
 from tests.conftest import POLICY, write_config
 from tests.fixtures import files
@@ -526,13 +526,14 @@ def test_audit_and_notice_name_the_finding_never_the_value(rt: Runtime, tmp_path
                       ("ouder@example.org",), ev.summary)
     assert req is not None
     rp = rt.policy.rules["A1.confidential-attachment"]
-    _, text, body_html = render(req, "nl", name="Sam", school="", postmaster="pm",
-                                templates=POLICY.parent / "notices", rule=rp)
-    assert "2 BSN-nummer(s) in bijlage leerlingen.csv (zekerheid: hoog)" in text
-    assert "een tabel met 15 personen (BSN, telefoonnummer) in bijlage leerlingen.csv" in text
-    _, text_en, _ = render(req, "en", name="Sam", school="", postmaster="pm",
-                           templates=POLICY.parent / "notices", rule=rp)
-    assert "2 BSN number(s) in attachment leerlingen.csv (confidence: high)" in text_en
+    style = Style(templates=POLICY.parent / "notices", postmaster="pm")
+    _, text, body_html = render(req, style, lang="nl", name="Sam", rule=rp)
+    # the file, the signals and how many; the confidence stays in the audit evidence above
+    assert ("de bijlage “leerlingen.csv” bevat 15 rijen met leerlinggegevens en 2 "
+            "burgerservicenummers (BSN)") in text
+    _, text_en, _ = render(req, style, lang="en", name="Sam", rule=rp)
+    assert ("the attachment “leerlingen.csv” contains 15 rows of pupil data and 2 Dutch "
+            "citizen service numbers (BSN)") in text_en
     for secret in [BSN, "123456782", *(x for p in PUPILS for x in p[:3])]:
         for where in (json.dumps(ev.verdict.to_json()), json.dumps(ev.summary), text,
                       body_html, text_en):

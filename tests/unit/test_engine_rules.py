@@ -138,7 +138,26 @@ def test_strongest_action_wins(rt: Runtime) -> None:
     v = verdict(tagged, raw, mail_from="me@gmail.example", ip="203.0.113.9", auth="teacher")
     assert v["action"] == "reject"
     assert sorted(fired(v)) == ["B1.auth-identity", "B1.sender-domain"]
-    assert "[B1.auth-identity]" in v["smtp_reply"]
+    assert "[B1.auth-identity, B1.sender-domain]" in v["smtp_reply"]
+    reasons = [rt.policy.rules[r].text("reason", lang) for r in ("B1.auth-identity",
+                                                                  "B1.sender-domain")
+               for lang in ("nl", "en")]
+    assert all(reason in v["smtp_reply"] for reason in reasons)
+
+
+def test_every_rule_named_and_the_ref_kept_when_reasons_do_not_fit(rt: Runtime) -> None:
+    from milter.core.context import Context, Envelope
+    from milter.core.engine import combine
+    from milter.core.verdict import FiredRule
+
+    rules = [replace(rp, texts={**rp.texts, "reason_nl": "x" * 200, "reason_en": "y" * 200})
+             for rp in sorted(rt.policy.rules.values(), key=lambda r: r.id)]
+    ctx = Context(Envelope("a@school.example", ("b@x.example",), txid="01reftail"),
+                  ("school.example",))
+    fired = [(rp, FiredRule(rp.id, rp.article, "reject", "enforce", "r")) for rp in rules]
+    reply = combine(fired, ctx).smtp_reply
+    assert len(reply) <= 510 and reply.endswith("ref=01reftail")
+    assert all(rp.id in reply for rp in rules)
 
 
 def test_reply_is_one_ascii_line_under_limit(rt: Runtime) -> None:

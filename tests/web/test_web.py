@@ -246,9 +246,16 @@ def test_admin_releases_quarantined_message(site: dict[str, Any], browser: Any) 
 
     result = WebDriverWait(browser, 15).until(ec.presence_of_element_located((By.ID, "result")))
     assert "release" in result.text
-    assert len(site["sink"].messages) == 1
+    # the held message to its recipient, then the notice to its sender that it went out
+    released, notice = site["sink"].messages
+    assert released.rcpt_tos == ["ouder@example.org"] and b"X-SKOT-Notice" not in \
+        released.content
+    assert notice.rcpt_tos == ["someone@school.example"]
+    assert b"alsnog verstuurd" in notice.content
     events = [(r.event, r.actor) for r in site["store"].records()]
     assert ("quarantine-release", "web:bert") in events
+    assert [r.recipients for r in site["store"].records() if r.event == "notice-sent"] == [
+        ("someone@school.example",)]
 
 
 def test_dutch_by_default(site: dict[str, Any]) -> None:

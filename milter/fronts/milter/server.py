@@ -14,10 +14,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from milter.core.verdict import too_big
 from milter.dnsauth import strip_our_results
 from milter.fronts.milter import codec
 from milter.spool import Spooled
-from milter.transaction import LOCAL_PROBLEM, TOO_BIG, Gateway, Transaction
+from milter.transaction import LOCAL_PROBLEM, Gateway, Transaction
 from milter.warning import milter_changes
 
 log = logging.getLogger("skot-milter.milter")
@@ -153,7 +154,9 @@ class MilterConnection:
         if tx is None:
             raise codec.ProtocolError("end of message without MAIL")
         if msg.too_big:
-            return codec.encode_replycode(f"{TOO_BIG} ref={tx.txid}")
+            reply = f"{too_big(tx.runtime.config.gateway.max_message_size)} ref={tx.txid}"
+            await tx.refused(reply, "too-big", {"size": msg.size})
+            return codec.encode_replycode(reply)
         if msg.spool_error:
             return codec.encode_replycode(tx.reply(LOCAL_PROBLEM))
         source: bytes | Spooled = msg.spool if msg.spool is not None \

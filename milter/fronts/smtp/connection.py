@@ -19,6 +19,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
+from milter.core.verdict import too_big
 from milter.fronts.smtp.datareader import DataReader, DataResult
 from milter.fronts.smtp.handler import SMTPHandler
 from milter.spool import Spooled
@@ -27,10 +28,11 @@ log = logging.getLogger("skot-milter.smtp")
 
 # aiosmtpd's own texts for these carry no enhanced status code; ours do (RFC 3463).
 _REPLY_REWRITES = {
-    "552 Error: Too much mail data": "552 5.3.4 Message too big",
-    "552 Error: message size exceeds fixed maximum message size": "552 5.3.4 Message too big",
     "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long",
 }
+# aiosmtpd's refusals of a message over the size limit: ours name the limit, in both languages.
+_TOO_BIG = ("552 Error: Too much mail data",
+            "552 Error: message size exceeds fixed maximum message size")
 
 
 class SMTPConnection(SMTP):
@@ -123,6 +125,13 @@ class SMTPConnection(SMTP):
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
             status = _REPLY_REWRITES.get(status, status)
+            if status in _TOO_BIG:
+                at_mail = status == _TOO_BIG[1]  # MAIL ... SIZE= over the limit: no tx yet
+                status = too_big(self.data_size_limit or 0)
+                handler, session = self.event_handler, self.session
+                if at_mail and isinstance(handler, SMTPHandler) and session is not None:
+                    await handler.refused_at_mail(session, getattr(self, "skot_last_arg", ""),
+                                                  status)
         await super().push(status)
 
     async def smtp_DATA(self, arg: str) -> None:
@@ -180,6 +189,10 @@ class SMTPConnection(SMTP):
                     log.error("cannot spool a message to %s: %s", self._spool_dir,
                               result.spool_error)
                 self.envelope = self._create_envelope()
+                if result.refused and isinstance(self.event_handler, SMTPHandler) and \
+                        self.session is not None:
+                    await self.event_handler.data_refused(self.session, result.reply,
+                                                          result.refused, result.size)
                 await self.push(result.reply)
                 return
             self.spooled = result.spooled  # the handler reads it when set

@@ -14,10 +14,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from milter.core.verdict import LINE_TOO_LONG, too_big
 from milter.spool import Spooled
 
-TOO_BIG = "552 5.3.4 Message too big"
-LINE_TOO_LONG = "500 5.5.2 Line too long"
 SPOOL_FAILED = "451 4.3.0 Temporary local problem, try again later"
 
 _UNSTUFF = re.compile(rb"(\r\n)\.")  # RFC 5321 4.5.2: drop the first dot of a line
@@ -29,6 +28,8 @@ class DataResult:
     in ``spooled`` when it went to disk (the caller closes it)."""
 
     reply: str = ""
+    refused: str = ""  # why, for the audit: "too-big" or "line-too-long"
+    size: int = 0      # octets received (drained) when refused
     content: bytes = b""
     spooled: Spooled | None = None
     spool_error: OSError | None = None
@@ -86,7 +87,7 @@ class DataReader:
         with a complete message; on a refusal it is closed here."""
         # ``_size`` counts the data and the ".\r\n" of the terminator
         if self._too_much or (self.max_size and self._size - 3 > self.max_size):
-            return self._refuse(TOO_BIG)
+            return self._refuse(too_big(self.max_size), "too-big")
         if self._spool_error is None and self._spool is not None:
             try:
                 self._spill(last=True)
@@ -98,7 +99,7 @@ class DataReader:
             return result
         kept = self._kept
         if self._too_long or (self._spool is None and self._line_too_long(kept)):
-            return self._refuse(LINE_TOO_LONG)
+            return self._refuse(LINE_TOO_LONG, "line-too-long")
         if self._spool is not None:
             spooled, self._spool = self._spool, None
             return DataResult(spooled=spooled)
@@ -112,9 +113,9 @@ class DataReader:
             self._spool.close()
             self._spool = None
 
-    def _refuse(self, reply: str) -> DataResult:
+    def _refuse(self, reply: str, why: str = "") -> DataResult:
         self.close()
-        return DataResult(reply=reply)
+        return DataResult(reply=reply, refused=why, size=max(0, self._size - 3))
 
     def _spill(self, last: bool = False) -> None:
         """Move the complete lines at the front of the buffer to the spool file, unstuffed;

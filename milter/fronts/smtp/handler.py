@@ -178,6 +178,23 @@ class SMTPHandler:
                                                     auth_user=self._auth_user(session)))
         return ctx.direction == "outbound"
 
+    async def data_refused(self, session: ClientSession, reply: str, why: str,
+                           size: int) -> None:
+        """The DATA reader refused the message (too big, a line too long): on record."""
+        pending = self._pending.get(session)
+        if pending is not None:
+            await pending.tx.refused(reply, why, {"size": size})
+
+    async def refused_at_mail(self, session: ClientSession, arg: str, reply: str) -> None:
+        """MAIL with a SIZE= over the limit, refused before any transaction: on record."""
+        m = re.match(r"\s*FROM:\s*<([^>]*)>(.*)", arg, re.I | re.S)
+        sender = m.group(1) if m else ""
+        size = re.search(r"\bSIZE=(\d+)", arg, re.I)
+        tx = self.gateway.begin("smtp", sender=sender, client=self._client(session),
+                                auth_user=self._auth_user(session))
+        await tx.refused(reply, "too-big", {"size": int(size.group(1)) if size else 0,
+                                            "stage": "MAIL"})
+
     # -- hooks ---------------------------------------------------------------------------
 
     async def handle_PROXY(self, server: SMTP, session: ClientSession, envelope: SMTPEnvelope,
