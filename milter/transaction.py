@@ -397,6 +397,7 @@ class Transaction:
                 await self.record_best_effort("self-release-refused", answer,
                                               {"why": "already released"})
                 return Decision(None, False, answer)
+            subject = await asyncio.to_thread(quarantine_mod.subject_of, entry.raw)
             try:
                 line = await quarantine_mod.release_async(
                     self.runtime.config, self.gateway.quarantine, entry, f"self:{self.sender}",
@@ -410,8 +411,7 @@ class Transaction:
             "reason": reason, "next_hop_reply": line})
         notifier = self.gateway.notifier
         if notifier is not None:
-            notifier.schedule_release_copy(entry.meta, self.sender, reason,
-                                           quarantine_mod.subject_of(entry.raw))
+            notifier.schedule_release_copy(entry.meta, self.sender, reason, subject)
         return Decision(None, False, answer, consumed=True)
 
     async def _released_today(self, sender: str) -> int:
