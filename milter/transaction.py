@@ -31,7 +31,7 @@ from milter.core.verdict import ascii_line
 from milter.dkimsign import Signer
 from milter.nexthop import NextHopError, Reply
 from milter.notices import Notifier, request_for
-from milter.quarantine import QuarantineError, QuarantineStore
+from milter.quarantine import Quarantine, QuarantineError
 from milter.runtime import Authenticator, Evaluation, Runtime
 from milter.spool import MemoryBudget, Spooled
 
@@ -84,7 +84,7 @@ class Gateway:
 
     runtime: Runtime
     audit: AuditWriter
-    quarantine: QuarantineStore
+    quarantine: Quarantine
     notifier: Notifier | None = None
     authenticator: Authenticator | None = None
     signer: Signer | None = None

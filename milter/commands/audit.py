@@ -265,7 +265,14 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     last = store.last(node)
     if last is None:
         raise CommandError(f"chain {node!r} has no records yet", code=1)
-    path = checkpoint.write(checkpoint.sign(key, node, last.seq, last.hash), directory)
+    cp = checkpoint.sign(key, node, last.seq, last.hash)
+    path = checkpoint.write(cp, directory)
+    keep = getattr(store, "save_checkpoint", None)  # PostgreSQL: beside every node's
+    if keep is not None:
+        try:
+            keep(cp)
+        except AuditUnavailable as exc:
+            print(f"warning: checkpoint not kept in the database: {exc}", file=sys.stderr)
     print(f"checkpoint {path} (chain {node}, seq {last.seq})")
     return 0
 

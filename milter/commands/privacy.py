@@ -70,7 +70,7 @@ def run_export(args: argparse.Namespace) -> int:
     from milter import privacy
     from milter.audit.store import AuditEvent, AuditUnavailable, open_store
     from milter.commands.quarantine import actor_name
-    from milter.quarantine import QuarantineStore
+    from milter.quarantine import open_quarantine
 
     runtime = load_runtime(args)
     cfg = runtime.config
@@ -84,7 +84,7 @@ def run_export(args: argparse.Namespace) -> int:
     except AuditUnavailable as exc:
         raise CommandError(str(exc)) from None
     try:
-        export = privacy.access_export(store, QuarantineStore(cfg.quarantine_dir), person,
+        export = privacy.access_export(store, open_quarantine(cfg), person,
                                        linked)
         store.append(AuditEvent(event="exported", action="exported",
                                 actor=actor_name(args.actor),
