@@ -75,6 +75,9 @@ class Daemon:
         if self.retention is not None:
             await asyncio.to_thread(self.retention.stop)
         self.gateway.audit.close()
+        self.gateway.quarantine.close()
+        if self.gateway.notifier is not None:
+            self.gateway.notifier.limiter.close()
 
 
 def tls_context(runtime: Runtime) -> ssl.SSLContext | None:

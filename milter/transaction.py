@@ -210,6 +210,9 @@ class Transaction:
             await self.record(event, verdict.smtp_reply, extra)
         except AuditUnavailable as exc:
             log.error("tx=%s audit unavailable: %s", self.txid, exc)
+            if qid:  # the client retries: a held copy kept now would be held twice
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.gateway.quarantine.delete, qid)
             return Decision(evaluation, False, self.reply(AUDIT_DOWN))
         self.notify()
         return Decision(evaluation, False, verdict.smtp_reply, qid)

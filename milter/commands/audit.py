@@ -218,7 +218,10 @@ def _export(store: AuditStore, args: argparse.Namespace, out: Any) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     store = open_from_args(args)
-    result = _verify(store, cfg, [Path(f) for f in args.checkpoint])
+    try:
+        result = _verify(store, cfg, [Path(f) for f in args.checkpoint])
+    finally:
+        store.close()  # (a PostgreSQL pool left open outlives the command's threads)
     chains = result.chains
     if args.json:
         print_json(result.to_json())
