@@ -80,7 +80,15 @@ MIGRATIONS = [
 
 
 def migrate(conn: psycopg.Connection[Any]) -> int:
-    """Apply pending migrations; return the schema version."""
+    """Apply pending migrations; return the schema version.
+
+    A schema that is up to date is only read: gateway nodes may run as roles that cannot
+    create or lock tables (``deploy/postgres/roles.sql``); the owner migrates."""
+    row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    if row is not None and row[0]:
+        current = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        if current is not None and current[0] is not None and current[0] >= len(MIGRATIONS):
+            return int(current[0])
     with conn.transaction():
         # Several gateway nodes may start at once: CREATE ... IF NOT EXISTS races in
         # PostgreSQL, so migrations run one node at a time.
