@@ -54,6 +54,7 @@ class Entry:
     meta: dict[str, Any]
     path: Path | None = None
     load: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
+    claim: str = ""  # set on a claimed entry: whose claim it is (the store checks it)
 
     @property
     def raw(self) -> bytes:
@@ -136,6 +137,7 @@ class QuarantineStore:
     def get(self, qid: str) -> Entry | None:
         if not valid_id(qid):
             return None
+        self._recover_stale(qid, self._claimed(qid))
         return self._read(qid, self.directory / qid)
 
     @staticmethod
@@ -198,6 +200,9 @@ class QuarantineStore:
         if not self.directory.is_dir():
             return []
         out = []
+        for child in sorted(self.directory.iterdir()):
+            if child.name.startswith(".claim-"):  # one whose release died is held again
+                self._recover_stale(child.name[len(".claim-"):], child)
         for child in sorted(self.directory.iterdir()):
             if child.name.startswith("."):
                 continue

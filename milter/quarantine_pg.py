@@ -15,6 +15,7 @@ reconnects.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -33,7 +34,11 @@ from milter.quarantine import (
     valid_id,
 )
 
+log = logging.getLogger("skot-milter")
+
 _COLUMNS = "id, node, meta"
+# Held, or claimed by a release whose process died (STALE_CLAIM_SECONDS): listed, releasable.
+_HELD = "(state = 'held' OR (state = 'releasing' AND claimed_at < %s))"
 
 
 def _durable(conn: psycopg.Connection[Any]) -> None:
@@ -72,10 +77,14 @@ class PostgresQuarantine:
         except Exception as exc:  # psycopg errors and the pool's time-out alike
             raise QuarantineError(f"quarantine database unavailable: {exc}") from exc
 
-    def _entry(self, row: Sequence[Any]) -> Entry:
+    def _entry(self, row: Sequence[Any], claim: str = "") -> Entry:
         qid, node, meta = str(row[0]), str(row[1]), json.loads(row[2])
         meta.setdefault("node", node)
-        return Entry(qid, meta, None, load=lambda: self._raw(qid))
+        return Entry(qid, meta, None, load=lambda: self._raw(qid), claim=claim)
+
+    @staticmethod
+    def _stale() -> float:
+        return time.time() - STALE_CLAIM_SECONDS
 
     def _raw(self, qid: str) -> bytes:
         rows = self._run("SELECT message FROM quarantine WHERE id = %s", (qid,))
@@ -104,21 +113,21 @@ class PostgresQuarantine:
         if not valid_id(qid):
             return None
         try:
-            rows = self._run(f"SELECT {_COLUMNS} FROM quarantine WHERE id = %s "
-                             "AND state = 'held'", (qid,))
+            rows = self._run(f"SELECT {_COLUMNS} FROM quarantine WHERE id = %s AND {_HELD}",
+                             (qid, self._stale()))
         except QuarantineError:
             return None
         return self._entry(rows[0]) if rows else None
 
     def entries(self) -> list[Entry]:
         return [self._entry(r) for r in self._run(
-            f"SELECT {_COLUMNS} FROM quarantine WHERE state = 'held' ORDER BY id")]
+            f"SELECT {_COLUMNS} FROM quarantine WHERE {_HELD} ORDER BY id", (self._stale(),))]
 
     def older_than(self, seconds: float, now: float | None = None) -> list[Entry]:
         cutoff = (now if now is not None else time.time()) - seconds
         return [self._entry(r) for r in self._run(
-            f"SELECT {_COLUMNS} FROM quarantine WHERE state = 'held' AND stored_at < %s "
-            "ORDER BY id", (cutoff,))]
+            f"SELECT {_COLUMNS} FROM quarantine WHERE {_HELD} AND stored_at < %s "
+            "ORDER BY id", (self._stale(), cutoff))]
 
     def claim(self, qid: str, actor: str) -> Entry | None:
         # One statement: under concurrent claims PostgreSQL re-checks the WHERE clause of the
@@ -126,19 +135,24 @@ class PostgresQuarantine:
         # STALE_CLAIM_SECONDS was left by a process that died mid-release.
         if not valid_id(qid):
             return None
-        now = time.time()
+        token = f"{actor} #{uuid.uuid4().hex[:12]}"  # unclaim/finish touch only this claim
         rows = self._run(
             f"UPDATE quarantine SET state = 'releasing', claimed_by = %s, claimed_at = %s "
-            f"WHERE id = %s AND (state = 'held' OR (state = 'releasing' AND claimed_at < %s)) "
-            f"RETURNING {_COLUMNS}", (actor, now, qid, now - STALE_CLAIM_SECONDS))
-        return self._entry(rows[0]) if rows else None
+            f"WHERE id = %s AND {_HELD} RETURNING {_COLUMNS}",
+            (token, time.time(), qid, self._stale()))
+        return self._entry(rows[0], token) if rows else None
 
     def unclaim(self, entry: Entry) -> None:
         self._run("UPDATE quarantine SET state = 'held', claimed_by = '', claimed_at = 0 "
-                  "WHERE id = %s AND state = 'releasing'", (entry.id,))
+                  "WHERE id = %s AND state = 'releasing' AND claimed_by = %s",
+                  (entry.id, entry.claim))
 
     def finish(self, entry: Entry) -> None:
-        self._run("DELETE FROM quarantine WHERE id = %s AND state = 'releasing'", (entry.id,))
+        gone = self._run("DELETE FROM quarantine WHERE id = %s AND state = 'releasing' "
+                         "AND claimed_by = %s RETURNING id", (entry.id, entry.claim))
+        if not gone:
+            log.warning("quarantine %s: finished after its claim went stale and was taken "
+                        "over", entry.id)
 
     def delete(self, qid: str) -> bool:
         entry = self.claim(qid, "delete")

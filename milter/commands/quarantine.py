@@ -77,7 +77,8 @@ def run_list(args: argparse.Namespace) -> int:
         env = e.meta.get("envelope", {})
         rules = ",".join(r.get("id", "") for r in e.meta.get("verdict", {}).get("rules", []))
         when = datetime.fromtimestamp(float(e.meta.get("stored_at", 0)), UTC)
-        print(f"{e.id}  {when:%Y-%m-%d %H:%M}  {env.get('mail_from', '')}  "
+        node = f"  [{e.meta['node']}]" if e.meta.get("node") else ""  # shared: who held it
+        print(f"{e.id}  {when:%Y-%m-%d %H:%M}{node}  {env.get('mail_from', '')}  "
               f"-> {','.join(env.get('rcpt_tos', []))}  {rules}")
     return 0
 

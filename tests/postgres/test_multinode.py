@@ -335,3 +335,22 @@ def test_database_briefly_away_451_then_caught_up(nodes: tuple[GatewayThread, Ga
     (item,) = listed(a, capsys)
     assert item["node"] == "node-a"
     assert delivered(sink[0]) == []
+
+
+def test_a_release_that_died_midway_is_listed_and_releasable_again(pg_url: str) -> None:
+    a, b = PostgresQuarantine(pg_url, "node-a"), PostgresQuarantine(pg_url, "node-b")
+    qid = a.put("tx9", b"Subject: x\r\n\r\nhallo\r\n", {"rcpt_tos": ["o@example.org"]}, {})
+    dead = a.claim(qid, "admin-a")  # ... and its process is killed before finishing
+    assert dead is not None
+    assert b.claim(qid, "admin-b") is None and b.entries() == []  # a live claim holds
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE quarantine SET claimed_at = claimed_at - 3601")
+    assert [e.id for e in b.entries()] == [qid]
+    taken = b.claim(qid, "admin-b")
+    assert taken is not None
+    a.finish(dead)    # the old claim no longer counts: it removes nothing
+    assert b.claim(qid, "admin-c") is None
+    b.finish(taken)
+    assert b.entries() == [] and a.get(qid) is None
+    a.close()
+    b.close()

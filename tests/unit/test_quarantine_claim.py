@@ -65,6 +65,7 @@ def test_a_claim_left_by_a_dead_process_can_be_taken_again(tmp_path: Path) -> No
     assert store.claim(qid, "admin") is None  # a live claim is respected
     claim_file.write_text(json.dumps({"actor": "crashed",
                                       "at": time.time() - STALE_CLAIM_SECONDS - 1}))
+    assert [e.id for e in store.entries()] == [qid]  # listed (and purgeable) again
     entry = store.claim(qid, "admin")
     assert entry is not None and entry.id == qid
 
