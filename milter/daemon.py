@@ -29,7 +29,7 @@ from milter.fronts.smtp.handler import SMTPHandler
 from milter.logs import configure_logging
 from milter.nexthop import SessionPool
 from milter.notice_limits import open_limiter
-from milter.notices import Notifier
+from milter.notices import Notifier, RateLimiter
 from milter.quarantine import open_quarantine
 from milter.retention import RetentionSchedule
 from milter.runtime import Authenticator, Runtime
@@ -112,15 +112,20 @@ def make_authenticator(runtime: Runtime) -> Authenticator | None:
     return configured_authenticator(runtime.config)  # shared with `check`
 
 
-def make_notifier(runtime: Runtime, audit: AuditWriter) -> Notifier | None:
+def make_notifier(runtime: Runtime, audit: AuditWriter,
+                  limiter: RateLimiter | None = None) -> Notifier | None:
+    """The notifier; on reload it keeps the running ``limiter`` (its counts and its database
+    pool: the audit store, and so where the counts live, changes only with a restart)."""
     cfg = runtime.config
     if not cfg.notices.enabled:
         return None
+    if limiter is not None:
+        limiter.per_hour = cfg.notices.rate_per_hour
     return Notifier(policy=runtime.policy, templates=cfg.notice_templates,
                     school=cfg.school.name, postmaster=cfg.school.postmaster,
                     language=cfg.school.language, hostname=cfg.gateway.hostname,
                     next_hop=cfg.next_hop, timeout=cfg.gateway.next_hop_timeout,
-                    limiter=open_limiter(cfg),
+                    limiter=limiter or open_limiter(cfg),
                     directory=runtime.directory, school_domains=cfg.school_domains,
                     audit=audit, retries=cfg.notices.retries,
                     retry_delay=cfg.notices.retry_delay)
@@ -194,7 +199,9 @@ def reload(running: Daemon, config_path: str | None) -> bool:
     Transactions in flight keep the runtime they started with; new ones get the new one."""
     try:
         runtime = Runtime.load(config_path)
-        notifier = make_notifier(runtime, running.gateway.audit)
+        old = running.gateway.notifier
+        notifier = make_notifier(runtime, running.gateway.audit,
+                                 old.limiter if old is not None else None)
         authenticator = make_authenticator(runtime)
         signer = Signer.from_config(runtime.config)
     except ConfigError as exc:

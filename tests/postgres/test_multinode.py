@@ -354,3 +354,22 @@ def test_a_release_that_died_midway_is_listed_and_releasable_again(pg_url: str) 
     assert b.entries() == [] and a.get(qid) is None
     a.close()
     b.close()
+
+
+def test_a_reload_keeps_the_shared_limiter(nodes: tuple[GatewayThread, GatewayThread]) -> None:
+    """SIGHUP builds a new notifier; the counts and the pool stay (a new pool per reload
+    would leak its threads and connections), the new rate applies."""
+    from milter.daemon import reload
+
+    a, _ = nodes
+    before = a.running.gateway.notifier
+    assert before is not None and isinstance(before.limiter, PostgresRateLimiter)
+    a.config.write_text(a.config.read_text().replace("rate_per_hour = 2", "rate_per_hour = 7"))
+    assert a.call(_async(reload, a.running, str(a.config)))
+    after = a.running.gateway.notifier
+    assert after is not None and after is not before
+    assert after.limiter is before.limiter and after.limiter.per_hour == 7
+
+
+async def _async(fn: Any, *args: Any) -> Any:
+    return fn(*args)
