@@ -17,7 +17,7 @@ from typing import Any
 from milter import config as config_mod
 from milter import directory_source, metrics
 from milter.audit.checkpoint import Checkpointer, load_signing_key
-from milter.audit.store import AuditUnavailable, open_store
+from milter.audit.store import AuditStore, AuditUnavailable, open_store
 from milter.audit.writer import AuditWriter
 from milter.config import Config, ConfigError
 from milter.dkimsign import Signer
@@ -28,8 +28,9 @@ from milter.fronts.smtp.connection import ConnectionLimits, SMTPConnection
 from milter.fronts.smtp.handler import SMTPHandler
 from milter.logs import configure_logging
 from milter.nexthop import SessionPool
+from milter.notice_limits import open_limiter
 from milter.notices import Notifier, RateLimiter, Style
-from milter.quarantine import QuarantineStore
+from milter.quarantine import open_quarantine
 from milter.retention import RetentionSchedule
 from milter.runtime import Authenticator, Runtime
 from milter.spool import MemoryBudget
@@ -74,6 +75,9 @@ class Daemon:
         if self.retention is not None:
             await asyncio.to_thread(self.retention.stop)
         self.gateway.audit.close()
+        self.gateway.quarantine.close()
+        if self.gateway.notifier is not None:
+            self.gateway.notifier.limiter.close()
 
 
 def tls_context(runtime: Runtime) -> ssl.SSLContext | None:
@@ -89,7 +93,7 @@ def tls_context(runtime: Runtime) -> ssl.SSLContext | None:
     return ctx
 
 
-def make_checkpointer(runtime: Runtime) -> Checkpointer | None:
+def make_checkpointer(runtime: Runtime, store: AuditStore | None = None) -> Checkpointer | None:
     cfg = runtime.config
     key_path = cfg.optional_path(cfg.audit.checkpoint_key)
     directory = cfg.optional_path(cfg.audit.checkpoint_dir)
@@ -100,22 +104,27 @@ def make_checkpointer(runtime: Runtime) -> Checkpointer | None:
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(cfg.path, "audit.checkpoint_key", f"cannot load key: {exc}") from None
     return Checkpointer(key, directory, cfg.audit.checkpoint_every,
-                        cfg.audit.checkpoint_minutes)
+                        cfg.audit.checkpoint_minutes,
+                        also=getattr(store, "save_checkpoint", None))  # PostgreSQL: shared
 
 
 def make_authenticator(runtime: Runtime) -> Authenticator | None:
     return configured_authenticator(runtime.config)  # shared with `check`
 
 
-def make_notifier(runtime: Runtime, audit: AuditWriter) -> Notifier | None:
+def make_notifier(runtime: Runtime, audit: AuditWriter,
+                  limiter: RateLimiter | None = None) -> Notifier | None:
+    """The notifier; on reload it keeps the running ``limiter`` (its counts and its database
+    pool: the audit store, and so where the counts live, changes only with a restart)."""
     cfg = runtime.config
     if not cfg.notices.enabled:
         return None
+    if limiter is not None:
+        limiter.per_hour = cfg.notices.rate_per_hour
     return Notifier(policy=runtime.policy, style=Style.from_config(cfg),
                     hostname=cfg.gateway.hostname,
                     next_hop=cfg.next_hop, timeout=cfg.gateway.next_hop_timeout,
-                    limiter=RateLimiter(cfg.state_dir / "notices.sqlite3",
-                                        cfg.notices.rate_per_hour),
+                    limiter=limiter or open_limiter(cfg),
                     directory=runtime.directory, audit=audit, retries=cfg.notices.retries,
                     retry_delay=cfg.notices.retry_delay)
 
@@ -125,8 +134,8 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     """Open the store and listen; raises ConfigError or AuditUnavailable on bad set-up."""
     cfg = runtime.config
     store = open_store(cfg.audit_url, cfg.gateway.node)
-    audit = AuditWriter(store, make_checkpointer(runtime))
-    gateway = Gateway(runtime, audit, QuarantineStore(cfg.quarantine_dir),
+    audit = AuditWriter(store, make_checkpointer(runtime, store))
+    gateway = Gateway(runtime, audit, open_quarantine(cfg),
                       make_notifier(runtime, audit), make_authenticator(runtime),
                       Signer.from_config(cfg), MemoryBudget(cfg.gateway.message_memory))
     handler = SMTPHandler(gateway, SessionPool(cfg.gateway.next_hop_pool_size,
@@ -190,7 +199,9 @@ def reload(running: Daemon, config_path: str | None) -> bool:
     Transactions in flight keep the runtime they started with; new ones get the new one."""
     try:
         runtime = Runtime.load(config_path)
-        notifier = make_notifier(runtime, running.gateway.audit)
+        old = running.gateway.notifier
+        notifier = make_notifier(runtime, running.gateway.audit,
+                                 old.limiter if old is not None else None)
         authenticator = make_authenticator(runtime)
         signer = Signer.from_config(runtime.config)
     except ConfigError as exc:

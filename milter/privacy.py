@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from milter.audit.store import PERSONAL_FIELDS, AuditRecord, AuditStore, Filters
 from milter.config import Config
 from milter.policy import Policy
-from milter.quarantine import QuarantineStore
+from milter.quarantine import Quarantine
 from milter.retention import HOLD_EVENTS
 
 # What each rule's evidence holds: kinds of data, never the data. A rule not listed here gets
@@ -119,13 +119,15 @@ def report(config: Config, policy: Policy, web_users: dict[str, tuple[str, str]]
     audit_keep = (f"{config.audit.retention_days} {days}" if config.audit.retention_days
                   else t["forever"])
     nl = lang == "nl"
+    shared = config.audit_url.startswith(("postgresql://", "postgres://"))  # issue 20
     where = Section(t["where"], lines=[
         ("Registraties: " if nl else "Records: ") + _where_audit(config.audit_url),
         ("Quarantaine (volledige berichten): " if nl else "Quarantine (whole messages): ")
-        + str(config.quarantine_dir),
+        + (_where_audit(config.audit_url) if shared else str(config.quarantine_dir)),
         ("Meldingslimiet (adres en tijdstip, 1 uur): " if nl else
          "Notice rate limit (address and time, 1 hour): ")
-        + str(config.state_dir / "notices.sqlite3"),
+        + (_where_audit(config.audit_url) if shared
+           else str(config.state_dir / "notices.sqlite3")),
         ("Logboek: standaardfout/journald (transactienummer, afzenderadres, regels)" if nl else
          "Logs: stderr/journald (transaction id, sender address, rules)"),
         ("Ondertekende controlepunten (geen persoonsgegevens): " if nl else
@@ -233,7 +235,7 @@ def _names(record: AuditRecord, who: set[str]) -> bool:
                for r in record.rules)
 
 
-def access_export(store: AuditStore, quarantine: QuarantineStore, person: str,
+def access_export(store: AuditStore, quarantine: Quarantine, person: str,
                   linked: Iterable[str] = ()) -> AccessExport:
     """Everything kept about ``person`` (and the private addresses the directory links to
     them): records, legal holds, quarantine entries (metadata), and every view of them."""

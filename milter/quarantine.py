@@ -1,36 +1,50 @@
 """The quarantine: held messages, durable before the client hears 250.
 
-One directory per message (``<id>/message.eml`` and ``<id>/meta.json``), written to a
-temporary name, fsynced, then renamed and the parent fsynced: a power cut leaves either the
-whole entry or none. Entries are never modified in place. ``release``, ``delete`` and
-``purge`` are what the CLI and the web view call: each is on record in the audit store, and
-nothing changes when the record cannot be written. After a release or a delete by an admin
-the sender is told (a notice, itself on record); a purge by the retention period is not
-announced again (the quarantine notice gave its date).
+Two stores with one interface (``Quarantine``), picked by ``open_quarantine``: with a
+PostgreSQL ``audit.url`` the held messages live in that database, shared by every gateway
+node (``milter.quarantine_pg``); otherwise in a local directory, one directory per message
+(``<id>/message.eml`` and ``<id>/meta.json``), written to a temporary name, fsynced, then
+renamed and the parent fsynced: a power cut leaves either the whole entry or none.
+
+``release``, ``delete`` and ``purge`` are what the CLI, the web view and the retention call:
+each is on record in the audit store, and nothing changes when the record cannot be written.
+Each first *claims* the entry with one atomic step (a rename here, a conditional UPDATE in
+PostgreSQL): of two admins clicking at once, on one node or two, exactly one gets it and the
+other is told it is gone, so a held message is delivered at most once. After a release or a
+delete by an admin the sender is told (a notice, itself on record); a purge by the retention
+period is not announced again (the quarantine notice gave its date). The sender may release
+an eligible message themselves by reply (``milter.selfrelease``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from milter.audit.store import AuditEvent, AuditUnavailable, open_store
 from milter.config import Config
 from milter.durable import fsync_dir, write_synced
 from milter.nexthop import NextHopError, send_message
 
+log = logging.getLogger("skot-milter")
+
 ID_CHARS = set("0123456789abcdefghijklmnopqrstuvwxyz-")
-log = logging.getLogger("skot-milter.quarantine")
+# A claim older than this belongs to a release whose process died (a live one ends within the
+# next-hop timeout): the entry may be claimed again.
+STALE_CLAIM_SECONDS = 3600.0
 
 
 class QuarantineError(Exception):
@@ -39,27 +53,75 @@ class QuarantineError(Exception):
 
 @dataclass(frozen=True)
 class Entry:
+    """A held message: its id, metadata and where its bytes are (a directory, or a loader
+    that reads them from the database)."""
+
     id: str
     meta: dict[str, Any]
-    path: Path
+    path: Path | None = None
+    load: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
+    claim: str = ""  # set on a claimed entry: whose claim it is (the store checks it)
 
     @property
     def raw(self) -> bytes:
+        if self.load is not None:
+            return self.load()
+        assert self.path is not None
         return (self.path / "message.eml").read_bytes()
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, **self.meta}
 
 
+def new_id(txid: str) -> str:
+    qid = f"{time.strftime('%Y%m%d')}-{(txid or uuid.uuid4().hex[:12]).lower()}"
+    return "".join(c for c in qid if c in ID_CHARS)
+
+
+def valid_id(qid: str) -> bool:
+    return bool(qid) and set(qid) <= ID_CHARS and not qid.startswith("-")
+
+
+class Quarantine(Protocol):
+    """What the transaction, the CLI, the web view and the retention use of a store."""
+
+    def put(self, txid: str, raw: bytes, envelope_json: dict[str, Any],
+            verdict_json: dict[str, Any]) -> str:
+        """Store durably; return the quarantine id. Raises QuarantineError on any fault."""
+
+    def get(self, qid: str) -> Entry | None:
+        """A held entry (not one being released), or None."""
+
+    def entries(self) -> list[Entry]: ...
+
+    def older_than(self, seconds: float, now: float | None = None) -> list[Entry]: ...
+
+    def claim(self, qid: str, actor: str) -> Entry | None:
+        """Take the entry out of ``held`` in one atomic step; None when someone else has it
+        (or it is gone). Exactly one of several concurrent claims succeeds."""
+
+    def unclaim(self, entry: Entry) -> None:
+        """Put a claimed entry back (its release failed; nothing was sent)."""
+
+    def finish(self, entry: Entry) -> None:
+        """Remove a claimed entry for good (released or deleted, and on record)."""
+
+    def delete(self, qid: str) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 class QuarantineStore:
+    """The directory store (one node). Claims are renames (``<id>`` to ``.claim-<id>``):
+    rename is atomic, so of two processes claiming one entry only one succeeds."""
+
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
 
     def put(self, txid: str, raw: bytes, envelope_json: dict[str, Any],
             verdict_json: dict[str, Any]) -> str:
         """Store durably; return the quarantine id. Raises QuarantineError on any I/O fault."""
-        qid = f"{time.strftime('%Y%m%d')}-{(txid or uuid.uuid4().hex[:12]).lower()}"
-        qid = "".join(c for c in qid if c in ID_CHARS)
+        qid = new_id(txid)
         meta = {"txid": txid, "stored_at": time.time(), "size": len(raw),
                 "envelope": envelope_json, "verdict": verdict_json}
         try:
@@ -79,19 +141,74 @@ class QuarantineStore:
         return final.name
 
     def get(self, qid: str) -> Entry | None:
-        if not qid or not set(qid) <= ID_CHARS:
+        if not valid_id(qid):
             return None
-        path = self.directory / qid
+        self._recover_stale(qid, self._claimed(qid))
+        return self._read(qid, self.directory / qid)
+
+    @staticmethod
+    def _read(qid: str, path: Path) -> Entry | None:
         try:
             meta = json.loads((path / "meta.json").read_text())
         except (OSError, ValueError):
             return None
         return Entry(qid, meta, path)
 
+    def _claimed(self, qid: str) -> Path:
+        return self.directory / f".claim-{qid}"
+
+    def claim(self, qid: str, actor: str) -> Entry | None:
+        if not valid_id(qid):
+            return None
+        claimed = self._claimed(qid)
+        self._recover_stale(qid, claimed)
+        try:
+            os.rename(self.directory / qid, claimed)  # atomic: one claimant wins
+        except OSError:
+            return None
+        with contextlib.suppress(OSError):
+            write_synced(claimed / "claim.json", json.dumps(
+                {"actor": actor, "at": time.time(), "pid": os.getpid()}).encode())
+            fsync_dir(self.directory)
+        return self._read(qid, claimed)
+
+    def _recover_stale(self, qid: str, claimed: Path) -> None:
+        """A claim left by a process that died mid-release goes back to ``held``."""
+        try:
+            at = float(json.loads((claimed / "claim.json").read_text()).get("at", 0))
+        except (OSError, ValueError):
+            try:
+                at = claimed.stat().st_mtime
+            except OSError:
+                return
+        if time.time() - at < STALE_CLAIM_SECONDS:
+            return
+        with contextlib.suppress(OSError):
+            (claimed / "claim.json").unlink(missing_ok=True)
+            os.rename(claimed, self.directory / qid)
+            log.warning("quarantine %s: a release claimed it and never finished; held again",
+                        qid)
+
+    def unclaim(self, entry: Entry) -> None:
+        claimed = self._claimed(entry.id)
+        with contextlib.suppress(OSError):
+            (claimed / "claim.json").unlink(missing_ok=True)
+        os.rename(claimed, self.directory / entry.id)
+        fsync_dir(self.directory)
+
+    def finish(self, entry: Entry) -> None:
+        trash = self.directory / f".del-{entry.id}-{uuid.uuid4().hex[:6]}"
+        os.rename(self._claimed(entry.id), trash)
+        fsync_dir(self.directory)
+        shutil.rmtree(trash, ignore_errors=True)
+
     def entries(self) -> list[Entry]:
         if not self.directory.is_dir():
             return []
         out = []
+        for child in sorted(self.directory.iterdir()):
+            if child.name.startswith(".claim-"):  # one whose release died is held again
+                self._recover_stale(child.name[len(".claim-"):], child)
         for child in sorted(self.directory.iterdir()):
             if child.name.startswith("."):
                 continue
@@ -101,18 +218,29 @@ class QuarantineStore:
         return out
 
     def delete(self, qid: str) -> bool:
-        entry = self.get(qid)
+        entry = self.claim(qid, "delete")
         if entry is None:
             return False
-        trash = self.directory / f".del-{qid}-{uuid.uuid4().hex[:6]}"
-        entry.path.rename(trash)
-        fsync_dir(self.directory)
-        shutil.rmtree(trash, ignore_errors=True)
+        self.finish(entry)
         return True
 
     def older_than(self, seconds: float, now: float | None = None) -> list[Entry]:
         cutoff = (now if now is not None else time.time()) - seconds
         return [e for e in self.entries() if float(e.meta.get("stored_at", 0)) < cutoff]
+
+    def close(self) -> None:
+        return None
+
+
+def open_quarantine(cfg: Config) -> Quarantine:
+    """The quarantine of this configuration: shared in PostgreSQL when ``audit.url`` is
+    PostgreSQL (every node sees and releases every held message), else the directory."""
+    url = cfg.audit_url
+    if url.startswith(("postgresql://", "postgres://")):
+        from milter.quarantine_pg import PostgresQuarantine
+
+        return PostgresQuarantine(url, cfg.gateway.node)
+    return QuarantineStore(cfg.quarantine_dir)
 
 
 class ActionFailed(Exception):
@@ -139,34 +267,63 @@ def record_action(cfg: Config, event: str, entry: Entry, actor: str, reply: str 
         raise ActionFailed(f"audit store unavailable, nothing changed: {exc}") from None
 
 
-def release(cfg: Config, store: QuarantineStore, entry: Entry, actor: str) -> str:
+class AlreadyTaken(ActionFailed):
+    """Someone else (another admin, another node, the retention) released or deleted it."""
+
+
+def _claim(store: Quarantine, entry: Entry, actor: str) -> Entry:
+    claimed = store.claim(entry.id, actor)
+    if claimed is None:
+        raise AlreadyTaken(f"quarantined message {entry.id} was already released or deleted "
+                           "(or is being released right now); nothing done")
+    return claimed
+
+
+def release(cfg: Config, store: Quarantine, entry: Entry, actor: str) -> str:
     """Relay the original bytes with the original envelope, record it, remove the entry.
-    Returns the next hop's reply; raises ActionFailed when it does not accept the message."""
+
+    The entry is claimed first, so of two concurrent releases (two admins, two nodes) only
+    one sends; a failed send puts it back. Returns the next hop's reply; raises ActionFailed
+    (AlreadyTaken when someone else had it) when nothing was delivered."""
     return asyncio.run(release_async(cfg, store, entry, actor))
 
 
-async def release_async(cfg: Config, store: QuarantineStore, entry: Entry, actor: str,
+async def release_async(cfg: Config, store: Quarantine, entry: Entry, actor: str,
                         extra: dict[str, Any] | None = None) -> str:
     """``release`` for a caller on an event loop (the sender's own release by reply)."""
-    env = entry.meta.get("envelope", {})
+    claimed = await asyncio.to_thread(_claim, store, entry, actor)
+    env = claimed.meta.get("envelope", {})
     try:
         reply = await send_message(cfg.next_hop, cfg.gateway.hostname,
                                    cfg.gateway.next_hop_timeout, env.get("mail_from", ""),
-                                   list(env.get("rcpt_tos", [])), entry.raw)
+                                   list(env.get("rcpt_tos", [])), claimed.raw)
     except NextHopError as exc:
+        await asyncio.to_thread(store.unclaim, claimed)
         raise ActionFailed(f"next hop unavailable, nothing released: {exc}") from None
+    except BaseException:
+        await asyncio.to_thread(store.unclaim, claimed)
+        raise
     if not reply.ok:
+        await asyncio.to_thread(store.unclaim, claimed)
         raise ActionFailed(f"next hop refused the message: {reply.line}")
-    await asyncio.to_thread(record_action, cfg, "quarantine-release", entry, actor, reply.line,
-                            extra)
-    subject = subject_of(entry.raw)
-    await asyncio.to_thread(store.delete, entry.id)
+    subject = subject_of(claimed.raw)
+    try:
+        await asyncio.to_thread(record_action, cfg, "quarantine-release", claimed, actor,
+                                reply.line, extra)
+    except ActionFailed as exc:
+        # Delivered: the entry must never be sent again, so it goes all the same.
+        await asyncio.to_thread(store.finish, claimed)
+        log.error("quarantine %s released by %s (%s) but not on record: %s", claimed.id,
+                  actor, reply.line, exc)
+        raise ActionFailed(f"released ({reply.line}), but the audit record failed: "
+                           f"{exc}") from None
+    await asyncio.to_thread(store.finish, claimed)
     if not actor.startswith("self:"):  # the sender released it: no news to tell them
-        await asyncio.to_thread(tell_sender, cfg, entry, "released", subject)
+        await asyncio.to_thread(tell_sender, cfg, claimed, "released", subject)
     return reply.line
 
 
-def find_by_token(store: QuarantineStore, token_sha256: str) -> Entry | None:
+def find_by_token(store: Quarantine, token_sha256: str) -> Entry | None:
     """The held message a self-release token belongs to (only its hash is stored)."""
     for entry in store.entries():
         if entry.meta.get("envelope", {}).get("release_token_sha256") == token_sha256:
@@ -174,14 +331,20 @@ def find_by_token(store: QuarantineStore, token_sha256: str) -> Entry | None:
     return None
 
 
-def delete(cfg: Config, store: QuarantineStore, entry: Entry, actor: str,
+def delete(cfg: Config, store: Quarantine, entry: Entry, actor: str,
            reason: str = "", notify: bool = True) -> None:
-    """Record, then remove the held message; the sender is told (unless ``notify`` is off)."""
-    record_action(cfg, "quarantine-delete", entry, actor, reply=reason)
-    subject = subject_of(entry.raw) if notify else ""
-    store.delete(entry.id)
+    """Claim, record, then remove the held message (put back when the record fails); the
+    sender is told (unless ``notify`` is off)."""
+    claimed = _claim(store, entry, actor)
+    try:
+        record_action(cfg, "quarantine-delete", claimed, actor, reply=reason)
+    except BaseException:
+        store.unclaim(claimed)
+        raise
+    subject = subject_of(claimed.raw) if notify else ""
+    store.finish(claimed)
     if notify:
-        tell_sender(cfg, entry, "deleted", subject)
+        tell_sender(cfg, claimed, "deleted", subject)
 
 
 def subject_of(raw: bytes) -> str:
@@ -247,11 +410,17 @@ def tell_sender(cfg: Config, entry: Entry, outcome: str, subject: str) -> bool:
     return not error
 
 
-def purge(cfg: Config, store: QuarantineStore, now: float | None = None) -> int:
-    """Delete held messages past ``quarantine.retention_days``, each on record."""
+def purge(cfg: Config, store: Quarantine, now: float | None = None) -> int:
+    """Delete held messages past ``quarantine.retention_days``, each on record. Several
+    nodes may purge one shared quarantine at once: each entry is deleted (and recorded) by
+    one of them."""
     days = cfg.quarantine.retention_days
-    old = store.older_than(days * 86400, now)
-    for entry in old:
-        delete(cfg, store, entry, "retention", f"retention period of {days} days passed",
-               notify=False)
-    return len(old)
+    done = 0
+    for entry in store.older_than(days * 86400, now):
+        try:
+            delete(cfg, store, entry, "retention", f"retention period of {days} days passed",
+                   notify=False)
+        except AlreadyTaken:
+            continue
+        done += 1
+    return done

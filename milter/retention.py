@@ -21,7 +21,7 @@ from milter import quarantine as quarantine_mod
 from milter.audit.store import AuditStore, AuditUnavailable, Filters
 from milter.config import Config
 from milter.directory import Directory
-from milter.quarantine import QuarantineStore
+from milter.quarantine import open_quarantine
 
 log = logging.getLogger("skot-milter")
 
@@ -82,11 +82,13 @@ def run_once(cfg: Config, store: AuditStore, now: datetime | None = None,
                 store, cutoff(cfg.audit.retention_days, now), "retention", directory)
         except AuditUnavailable as exc:
             result.errors.append(f"audit purge: {exc}")
+    held = open_quarantine(cfg)
     try:
-        result.quarantine_deleted = quarantine_mod.purge(
-            cfg, QuarantineStore(cfg.quarantine_dir), now=now.timestamp())
-    except (quarantine_mod.ActionFailed, OSError) as exc:
+        result.quarantine_deleted = quarantine_mod.purge(cfg, held, now=now.timestamp())
+    except (quarantine_mod.ActionFailed, quarantine_mod.QuarantineError, OSError) as exc:
         result.errors.append(f"quarantine purge: {exc}")
+    finally:
+        held.close()
     return result
 
 

@@ -34,7 +34,7 @@ from milter.core.verdict import ascii_line, reply_line
 from milter.dkimsign import Signer
 from milter.nexthop import NextHopError, Reply
 from milter.notices import Notifier, request_for
-from milter.quarantine import QuarantineError, QuarantineStore
+from milter.quarantine import Quarantine, QuarantineError
 from milter.runtime import Authenticator, Evaluation, Runtime
 from milter.spool import MemoryBudget, Spooled
 
@@ -89,7 +89,7 @@ class Gateway:
 
     runtime: Runtime
     audit: AuditWriter
-    quarantine: QuarantineStore
+    quarantine: Quarantine
     notifier: Notifier | None = None
     authenticator: Authenticator | None = None
     signer: Signer | None = None
@@ -232,6 +232,9 @@ class Transaction:
             await self.record(event, verdict.smtp_reply, extra)
         except AuditUnavailable as exc:
             log.error("tx=%s audit unavailable: %s", self.txid, exc)
+            if qid:  # the client retries: a held copy kept now would be held twice
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.gateway.quarantine.delete, qid)
             return Decision(evaluation, False, self.reply(AUDIT_DOWN))
         self.notify()
         return Decision(evaluation, False, verdict.smtp_reply, qid)

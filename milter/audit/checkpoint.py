@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,18 +163,31 @@ def check(cp: Any, trusted: dict[str, TrustedKey]) -> str | None:
 class Checkpointer:
     """Signs and exports the chain head every N records or minutes (``[audit] checkpoint_*``)."""
 
-    def __init__(self, key: SigningKey, directory: Path, every: int, minutes: float) -> None:
+    def __init__(self, key: SigningKey, directory: Path, every: int, minutes: float,
+                 also: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.key, self.directory, self.every, self.seconds = key, directory, every, minutes * 60
         self.count = 0
         self.last = time.monotonic()
+        # Where else a checkpoint is kept (the shared PostgreSQL store, issue 20): every
+        # node's verification then checks every node's checkpoints.
+        self.also = also
 
     def seen(self, record: AuditRecord, n: int) -> None:
         self.count += n
         if self.count >= self.every or time.monotonic() - self.last >= self.seconds:
+            cp = sign(self.key, record.chain, record.seq, record.hash)
+            self._also(cp)
             try:
-                write(sign(self.key, record.chain, record.seq,
-                                                 record.hash), self.directory)
+                write(cp, self.directory)
             except OSError as exc:  # the records are durable; the next checkpoint covers them
                 log.error("cannot write audit checkpoint: %s", exc)
                 return
             self.count, self.last = 0, time.monotonic()
+
+    def _also(self, cp: dict[str, Any]) -> None:
+        if self.also is None:
+            return
+        try:
+            self.also(cp)
+        except Exception as exc:  # noqa: BLE001 - the exported file is the one that counts
+            log.error("cannot keep audit checkpoint seq=%s in the database: %s", cp["seq"], exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -48,11 +49,49 @@ MIGRATIONS = [
     CREATE TRIGGER records_append_only BEFORE UPDATE OR DELETE ON records
         FOR EACH ROW EXECUTE FUNCTION records_append_only();
     """,
+    # 2: what several gateway nodes on one database share (issue 20): the quarantine (held
+    # messages with their bytes; ``state`` is the claim that makes a release happen once),
+    # the notice rate limits, and every node's signed checkpoints.
+    """
+    CREATE TABLE IF NOT EXISTS quarantine (
+        id TEXT PRIMARY KEY,
+        node TEXT NOT NULL,
+        txid TEXT NOT NULL DEFAULT '',
+        stored_at DOUBLE PRECISION NOT NULL,
+        meta TEXT NOT NULL,
+        message BYTEA NOT NULL,
+        state TEXT NOT NULL DEFAULT 'held' CHECK (state IN ('held', 'releasing')),
+        claimed_by TEXT NOT NULL DEFAULT '',
+        claimed_at DOUBLE PRECISION NOT NULL DEFAULT 0);
+    CREATE INDEX IF NOT EXISTS quarantine_stored_at ON quarantine (stored_at);
+    CREATE TABLE IF NOT EXISTS notice_sent (
+        address TEXT NOT NULL, ts DOUBLE PRECISION NOT NULL, node TEXT NOT NULL DEFAULT '');
+    CREATE INDEX IF NOT EXISTS notice_sent_address ON notice_sent (address, ts);
+    CREATE TABLE IF NOT EXISTS notice_held (
+        address TEXT NOT NULL, ts DOUBLE PRECISION NOT NULL, item TEXT NOT NULL,
+        addressee TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS notice_held_address ON notice_held (address, ts);
+    CREATE TABLE IF NOT EXISTS checkpoints (
+        chain TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        head TEXT NOT NULL,
+        body TEXT NOT NULL,
+        stored_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (chain, seq, head));
+    """,
 ]
 
 
 def migrate(conn: psycopg.Connection[Any]) -> int:
-    """Apply pending migrations; return the schema version."""
+    """Apply pending migrations; return the schema version.
+
+    A schema that is up to date is only read: gateway nodes may run as roles that cannot
+    create or lock tables (``deploy/postgres/roles.sql``); the owner migrates."""
+    row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    if row is not None and row[0]:
+        current = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        if current is not None and current[0] is not None and current[0] >= len(MIGRATIONS):
+            return int(current[0])
     with conn.transaction():
         # Several gateway nodes may start at once: CREATE ... IF NOT EXISTS races in
         # PostgreSQL, so migrations run one node at a time.
@@ -194,6 +233,24 @@ class PostgresStore(SQLStore):
                 problems.append(f"chain {chain!r}: head says seq={seq} but the last record is "
                                 f"seq={last[0][0] if last else 0} (records removed at the end)")
         return problems
+
+    def save_checkpoint(self, cp: dict[str, Any]) -> None:
+        """Keep a signed checkpoint in the database too, where every node's verification
+        finds it (the exported file stays the copy a database owner cannot touch)."""
+        with _unavailable(), self._pool.connection() as conn:
+            conn.execute("INSERT INTO checkpoints (chain, seq, head, body) VALUES "
+                         "(%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                         (cp["chain"], cp["seq"], cp["head"], json.dumps(cp, sort_keys=True)))
+
+    def checkpoints(self) -> list[Any]:
+        """Every node's checkpoints kept here, as parsed JSON (shape not yet checked)."""
+        out: list[Any] = []
+        for (body,) in self._query("SELECT body FROM checkpoints ORDER BY chain, seq"):
+            try:
+                out.append(json.loads(body))
+            except ValueError:
+                out.append(body)  # reported as malformed by the verifier
+        return out
 
     def close(self) -> None:
         self._pool.close()

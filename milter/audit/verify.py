@@ -65,7 +65,8 @@ def checkpoint_problems(store: AuditStore, checkpoint_dir: Path | None,
     paths = list(files)
     if not paths and checkpoint_dir is not None and checkpoint_dir.is_dir():
         paths = sorted(checkpoint_dir.glob("checkpoint-*.json"))
-    if not paths:
+    stored = stored_checkpoints(store, paths)
+    if not paths and not stored:
         return [], 0
     if trusted_dir is None:
         return ["audit.trusted_keys is not configured: cannot check checkpoint signatures"], 0
@@ -74,23 +75,25 @@ def checkpoint_problems(store: AuditStore, checkpoint_dir: Path | None,
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UnusableKeys(f"audit.trusted_keys: unusable public key: {exc}") from None
     problems: list[str] = []
-    good: list[tuple[Path, dict[str, Any]]] = []
-    for p in paths:
+    good: list[tuple[Path | str, dict[str, Any]]] = []
+    items: list[tuple[Path | str, Any]] = []
+    for path in paths:
         try:
-            cp = json.loads(p.read_text())
+            items.append((path, json.loads(path.read_text())))
         except (OSError, ValueError) as exc:
-            problems.append(f"{p}: unreadable checkpoint: {exc}")
-            continue
+            problems.append(f"{path}: unreadable checkpoint: {exc}")
+    items += stored
+    for where, cp in items:
         why = checkpoint.check(cp, trusted)
         if why:
-            problems.append(f"{p}: {why}")
+            problems.append(f"{where}: {why}")
             continue
-        good.append((p, cp))
+        good.append((where, cp))
     # Continuity: along one chain, a later head is never dated before an earlier one, and no
     # checkpoint is dated before the record it vouches for.
     good.sort(key=lambda item: (item[1]["chain"], item[1]["seq"]))
-    previous: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for p, cp in good:
+    previous: dict[str, tuple[Path | str, dict[str, Any]]] = {}
+    for p, cp in good:  # p: the file, or where in the database
         rec = store.at(cp["chain"], cp["seq"])
         if rec is None or rec.hash != cp["head"]:
             problems.append(f"{p}: the store no longer holds chain {cp['chain']!r} up to "
@@ -106,4 +109,27 @@ def checkpoint_problems(store: AuditStore, checkpoint_dir: Path | None,
                             f"of chain {cp['chain']!r} (seq={before[1]['seq']}, "
                             f"{before[1]['time']}): re-dated?")
         previous[cp["chain"]] = (p, cp)
-    return problems, len(paths)
+    return problems, len(paths) + len(stored)
+
+
+def stored_checkpoints(store: AuditStore, files: Sequence[Path] = ()
+                       ) -> list[tuple[str, Any]]:
+    """Checkpoints the store keeps itself (PostgreSQL: every node's, issue 20), labelled for
+    the report; those also among ``files`` are checked once, as the file."""
+    keep = getattr(store, "checkpoints", None)
+    if keep is None:
+        return []
+    seen = set()
+    for p in files:
+        try:
+            seen.add(json.loads(p.read_text()).get("signature"))
+        except (OSError, ValueError, AttributeError):
+            continue
+    out: list[tuple[str, Any]] = []
+    for cp in keep():
+        if isinstance(cp, dict) and cp.get("signature") in seen:
+            continue
+        where = (f"database checkpoint chain {cp.get('chain')!r} seq={cp.get('seq')}"
+                 if isinstance(cp, dict) else "database checkpoint")
+        out.append((where, cp))
+    return out

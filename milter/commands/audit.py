@@ -218,7 +218,10 @@ def _export(store: AuditStore, args: argparse.Namespace, out: Any) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     store = open_from_args(args)
-    result = _verify(store, cfg, [Path(f) for f in args.checkpoint])
+    try:
+        result = _verify(store, cfg, [Path(f) for f in args.checkpoint])
+    finally:
+        store.close()  # (a PostgreSQL pool left open outlives the command's threads)
     chains = result.chains
     if args.json:
         print_json(result.to_json())
@@ -265,7 +268,14 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     last = store.last(node)
     if last is None:
         raise CommandError(f"chain {node!r} has no records yet", code=1)
-    path = checkpoint.write(checkpoint.sign(key, node, last.seq, last.hash), directory)
+    cp = checkpoint.sign(key, node, last.seq, last.hash)
+    path = checkpoint.write(cp, directory)
+    keep = getattr(store, "save_checkpoint", None)  # PostgreSQL: beside every node's
+    if keep is not None:
+        try:
+            keep(cp)
+        except AuditUnavailable as exc:
+            print(f"warning: checkpoint not kept in the database: {exc}", file=sys.stderr)
     print(f"checkpoint {path} (chain {node}, seq {last.seq})")
     return 0
 

@@ -70,7 +70,7 @@ def run_export(args: argparse.Namespace) -> int:
     from milter import privacy
     from milter.audit.store import AuditEvent, AuditUnavailable, open_store
     from milter.commands.quarantine import actor_name
-    from milter.quarantine import QuarantineStore
+    from milter.quarantine import QuarantineError, open_quarantine
 
     runtime = load_runtime(args)
     cfg = runtime.config
@@ -83,17 +83,20 @@ def run_export(args: argparse.Namespace) -> int:
         store = open_store(cfg.audit_url, cfg.gateway.node)
     except AuditUnavailable as exc:
         raise CommandError(str(exc)) from None
+    held = open_quarantine(cfg)
     try:
-        export = privacy.access_export(store, QuarantineStore(cfg.quarantine_dir), person,
-                                       linked)
+        export = privacy.access_export(store, held, person, linked)
         store.append(AuditEvent(event="exported", action="exported",
                                 actor=actor_name(args.actor),
                                 evidence={"command": "privacy export", "person": person,
                                           "records": len(export.records)}))
     except AuditUnavailable as exc:
         raise CommandError(f"audit store unavailable: {exc}") from None
+    except QuarantineError as exc:
+        raise CommandError(str(exc)) from None
     finally:
         store.close()
+        held.close()
     if args.format == "json":
         _write(args.output, json.dumps(export.to_json(), ensure_ascii=False, indent=2,
                                        default=str) + "\n")

@@ -1,6 +1,7 @@
 """``skot-milter quarantine``: list, show, release, delete and purge held messages.
 
-Every release and delete is an audit record naming who did it.
+Every release and delete is an audit record naming who did it. With a PostgreSQL audit store
+the quarantine is shared: any node's CLI sees and acts on every node's held messages.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from milter import quarantine
 from milter.commands import CommandError, add_config, load_config, print_json
-from milter.quarantine import Entry, QuarantineStore
+from milter.quarantine import Entry, Quarantine, QuarantineError, open_quarantine
 
 
 def register(sub: Any) -> None:
@@ -44,7 +45,11 @@ def register(sub: Any) -> None:
 
 
 
-def _entry(store: QuarantineStore, qid: str) -> Entry:
+def _store(args: argparse.Namespace) -> Quarantine:
+    return open_quarantine(load_config(args))
+
+
+def _entry(store: Quarantine, qid: str) -> Entry:
     entry = store.get(qid)
     if entry is None:
         raise CommandError(f"no quarantined message {qid}", code=1)
@@ -58,7 +63,13 @@ def actor_name(given: str) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    entries = QuarantineStore(load_config(args).quarantine_dir).entries()
+    store = _store(args)
+    try:
+        entries = store.entries()
+    except QuarantineError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        store.close()
     if args.json:
         print_json([e.to_json() for e in entries])
         return 0
@@ -66,40 +77,51 @@ def run_list(args: argparse.Namespace) -> int:
         env = e.meta.get("envelope", {})
         rules = ",".join(r.get("id", "") for r in e.meta.get("verdict", {}).get("rules", []))
         when = datetime.fromtimestamp(float(e.meta.get("stored_at", 0)), UTC)
-        print(f"{e.id}  {when:%Y-%m-%d %H:%M}  {env.get('mail_from', '')}  "
+        node = f"  [{e.meta['node']}]" if e.meta.get("node") else ""  # shared: who held it
+        print(f"{e.id}  {when:%Y-%m-%d %H:%M}{node}  {env.get('mail_from', '')}  "
               f"-> {','.join(env.get('rcpt_tos', []))}  {rules}")
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
-    entry = _entry(QuarantineStore(load_config(args).quarantine_dir), args.id)
-    if args.raw:
-        sys.stdout.buffer.write(entry.raw)
-        return 0
-    print_json(entry.to_json())
+    store = _store(args)
+    try:
+        entry = _entry(store, args.id)
+        if args.raw:
+            sys.stdout.buffer.write(entry.raw)
+            return 0
+        print_json(entry.to_json())
+    except QuarantineError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        store.close()
     return 0
 
 
 def run_delete(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    store = QuarantineStore(cfg.quarantine_dir)
-    entry = _entry(store, args.id)
+    store = open_quarantine(cfg)
     try:
+        entry = _entry(store, args.id)
         quarantine.delete(cfg, store, entry, actor_name(args.actor))
-    except quarantine.ActionFailed as exc:
+    except (quarantine.ActionFailed, QuarantineError) as exc:
         raise CommandError(str(exc), code=1) from None
+    finally:
+        store.close()
     print(f"deleted {entry.id}")
     return 0
 
 
 def run_release(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    store = QuarantineStore(cfg.quarantine_dir)
-    entry = _entry(store, args.id)
+    store = open_quarantine(cfg)
     try:
+        entry = _entry(store, args.id)
         line = quarantine.release(cfg, store, entry, actor_name(args.actor))
-    except quarantine.ActionFailed as exc:
+    except (quarantine.ActionFailed, QuarantineError) as exc:
         raise CommandError(str(exc), code=1) from None
+    finally:
+        store.close()
     print(f"released {entry.id}: {line}")
     return 0
 
@@ -107,9 +129,12 @@ def run_release(args: argparse.Namespace) -> int:
 def run_purge(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     days = cfg.quarantine.retention_days
+    store = open_quarantine(cfg)
     try:
-        n = quarantine.purge(cfg, QuarantineStore(cfg.quarantine_dir))
-    except quarantine.ActionFailed as exc:
+        n = quarantine.purge(cfg, store)
+    except (quarantine.ActionFailed, QuarantineError) as exc:
         raise CommandError(str(exc), code=1) from None
+    finally:
+        store.close()
     print(f"purged {n} message(s) older than {days} days")
     return 0

@@ -44,14 +44,14 @@ def run_adduser(args: argparse.Namespace) -> int:
 def build_app(cfg: config_mod.Config) -> Any:
     from milter import quarantine as quarantine_mod
     from milter.audit.store import AuditUnavailable, open_store
-    from milter.quarantine import QuarantineStore
+    from milter.quarantine import open_quarantine
     from milter.web.app import WebApp
 
     try:
         store = open_store(cfg.audit_url, cfg.gateway.node)
     except AuditUnavailable as exc:
         raise CommandError(str(exc)) from None
-    quarantine = QuarantineStore(cfg.quarantine_dir)
+    quarantine = open_quarantine(cfg)
 
     def release(qid: str, actor: str) -> str:
         entry = quarantine.get(qid)

@@ -32,7 +32,7 @@ from milter.audit.sql import COLUMNS
 from milter.audit.store import AuditEvent, AuditStore, Filters
 from milter.audit.verify import UnusableKeys, Verification, verify
 from milter.config import Config
-from milter.quarantine import QuarantineStore
+from milter.quarantine import Quarantine
 from milter.web import users
 
 e = html.escape
@@ -94,7 +94,7 @@ class Session:
 class WebApp:
     config: Config
     store: AuditStore
-    quarantine: QuarantineStore
+    quarantine: Quarantine
     users_file: Path
     release: Callable[[str, str], str]     # (quarantine id, actor) -> next hop reply
     sessions: dict[str, Session] = field(default_factory=dict)

@@ -99,3 +99,33 @@ def test_quarantine_store_failure_gives_451(gateway: GatewayThread, sink: Any) -
         code, msg = c.data(confidential())
     assert code == 451 and msg.startswith(b"4.3.0")
     assert delivered(sink) == []
+
+
+def test_a_message_not_on_record_is_not_kept_twice(gateway: GatewayThread, sink: Any,
+                                                   tmp_path: Path) -> None:
+    """Held, but the audit store refused the record: the client hears 451 and retries, so
+    the copy is not kept (else every retry would leave one more held message)."""
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "audit.sqlite3")
+    con.execute("CREATE TRIGGER deny BEFORE INSERT ON records "
+                "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    con.commit()
+    raw = confidential()
+    with gateway.client() as c:
+        c.ehlo()
+        c.mail("someone@school.example")
+        c.rcpt("ouder@example.org")
+        code, msg = c.data(raw)
+    assert code == 451 and b"Audit store unavailable" in msg
+    assert gateway.running.gateway.quarantine.entries() == []
+    con.execute("DROP TRIGGER deny")
+    con.commit()
+    con.close()
+    with gateway.client() as c:
+        c.ehlo()
+        c.mail("someone@school.example")
+        c.rcpt("ouder@example.org")
+        code, msg = c.data(raw)
+    assert code == 250
+    assert len(gateway.running.gateway.quarantine.entries()) == 1

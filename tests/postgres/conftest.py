@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from tests.e2e.conftest import sink  # noqa: F401  (a fixture, used by name: multi-node tests)
+
 ADMIN = os.environ.get("SKOT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
