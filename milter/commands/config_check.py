@@ -35,7 +35,7 @@ def problems(path: str | None, notes: list[str] | None = None) -> list[str]:
         return errors
     cfg = config_mod.validate(data, cfg_path)
     try:
-        errors += [str(e) for e in policy_mod.iter_errors(config_mod.read_toml(cfg.policy_path),
+        errors += [str(e) for e in policy_mod.iter_errors(policy_mod.read(cfg.policy_path),
                                                           cfg.policy_path)]
     except config_mod.ConfigError as exc:
         errors.append(str(exc))
@@ -79,7 +79,7 @@ def _notice_templates(cfg: config_mod.Config) -> list[str]:
     # Overrides are named for rules (disabled ones too); a broken policy is reported above.
     rule_ids: set[str] | None = None
     try:
-        rules = config_mod.read_toml(cfg.policy_path).get("rules")
+        rules = policy_mod.read(cfg.policy_path).get("rules")
         if isinstance(rules, dict):
             rule_ids = set(rules)
     except config_mod.ConfigError:
