@@ -629,6 +629,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(path, "", "file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    except PermissionError:
+        raise ConfigError(path, "", "cannot read: permission denied; fix: chgrp skot-milter "
+                          f"{path} && chmod 0640 {path}") from None
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
 

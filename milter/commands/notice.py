@@ -16,8 +16,10 @@ def register(sub: Any) -> None:
     nsub = p.add_subparsers(dest="notice_command", metavar="SUBCOMMAND", required=True)
     prev = nsub.add_parser("preview", help="render a rule's notice with example data")
     add_config(prev)
-    prev.add_argument("rule_id", metavar="RULE-ID")
-    prev.add_argument("--lang", choices=("nl", "en"), default=None)
+    prev.add_argument("rule_id", metavar="RULE-ID",
+                      help="the rule whose notice to show, e.g. B1.private-address")
+    prev.add_argument("--lang", choices=("nl", "en"), default=None,
+                      help="the notice's language (default: [school] language)")
     prev.add_argument("--html", action="store_true", help="print the HTML part")
     prev.set_defaults(func=run_preview)
 
