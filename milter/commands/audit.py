@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
     add_config(ls)
     filters(ls)
     ls.add_argument("--limit", type=int, default=0, metavar="N",
-                    help="show at most the N newest records (default: all)")
+                    help="show at most N records, oldest first (default: all)")
     ls.add_argument("--json", action="store_true", help="one JSON document instead of lines")
     ls.set_defaults(func=run_list)
 
