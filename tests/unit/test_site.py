@@ -184,6 +184,19 @@ def test_default_mode_monitor_switches_every_rule_without_its_own_mode(tmp_path:
     assert (fwd.action, fwd.texts) == (bundled_fwd.action, bundled_fwd.texts)
 
 
+def test_policy_show_prints_the_modes_in_force(tmp_path: Path, capsys: Any) -> None:
+    cfg = init_site(tmp_path, capsys)
+    (cfg.parent / "policy.toml").write_text('[policy]\nextends = "skot"\ndefault_mode = '
+                                            '"monitor"\n[rules."B1.sender-domain"]\n'
+                                            'mode = "enforce"\n')
+    assert main(["policy", "show", "--config", str(cfg)]) == 0
+    rows = {ln.split()[0]: ln.split()[2] for ln in capsys.readouterr().out.splitlines()
+            if not ln.startswith("#")}
+    assert rows["B1.sender-domain"] == "enforce"
+    assert set(rows.values()) == {"enforce", "monitor"} and list(rows.values()).count(
+        "enforce") == 1
+
+
 def test_a_bundled_update_reaches_the_site_without_touching_its_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     newer = tmp_path / "skot.toml"
