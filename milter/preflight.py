@@ -127,6 +127,16 @@ def file_problems(cfg: Config) -> list[str]:
                       "give the PEM certificate chain and its private key")
     if g.auth_users:
         p.readable("gateway.auth_users", cfg.resolve(g.auth_users))
+    d = cfg.directory
+    if d.source == "csv" and d.csv:
+        p.readable("directory.csv", cfg.resolve(d.csv),
+                   "write one (skot-milter init DIR writes a template) or correct the path")
+    elif d.source == "ldap" and d.ldap is not None:
+        if d.ldap.bind_password_file:
+            p.readable("directory.ldap.bind_password_file", cfg.resolve(d.ldap.bind_password_file),
+                       "write the bind password alone into it")
+        if d.ldap.ca_file:
+            p.readable("directory.ldap.ca_file", cfg.resolve(d.ldap.ca_file))
     if g.next_hop.startswith("maildir:"):
         p.writable_dir("gateway.next_hop", Path(cfg.next_hop[len("maildir:"):]))
     p.writable_dir("gateway.state_dir" if g.state_dir else "gateway.state_dir (default)",

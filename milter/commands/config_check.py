@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -43,7 +44,9 @@ def problems(path: str | None, notes: list[str] | None = None) -> list[str]:
                                                               cfg.policy_path)]
     except config_mod.ConfigError as exc:
         errors.append(str(exc))
-    errors += _directory(cfg, notes if notes is not None else [])
+    csv = cfg.directory_path if cfg.directory.source == "csv" else None
+    if csv is None or os.access(csv, os.R_OK):  # a missing or unreadable CSV: named below
+        errors += _directory(cfg, notes if notes is not None else [])
     for extra in EXTRA_CHECKS:
         errors += extra(cfg)
     return errors

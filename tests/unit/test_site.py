@@ -236,6 +236,12 @@ def test_config_from_env_and_before_the_subcommand_said_on_stderr(
     monkeypatch.chdir(tmp_path)
     assert main(["quarantine", "list"]) == 0
     assert "(bundled defaults)" in capsys.readouterr().err
+    # an installed site (/etc/skot-milter/skot-milter.toml) comes before the bundled defaults
+    from milter import config
+
+    monkeypatch.setattr(config, "SITE_CONFIG", cfg)
+    assert main(["quarantine", "list"]) == 0
+    assert f"config {cfg} ({cfg.parent}/)" in capsys.readouterr().err
 
 
 # --- dates and help ----------------------------------------------------------------------
