@@ -118,6 +118,15 @@ def run(args: argparse.Namespace) -> int:
                                           args.state_dir))
     write("policy.toml", SITE_POLICY)
     write("staff.csv", STAFF_TEMPLATE)
+    if str(site / "staff.csv") in written:  # names and private addresses: the service only
+        hand_over(site / "staff.csv")
+    state = Path(args.state_dir)
+    if not state.exists():  # the gateway's own (systemd's StateDirectory= makes it too)
+        state.mkdir(parents=True, mode=0o750)
+        user = account()
+        if os.geteuid() == 0 and user is not None:
+            os.chown(state, user.pw_uid, user.pw_gid)
+        written.append(f"{state}/ (state)")
     keys = site / "keys"
     if (keys / "epoch-1.key").exists():
         kept.append(str(keys / "epoch-1.key"))

@@ -67,7 +67,6 @@ def test_example_config_copied_without_its_key_is_named_with_the_keygen_fix(
 def test_a_key_only_root_can_read_is_named_when_checked_as_the_service_user(
         open_tmp: Path, capsys: Any) -> None:
     cfg = init_site(open_tmp, capsys)
-    (open_tmp / "state").mkdir(mode=0o777)
     (open_tmp / "state").chmod(0o777)
     key = cfg.parent / "keys" / "epoch-1.key"
     (cfg.parent / "keys").chmod(0o755)
@@ -90,7 +89,6 @@ def test_keys_written_by_root_are_readable_by_the_service_user(
     key = cfg.parent / "keys" / "epoch-1.key"
     assert key.stat().st_mode & 0o777 == 0o640 and key.stat().st_uid == 0
     assert key.stat().st_gid == service_user.account("nobody").pw_gid  # type: ignore[union-attr]
-    (tmp_path / "state").mkdir()
     os.chown(tmp_path / "state", service_user.account("nobody").pw_uid, -1)  # type: ignore
     for path in (cfg, cfg.parent / "policy.toml", cfg.parent / "staff.csv"):
         path.chmod(0o644)
@@ -215,7 +213,7 @@ def test_init_keeps_the_schools_files(tmp_path: Path, capsys: Any) -> None:
     cfg = init_site(tmp_path, capsys)
     (cfg.parent / "policy.toml").write_text("# ours\n")
     key = (cfg.parent / "keys" / "epoch-1.key").read_bytes()
-    assert main(["init", str(cfg.parent)]) == 0
+    assert main(["init", str(cfg.parent), "--state-dir", str(tmp_path / "state")]) == 0
     out = capsys.readouterr().out
     assert (cfg.parent / "policy.toml").read_text() == "# ours\n"
     assert (cfg.parent / "keys" / "epoch-1.key").read_bytes() == key
