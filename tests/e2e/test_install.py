@@ -47,6 +47,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_wheel_serves_a_message_from_an_empty_folder(installed: Path,
                                                           tmp_path: Path) -> None:
+    site = Path("/etc/skot-milter/skot-milter.toml")
+    if site.exists():
+        pytest.fail(f"{site} exists on this machine: the installed command would use "
+                    "it; this test needs a machine without a site config")
     folder = tmp_path / "empty"
     folder.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("SKOT_MILTER_CONFIG", "PYTHONPATH")}
