@@ -44,6 +44,13 @@ def _mode(path: Path) -> str:
     return f" (owner {owner}:{group}, mode {st.st_mode & 0o777:o})"
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # cannot even look: the folder above cannot be entered
+        return False
+
+
 class Problems:
     """Collects ``file: key: path: problem; fix: ...`` lines."""
 
@@ -55,16 +62,24 @@ class Problems:
         self.lines.append(f"{self.cfg.path}: {key}: {path}: {problem}"
                           + (f"; fix: {fix}" if fix else ""))
 
+    def blocked(self, key: str, path: Path, owned: bool = False) -> bool:
+        """True (and said) when a folder on the way to ``path`` cannot be entered; ``owned``:
+        the gateway's own folder (it writes there), else one it only reads from."""
+        for folder in reversed(path.parents):
+            if _exists(folder) and not os.access(folder, os.X_OK):
+                self.add(key, path, f"the folder {folder} cannot be entered by "
+                         f"{_who()}{_mode(folder)}",
+                         f"chown {_who()} {folder}" if owned else
+                         f"chgrp {self._group()} {folder} && chmod g+x {folder}")
+                return True
+        return False
+
     def readable(self, key: str, path: Path, fix_missing: str = "",
                  load: Callable[[Path], object] | None = None) -> None:
         """The file exists, this user can read it, and ``load`` accepts it."""
+        if self.blocked(key, path):
+            return
         if not path.exists():
-            parent_ok = os.access(path.parent, os.X_OK) if path.parent.exists() else True
-            if not parent_ok:
-                self.add(key, path, f"the folder {path.parent} cannot be entered by "
-                         f"{_who()}{_mode(path.parent)}",
-                         f"chgrp {self._group()} {path.parent} && chmod 0750 {path.parent}")
-                return
             self.add(key, path, "not found", fix_missing or "create it or correct the path")
             return
         try:
@@ -86,6 +101,8 @@ class Problems:
     def writable_dir(self, key: str, path: Path) -> None:
         """The folder exists and this user can write it, or its nearest existing parent lets
         this user create it."""
+        if self.blocked(key, path, owned=True):
+            return
         probe = path
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
@@ -146,11 +163,10 @@ def file_problems(cfg: Config) -> list[str]:
     url = cfg.audit_url
     if url.startswith("sqlite:///"):
         db = Path(url[len("sqlite:///"):])
-        if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+        if _exists(db) and not os.access(db, os.R_OK | os.W_OK):
             p.add("audit.url", db, f"cannot be written by {_who()}{_mode(db)}",
                   f"chown {SERVICE_USER} {db}")
-        else:
-            p.writable_dir("audit.url", db.parent)
+        p.writable_dir("audit.url", db.parent)  # WAL: the -wal and -shm files beside it
     a = cfg.audit
     if a.checkpoint_key:
         from milter.audit.checkpoint import load_signing_key
@@ -164,7 +180,9 @@ def file_problems(cfg: Config) -> list[str]:
         p.writable_dir("audit.checkpoint_dir", cfg.resolve(a.checkpoint_dir))
     if a.trusted_keys:
         trusted = cfg.resolve(a.trusted_keys)
-        if not trusted.is_dir():
+        if p.blocked("audit.trusted_keys", trusted):
+            pass
+        elif not trusted.is_dir():
             p.add("audit.trusted_keys", trusted, "not a folder",
                   "a folder of epoch-N.pub files (audit keygen writes them)")
         elif not os.access(trusted, os.R_OK | os.X_OK):
@@ -181,10 +199,11 @@ def file_problems(cfg: Config) -> list[str]:
                        f"--dir {cfg.resolve(k['key']).parent}", load=load_key)
     if cfg.notices.enabled:
         templates = cfg.notice_templates
-        if not os.access(templates, os.R_OK | os.X_OK) and templates.exists():
+        if not p.blocked("notices.templates", templates) and _exists(templates) and \
+                not os.access(templates, os.R_OK | os.X_OK):
             p.add("notices.templates", templates, f"cannot be read by {_who()}"
                   f"{_mode(templates)}", f"chmod 0755 {templates}")
     users = cfg.resolve(cfg.web.users) if cfg.web.users else None
-    if users is not None and users.exists():
+    if users is not None and _exists(users):
         p.readable("web.users", users)
     return p.lines

@@ -104,6 +104,24 @@ def _files(cfg: config_mod.Config) -> list[str]:
 EXTRA_CHECKS: list[Any] = [_notice_templates, _files]
 
 
+def _preload() -> None:
+    """Import what the checks use before dropping to the service user, who may not be able
+    to read this Python's own library folder (a Python installed under /root, say)."""
+    import codecs
+    import importlib
+
+    from milter.directory import address_problem
+    from milter.rules import load_all
+
+    codecs.lookup("utf-8-sig")
+    address_problem("a@school.example")
+    load_all()
+    for name in ("ssl", "milter.preflight", "milter.notices", "milter.audit.checkpoint",
+                 "milter.dkimsign", "milter.directory_source", "milter.directory_ldap",
+                 "milter.service_user"):
+        importlib.import_module(name)
+
+
 def run_check(args: argparse.Namespace) -> int:
     from milter.service_user import default_check_user, run_as
 
@@ -116,6 +134,7 @@ def run_check(args: argparse.Namespace) -> int:
         notes: list[str] = []
         return problems(args.config, notes), notes
 
+    _preload()
     try:
         errors, notes = run_as(user, check)
     except (LookupError, PermissionError, RuntimeError) as exc:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,12 +74,43 @@ def test_a_key_only_root_can_read_is_named_when_checked_as_the_service_user(
     (cfg.parent / "keys").chmod(0o755)
     os.chown(key, 0, 0)
     key.chmod(0o600)  # what `audit keygen` as root used to leave
-    code, out = check(cfg, capsys, "--user", "nobody")
-    assert code == 1
+    # as its own process, as an admin runs it: nothing it needs is imported yet when it drops
+    # to the user (who may not read this Python's library folder)
+    proc = subprocess.run([sys.executable, "-m", "milter.cli", "config", "check", "--config",
+                           str(cfg), "--user", "nobody"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    code, out = proc.returncode, proc.stdout + proc.stderr
+    assert code == 1, out
     assert (f"{cfg}: audit.checkpoint_key: {key}: permission denied for nobody "
             f"(owner root:root, mode 600); fix: chgrp skot-milter {key} && chmod 0640 {key}"
             ) in out
     assert "files checked as user nobody" in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a folder another user "
+                    "cannot write")
+def test_folders_the_gateway_writes_are_named_when_the_service_user_cannot(
+        open_tmp: Path, capsys: Any) -> None:
+    cfg = init_site(open_tmp, capsys)
+    state = open_tmp / "state"
+    os.chown(state, 0, 0)
+    state.chmod(0o755)  # root's; the service cannot write its spool, audit or quarantine
+    for path in (cfg, cfg.parent / "staff.csv", cfg.parent / "keys" / "epoch-1.key"):
+        path.chmod(0o644)
+    (cfg.parent / "keys").chmod(0o755)
+    code, out = check(cfg, capsys, "--user", "nobody")
+    assert code == 1
+    said = {ln.split(": ")[1]: ln for ln in out.splitlines() if ln.startswith(f"{cfg}: ")}
+    assert set(said) == {"gateway.state_dir", "audit.url", "audit.checkpoint_dir",
+                         "quarantine.directory"}
+    for key in ("gateway.state_dir", "audit.url"):
+        assert said[key] == (f"{cfg}: {key}: {state}: cannot be written by nobody (owner "
+                             f"root:root, mode 755); fix: chown nobody {state}")
+    for key, sub in (("quarantine.directory", "quarantine"),
+                     ("audit.checkpoint_dir", "checkpoints")):
+        assert said[key] == (f"{cfg}: {key}: {state}/{sub}: cannot be created in {state} by "
+                             f"nobody (owner root:root, mode 755); fix: mkdir -p {state}/{sub} "
+                             f"&& chown nobody {state}/{sub}")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand a key to another user")
