@@ -132,8 +132,9 @@ class School:
             rows.append(f"{self.staff_address(i)};staff;{first} {last};{private};directie@{DOMAIN}")
         for i in range(30):
             rows.append(f"pupil{i}@{PUPILS};pupil;Leerling {i};;")
-        rows += [f"{_slug(f)}.{_slug(ln)}@ouders.example;parent;{f} {ln};;"
-                 for f, ln in self.listed_parents]
+        # two parents with the same name share one listed address here: one line each address
+        rows += list(dict.fromkeys(f"{_slug(f)}.{_slug(ln)}@ouders.example;parent;{f} {ln};;"
+                                   for f, ln in self.listed_parents))
         return "\n".join(rows) + "\n"
 
 

@@ -14,13 +14,14 @@ import sys
 from collections.abc import Sequence
 
 from milter import __version__, commands
-from milter.commands import CommandError
+from milter.commands import CONFIG_HELP, CommandError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skot-milter",
                                      description="SKOT mail gateway policy filter")
     parser.add_argument("--version", action="version", version=f"skot-milter {__version__}")
+    parser.add_argument("--config", metavar="FILE", default=None, help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
         module = importlib.import_module(f"milter.commands.{info.name}")

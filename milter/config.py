@@ -23,7 +23,14 @@ from milter.directory_ldap import parse_settings as _ldap_table
 # Bytes of spooled messages processed at once per process (``gateway.message_memory``).
 DEFAULT_MESSAGE_MEMORY = 48 * 2**20
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "default" / "skot-milter.toml"
+# Package data (``milter/bundled``, in the wheel too): the defaults ``serve`` runs on without a
+# config, and the board's policy with its notice templates, which a site policy overrides.
+BUNDLED = Path(__file__).resolve().parent / "bundled"
+DEFAULT_CONFIG = BUNDLED / "default" / "skot-milter.toml"
+BUNDLED_POLICY = BUNDLED / "policies" / "skot.toml"
+# Where admins keep the site's config (the systemd unit and `skot-milter init` use it).
+SITE_CONFIG = Path("/etc/skot-milter/skot-milter.toml")
+CONFIG_ENV = "SKOT_MILTER_CONFIG"
 
 
 class ConfigError(Exception):
@@ -200,7 +207,9 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "internal_networks": (_networks, ("127.0.0.0/8", "::1/128")),
         "max_message_size": (_int(1024), 26214400),
         "max_recipients": (_int(1), 1000),
-        "policy": (_str, REQUIRED),
+        # The site policy ("" = the bundled board policy); a site file with
+        # [policy] extends = "skot" changes only what it names.
+        "policy": (_opt_str, ""),
         "next_hop_timeout": (_float(0.1), 100.0),
         "session_timeout": (_float(0.1), 300.0),
         # Total time a client may take to send DATA: a slow-drip sender is cut off.
@@ -485,10 +494,15 @@ class Config:
     milter: MilterSettings
     web: WebSettings
     quarantine: QuarantineSettings
+    # Where relative paths resolve: beside the config file, except for the bundled defaults,
+    # whose state (Maildir, audit, quarantine) goes into the folder ``serve`` runs in.
+    root: Path | None = None
+    # How the file was found (--config, SKOT_MILTER_CONFIG, /etc, the bundled defaults).
+    origin: str = ""
 
     @property
     def base_dir(self) -> Path:
-        return self.path.parent
+        return self.root if self.root is not None else self.path.parent
 
     def resolve(self, value: str) -> Path:
         """Resolve a path from the config relative to the config file."""
@@ -510,7 +524,7 @@ class Config:
 
     @property
     def policy_path(self) -> Path:
-        return self.resolve(self.gateway.policy)
+        return self.resolve(self.gateway.policy) if self.gateway.policy else BUNDLED_POLICY
 
     @property
     def directory_path(self) -> Path | None:
@@ -547,8 +561,13 @@ class Config:
 
     @property
     def notice_templates(self) -> Path:
+        """``notices.templates``, else ``notices/`` beside the policy file when the site has
+        one, else the bundled templates."""
         v = self.notices.templates
-        return self.resolve(v) if v else self.policy_path.parent / "notices"
+        if v:
+            return self.resolve(v)
+        beside = self.policy_path.parent / "notices"
+        return beside if beside.is_dir() else BUNDLED_POLICY.parent / "notices"
 
     @property
     def quarantine_dir(self) -> Path:
@@ -569,7 +588,8 @@ def _default_for(default: Any, validator: Validator) -> Any:
     return default
 
 
-def validate(data: Mapping[str, Any], path: Path) -> Config:
+def validate(data: Mapping[str, Any], path: Path, root: Path | None = None,
+             origin: str = "") -> Config:
     """Validate parsed TOML against SCHEMA; raise ConfigError naming the first bad key."""
     errors = list(iter_errors(data, path))
     if errors:
@@ -582,7 +602,7 @@ def validate(data: Mapping[str, Any], path: Path) -> Config:
             out[key] = validator(given[key]) if key in given else _default_for(default, validator)
         sections[section] = out
     typed = {name: SECTION_TYPES[name](**values) for name, values in sections.items()}
-    return Config(path=path, **typed)
+    return Config(path=path, root=root, origin=origin, **typed)
 
 
 def iter_errors(data: Mapping[str, Any], path: Path) -> list[ConfigError]:
@@ -633,15 +653,33 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(path, "", "file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    except PermissionError:
+        raise ConfigError(path, "", "cannot read: permission denied; fix: chgrp skot-milter "
+                          f"{path} && chmod 0640 {path}") from None
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
 
 
+def locate(path: Path | str | None = None) -> tuple[Path, str]:
+    """The config file to use and how it was found: ``--config``, else ``$SKOT_MILTER_CONFIG``,
+    else ``/etc/skot-milter/skot-milter.toml`` when it exists, else the bundled defaults."""
+    if path:
+        return Path(path).expanduser().resolve(), "--config"
+    env = os.environ.get(CONFIG_ENV, "")
+    if env:
+        return Path(env).expanduser().resolve(), CONFIG_ENV
+    if SITE_CONFIG.exists():
+        return SITE_CONFIG, str(SITE_CONFIG.parent) + "/"
+    return DEFAULT_CONFIG, "bundled defaults"
+
+
 def load(path: Path | str | None = None) -> Config:
-    """Load a config file (or the bundled default) and validate it."""
-    p = Path(path) if path is not None else DEFAULT_CONFIG
-    p = p.expanduser().resolve()
-    if path is None and not p.exists():
-        raise ConfigError(p, "", "bundled default config not found (install from the source "
-                          "tree with 'pip install -e .', or pass --config FILE)")
-    return validate(read_toml(p), p)
+    """Load the config ``locate`` finds and validate it. The bundled defaults keep their state
+    (``var/``) in the current directory, so ``serve`` works from an installed wheel."""
+    p, origin = locate(path)
+    if p == DEFAULT_CONFIG:
+        if not p.exists():
+            raise ConfigError(p, "", "bundled default config not found in the installed "
+                              "package; pass --config FILE")
+        return validate(read_toml(p), p, root=Path.cwd(), origin=origin)
+    return validate(read_toml(p), p, origin=origin)

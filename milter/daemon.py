@@ -240,13 +240,38 @@ async def serve(config: Config, worker: int = 0, reuse_port: bool = False) -> in
     return 0
 
 
+def preflight(cfg: Config) -> list[str]:
+    """Everything a worker would fail on at start, found once before any worker exists:
+    every file the config names, the policy, the directory, certificates and keys."""
+    from milter.preflight import file_problems
+
+    problems = file_problems(cfg)
+    if problems:
+        return problems
+    runtime = Runtime.from_config(cfg)
+    tls_context(runtime)
+    make_checkpointer(runtime)
+    load_authenticator(cfg)
+    Signer.from_config(cfg)
+    return []
+
+
 def run(config: Config | str | None) -> int:
     """``skot-milter serve``: one process, or a supervisor of ``gateway.workers`` of them.
-    Configuration problems at start are exit 2 with one line on stderr."""
+    Configuration problems at start are exit 2, said once on stderr, whatever the number
+    of workers (the systemd unit does not restart on 2: a restart cannot fix a config).
+    An audit store that cannot be reached is exit 1: systemd tries again."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = config if isinstance(config, Config) else config_mod.load(config)
+        problems = preflight(cfg)
+        if problems:
+            for problem in problems:
+                print(f"skot-milter: {problem}", file=sys.stderr)
+            print(f"skot-milter: {len(problems)} configuration problem(s); not starting "
+                  "(skot-milter config check lists them too)", file=sys.stderr)
+            return 2
         if cfg.gateway.workers > 1:
             from milter.supervisor import supervise
 
@@ -257,7 +282,7 @@ def run(config: Config | str | None) -> int:
         return 2
     except AuditUnavailable as exc:
         print(f"skot-milter: {exc}", file=sys.stderr)
-        return 2
+        return 1
     except OSError as exc:
         print(f"skot-milter: cannot listen: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 ROLES = ("staff", "pupil", "parent", "other")
 COLUMNS = ("address", "role", "name", "private_addresses", "supervisor")
@@ -25,9 +26,35 @@ OPTIONAL_COLUMNS = ("language", "groups")
 
 
 class DirectoryError(Exception):
+    """A problem in the directory, by line and column. Raised for the first of a file's
+    problems; ``problems`` holds all of them (``config check`` lists every one)."""
+
     def __init__(self, file: Path | str, line: int, column: str, message: str) -> None:
         self.file, self.line, self.column, self.message = str(file), line, column, message
+        self.problems: list[DirectoryError] = [self]
         super().__init__(f"{file}: line {line}: {column}: {message}")
+
+
+def _raise_all(problems: list[DirectoryError]) -> None:
+    if problems:
+        first = problems[0]
+        first.problems = problems
+        raise first
+
+
+# Several addresses in one field: admins type spaces, commas or semicolons between them.
+_SEPARATORS = re.compile(r"[\s,;]+")
+
+
+def address_problem(address: str) -> str:
+    """Why ``address`` is not an email address ("" when it is): syntax only, no DNS."""
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        return str(exc)
+    return ""
 
 
 @dataclass(frozen=True)
@@ -171,7 +198,7 @@ def export_format(header: Iterable[str]) -> str:
 
 
 def _split_addresses(value: str) -> tuple[str, ...]:
-    parts = value.replace(";", " ").replace(",", " ").split()
+    parts = _SEPARATORS.split(value)
     return tuple(dict.fromkeys(a.lower().removeprefix("smtp:") for a in parts if "@" in a))
 
 
@@ -188,10 +215,11 @@ def _mapped(value: str, table: Mapping[str, tuple[str, ...]], path: bool) -> lis
     return out
 
 
-def _parse_export(rows: list[dict[str, str]], kind: str, source: Path | str,
+def _parse_export(rows: list[tuple[int, dict[str, str]]], kind: str, source: Path | str,
                   mapping: RoleMap) -> Directory:
     people = []
-    for n, row in enumerate(rows, start=2):
+    problems: list[DirectoryError] = []
+    for n, row in rows:
         def col(name: str, row: dict[str, str] = row) -> str:
             return (row.get(name) or "").strip()
 
@@ -213,8 +241,11 @@ def _parse_export(rows: list[dict[str, str]], kind: str, source: Path | str,
             unit, is_path, supervisor = col("org unit path"), True, col("manager email").lower()
             private_col = _header_key(mapping.private) if mapping.private else GOOGLE_PRIVATE
             default_role = "staff"
-        if "@" not in address:
-            raise DirectoryError(source, n, "address", f"not an email address: {address!r}")
+        why = address_problem(address) if address else "empty"
+        if why:
+            problems.append(DirectoryError(source, n, "address",
+                                           f"not an email address: {address!r} ({why})"))
+            continue
         roles = _mapped(unit, mapping.roles, is_path)
         if mapping.roles and not roles and default_role != "pupil":
             continue  # the admin named the units of each role; this one is in none of them
@@ -224,55 +255,108 @@ def _parse_export(rows: list[dict[str, str]], kind: str, source: Path | str,
                              private_addresses=tuple(a for a in privates if a != address),
                              supervisor=supervisor if "@" in supervisor else "",
                              groups=tuple(_mapped(unit, mapping.groups, is_path))))
+    _raise_all(problems)
     return Directory.from_people(people)
 
 
 def parse_csv(text: str, source: Path | str = "<directory>",
               mapping: RoleMap | None = None) -> Directory:
-    lines = text.splitlines()
-    if not lines:
+    """The directory in ``text``; raises ``DirectoryError`` naming the first problem, with
+    every problem (by line) in its ``problems``. Lines starting with ``#`` are comments."""
+    # Comment lines become blank ones, so the csv reader skips them and line numbers stay.
+    lines = ["" if ln.lstrip().startswith("#") else ln for ln in text.splitlines()]
+    header_line = next((ln for ln in lines if ln.strip()), "")
+    if not header_line:
         raise DirectoryError(source, 1, "header", "empty file; expected a header row: "
                              + ", ".join(COLUMNS))
-    delimiter = ";" if lines[0].count(";") > lines[0].count(",") else ","
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    kind = export_format(reader.fieldnames or [])
+    delimiter = ";" if header_line.count(";") > header_line.count(",") else ","
+    stream = io.StringIO("\n".join(lines))
+    head = csv.reader(stream, delimiter=delimiter)
+    fieldnames: list[str] = []
+    for fieldnames in head:  # the first row that is not blank (or a comment)
+        if fieldnames:
+            break
+    header_no = head.line_num
+    # The rest of the stream; line numbers count on from the header's.
+    reader = csv.DictReader(stream, fieldnames=fieldnames, delimiter=delimiter)
+    kind = export_format(fieldnames)
     if kind != "skot":
-        reader.fieldnames = [_header_key(h) for h in (reader.fieldnames or [])]
-        rows = [{k: v for k, v in r.items() if isinstance(k, str) and isinstance(v, str)}
+        reader.fieldnames = [_header_key(h) for h in fieldnames]
+        rows = [(header_no + reader.line_num, {k: v for k, v in r.items()
+                                   if isinstance(k, str) and isinstance(v, str)})
                 for r in reader]
         return _parse_export(rows, kind, source, mapping or RoleMap())
-    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    header = [h.strip().lower() for h in fieldnames]
     missing = [c for c in ("address", "role") if c not in header]
     if missing:
-        raise DirectoryError(source, 1, "header", "missing column(s) " + ", ".join(missing)
-                             + "; expected: " + ", ".join(COLUMNS))
+        raise DirectoryError(source, header_no, "header", "missing column(s) "
+                             + ", ".join(missing) + "; expected: " + ", ".join(COLUMNS)
+                             + f" (separated by {delimiter!r})")
     unknown = [h for h in header if h not in COLUMNS + OPTIONAL_COLUMNS]
     if unknown:
-        raise DirectoryError(source, 1, "header", "unknown column(s) " + ", ".join(unknown)
-                             + "; allowed: " + ", ".join(COLUMNS + OPTIONAL_COLUMNS))
+        raise DirectoryError(source, header_no, "header", "unknown column(s) "
+                             + ", ".join(unknown) + "; allowed: "
+                             + ", ".join(COLUMNS + OPTIONAL_COLUMNS))
     reader.fieldnames = header
-    people = []
-    for n, row in enumerate(reader, start=2):
-        def col(name: str, row: dict[str, str | None] = row) -> str:
-            return (row.get(name) or "").strip()
+    people: list[Person] = []
+    problems: list[DirectoryError] = []
+    first_line: dict[str, int] = {}
+    supervisors: list[tuple[int, str]] = []
+    for row in reader:
+        n = header_no + reader.line_num
 
+        def col(name: str, row: dict[str | None, Any] = row) -> str:
+            v = row.get(name)
+            return v.strip() if isinstance(v, str) else ""
+
+        def bad(column: str, message: str, n: int = n) -> None:
+            problems.append(DirectoryError(source, n, column, message))
+
+        if row.get(None):  # more fields than columns: a separator inside a field
+            bad("row", f"{len(header) + len(row[None])} fields, the header has {len(header)}; "
+                f"put a field holding {delimiter!r} in double quotes, or separate several "
+                "addresses by spaces")
+            continue
         address = col("address").lower()
-        if "@" not in address:
-            raise DirectoryError(source, n, "address", f"not an email address: {address!r}")
+        why = address_problem(address) if address else "empty"
+        if why:
+            bad("address", f"not an email address: {address!r} ({why})")
+        elif address in first_line:
+            bad("address", f"{address} is already on line {first_line[address]}; "
+                "one line per person")
+        else:
+            first_line[address] = n
         role = col("role").lower()
         if role not in ROLES:
-            raise DirectoryError(source, n, "role", f"{role!r}; allowed: " + ", ".join(ROLES))
-        privates = tuple(a.lower() for a in col("private_addresses").split() if a)
-        bad = [a for a in privates if "@" not in a]
-        if bad:
-            raise DirectoryError(source, n, "private_addresses",
-                                 f"not an email address: {bad[0]!r} (separate several by spaces)")
+            bad("role", f"{role!r}; allowed: " + ", ".join(ROLES))
+        privates = tuple(a.lower() for a in _SEPARATORS.split(col("private_addresses")) if a)
+        for a in privates:
+            why = address_problem(a)
+            if why:
+                bad("private_addresses", f"not an email address: {a!r} ({why}); separate "
+                    "several by spaces, commas or semicolons")
+        supervisor = col("supervisor").lower()
+        if supervisor:
+            why = address_problem(supervisor)
+            if why:
+                bad("supervisor", f"not an email address: {supervisor!r} ({why})")
+            elif supervisor == address:
+                bad("supervisor", "a person cannot be their own supervisor")
+            else:
+                supervisors.append((n, supervisor))
         lang = col("language").lower()
         if lang and lang not in ("nl", "en"):
-            raise DirectoryError(source, n, "language", f"{lang!r}; allowed: nl, en")
+            bad("language", f"{lang!r}; allowed: nl, en")
         people.append(Person(address=address, role=role, name=col("name"),
-                             private_addresses=privates, supervisor=col("supervisor").lower(),
+                             private_addresses=privates, supervisor=supervisor,
                              language=lang, groups=tuple(col("groups").split())))
+    roles = {p.address: p.role for p in people}
+    for n, supervisor in supervisors:
+        if roles.get(supervisor, "staff") != "staff":
+            problems.append(DirectoryError(source, n, "supervisor",
+                                           f"{supervisor} is a {roles[supervisor]} on line "
+                                           f"{first_line[supervisor]}, not staff"))
+    _raise_all(sorted(problems, key=lambda p: p.line))
     return Directory.from_people(people)
 
 

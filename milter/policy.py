@@ -1,7 +1,11 @@
 """The policy file: which rules run, with which action, mode, params and texts.
 
 Policy is data (``policies/*.toml``) so a school can change an action or roll a rule out in
-monitor mode without touching code.
+monitor mode without touching code. A site policy says ``[policy] extends = "skot"`` and names
+only what the school changes: its ``[policy]`` keys replace the bundled ones, a
+``[rules."ID"]`` table changes only the keys it gives (``params`` key by key), so an update of
+the bundled policy reaches the school without touching the school's file. Modes: a rule's own
+``mode`` pins it; a rule without one follows ``[policy] default_mode``.
 """
 
 from __future__ import annotations
@@ -11,13 +15,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from milter.config import ConfigError, read_toml
+from milter.config import BUNDLED_POLICY, ConfigError, read_toml
 from milter.core.verdict import MODES, RULE_ACTIONS
 
 TEXT_KEYS = ("title_nl", "title_en", "reason_nl", "reason_en", "advice_nl", "advice_en")
 RULE_KEYS = {"article", "articles", "action", "mode", "notice", "notice_supervisor", "enabled",
              "params", *TEXT_KEYS}
-POLICY_KEYS = {"name", "version", "default_mode", "keep_subjects"}
+POLICY_KEYS = {"name", "version", "default_mode", "keep_subjects", "extends"}
+# ``extends = NAME``: the bundled policies a site policy may start from.
+BASES = {"skot": BUNDLED_POLICY}
+
+
+def read(path: Path) -> dict[str, Any]:
+    """The policy file as data, merged over its base when it says ``extends``."""
+    data = read_toml(path)
+    head = data.get("policy")
+    if not isinstance(head, dict) or "extends" not in head:
+        return data
+    name = head["extends"]
+    if name not in BASES:
+        raise ConfigError(path, "policy.extends", f"no bundled policy {name!r}; allowed: "
+                          + ", ".join(f'"{b}"' for b in BASES))
+    return merge(read_toml(BASES[name]), data)
+
+
+def merge(base: Mapping[str, Any], site: Mapping[str, Any]) -> dict[str, Any]:
+    """``site`` over ``base``: tables key by key (a rule's params too), other values replaced."""
+    out: dict[str, Any] = dict(base)
+    for key, value in site.items():
+        old = out.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            out[key] = merge(old, value)
+        else:
+            out[key] = value
+    head = out.get("policy")
+    if isinstance(head, dict):
+        head.pop("extends", None)
+    return out
 PARTNER_KEYS = {"name", "ground", "domains", "addresses", "rules"}
 SECURE_MAIL_KEYS = {"headers", "rules"}
 SELF_RELEASE_KEYS = {"rules", "max_confidence", "never_signals", "per_day", "local_part"}
@@ -251,7 +285,7 @@ def iter_errors(data: Mapping[str, Any], path: Path) -> list[ConfigError]:
 
 
 def load(path: Path) -> Policy:
-    data = read_toml(path)
+    data = read(path)
     errors = iter_errors(data, path)
     if errors:
         raise errors[0]

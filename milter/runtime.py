@@ -66,7 +66,10 @@ class Runtime:
             # background by the server's DirectorySource, never here).
             directory = DirectorySource(cfg).initial()
         except DirectoryError as exc:
-            raise ConfigError(exc.file, f"line {exc.line}: {exc.column}", exc.message) from None
+            more = len(exc.problems) - 1
+            raise ConfigError(exc.file, f"line {exc.line}: {exc.column}", exc.message + (
+                f" (and {more} more: skot-milter config check lists them)" if more else "")
+                              ) from None
         return cls(cfg, pol, directory, engine_for(pol))
 
     def context(self, envelope: Envelope, now: datetime | None = None) -> Context:

@@ -11,10 +11,14 @@ import signal
 import time
 
 from milter import metrics
-from milter.config import Config
+from milter.audit.store import AuditUnavailable
+from milter.config import Config, ConfigError
 from milter.daemon import serve
 
 log = logging.getLogger("skot-milter")
+# A worker that exits with this found a configuration error (a file changed after the
+# preflight, say): another worker would fail the same way, so all stop and serve exits 2 once.
+CONFIG_EXIT = 2
 
 
 def supervise(config: Config) -> int:
@@ -24,18 +28,29 @@ def supervise(config: Config) -> int:
     stopping = False
 
     def spawn(index: int) -> None:
+        # A signal between fork and the child's own handlers would run the supervisor's
+        # handler in the child (and the child would live on, unstopped): hold them until then.
+        held = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
         pid = os.fork()
         if pid == 0:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in held:
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
             code = 1
             try:
                 code = asyncio.run(serve(config, worker=index, reuse_port=True))
+            except ConfigError as exc:  # one line, and the supervisor stops: see CONFIG_EXIT
+                log.error("worker %d: configuration error: %s", index, exc)
+                code = CONFIG_EXIT
+            except AuditUnavailable as exc:
+                log.error("worker %d: %s", index, exc)
             except BaseException:  # os._exit below would swallow the traceback
                 log.exception("worker %d failed", index)
             finally:
                 os._exit(code)
         children[pid] = index
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
     def forward(sig: int, _frame: object) -> None:
         nonlocal stopping
@@ -60,7 +75,12 @@ def supervise(config: Config) -> int:
         index = children.pop(pid, None)
         metrics.worker_gone(pid)
         code = os.waitstatus_to_exitcode(status)
-        if index is not None and not stopping:
+        if index is not None and code == CONFIG_EXIT and not stopping:
+            log.error("worker %d exited with a configuration error; stopping all workers",
+                      index)
+            forward(signal.SIGTERM, None)
+            worst = CONFIG_EXIT
+        elif index is not None and not stopping:
             log.error("worker %d exited with %d; starting a new one", index, code)
             time.sleep(0.5)
             if not stopping:  # a SIGTERM during the pause: no new worker to outlive it

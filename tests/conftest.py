@@ -54,6 +54,17 @@ url = "sqlite:///audit.sqlite3"
     return cfg
 
 
+@pytest.fixture(autouse=True)
+def _no_site_config(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+                    ) -> None:
+    """Commands run in-process never read this machine's /etc/skot-milter or an admin's
+    $SKOT_MILTER_CONFIG: a test names its config, or means the bundled defaults."""
+    from milter import config
+
+    monkeypatch.delenv("SKOT_MILTER_CONFIG", raising=False)
+    monkeypatch.setattr(config, "SITE_CONFIG", tmp_path_factory.getbasetemp() / "no-site.toml")
+
+
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     return write_config(tmp_path)

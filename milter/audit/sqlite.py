@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,20 @@ BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 """
 
 
+def _set_wal(db: sqlite3.Connection, deadline: float) -> None:
+    """``PRAGMA journal_mode=WAL``, retried: when two processes (the workers of one gateway,
+    started together) switch a new file at once, SQLite answers "database is locked" at once,
+    without waiting for the busy timeout, and a worker died at start."""
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SQLiteStore(SQLStore):
     def __init__(self, path: str | Path, chain: str) -> None:
         self.path = Path(path)
@@ -34,7 +49,7 @@ class SQLiteStore(SQLStore):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                        timeout=30.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _set_wal(self._db, time.monotonic() + 30.0)
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
         except (sqlite3.Error, OSError) as exc:

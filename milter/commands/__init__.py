@@ -18,27 +18,42 @@ class CommandError(Exception):
         self.code = code
 
 
+CONFIG_HELP = ("config file (default: $SKOT_MILTER_CONFIG, else "
+               "/etc/skot-milter/skot-milter.toml, else the bundled defaults)")
+
+
 def add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", default=None,
-                        help="config file (default: the bundled defaults)")
+    # SUPPRESS: a --config given before the subcommand (``skot-milter --config X audit list``)
+    # is not overwritten by this option's default.
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP)
+
+
+def announce(cfg: Any) -> None:
+    """Say on stderr which config a command reads: reading the wrong store silently is worse
+    than a line of noise."""
+    print(f"skot-milter: config {cfg.path} ({cfg.origin})", file=sys.stderr)
 
 
 def load_config(args: argparse.Namespace) -> Any:
-    """The validated config for ``--config``; a bad one is exit 2 with its reason."""
+    """The validated config for ``--config`` (or as ``config.locate`` finds it), said on
+    stderr; a bad one is exit 2 with its reason."""
     from milter import config as config_mod
 
     try:
-        return config_mod.load(args.config)
+        cfg = config_mod.load(getattr(args, "config", None))
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
+    announce(cfg)
+    return cfg
 
 
 def load_runtime(args: argparse.Namespace) -> Any:
-    """The runtime for ``--config``; a bad config is exit 2 with its one-line reason."""
+    """The runtime for the config ``load_config`` finds; a bad config is exit 2."""
     from milter.runtime import Runtime
 
+    cfg = load_config(args)
     try:
-        return Runtime.load(args.config)
+        return Runtime.from_config(cfg)
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
 

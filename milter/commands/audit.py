@@ -27,6 +27,7 @@ from milter.audit.store import (
 )
 from milter.audit.verify import UnusableKeys, Verification, verify
 from milter.commands import CommandError, add_config, load_config, load_runtime, print_json
+from milter.dates import FORMATS, parse_when
 
 CSV_FIELDS = COLUMNS
 
@@ -36,8 +37,7 @@ def register(sub: Any) -> None:
     asub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
 
     def filters(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--since", default="", help="from this UTC date/time (inclusive)")
-        q.add_argument("--until", default="", help="up to this UTC date/time (exclusive)")
+        dates(q)
         q.add_argument("--rule", default="", help="rule id, e.g. B1.sender-domain")
         q.add_argument("--sender", default="", help="envelope sender address")
         q.add_argument("--person", default="", help="sender, authenticated user or recipient")
@@ -46,26 +46,29 @@ def register(sub: Any) -> None:
     ls = asub.add_parser("list", help="list records")
     add_config(ls)
     filters(ls)
-    ls.add_argument("--limit", type=int, default=0)
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--limit", type=int, default=0, metavar="N",
+                    help="show at most N records, oldest first (default: all)")
+    ls.add_argument("--json", action="store_true", help="one JSON document instead of lines")
     ls.set_defaults(func=run_list)
 
     show = asub.add_parser("show", help="show one record (by id) or a transaction (by ref)")
     add_config(show)
     show.add_argument("id", help="record id, or a transaction ref from a reply text")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--json", action="store_true", help="JSON instead of text")
     show.set_defaults(func=run_show)
 
     export = asub.add_parser("export", help="export records as JSON lines or CSV")
     add_config(export)
     filters(export)
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    export.add_argument("--output", "-o", default="-", help="file (default: stdout)")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                        help="jsonl (one JSON record a line, default) or csv")
+    export.add_argument("--output", "-o", default="-", metavar="FILE",
+                        help="file (default: stdout)")
     export.set_defaults(func=run_export)
 
     verify = asub.add_parser("verify", help="recompute the hash chains; exit 1 on tampering")
     add_config(verify)
-    verify.add_argument("--json", action="store_true")
+    verify.add_argument("--json", action="store_true", help="the result as JSON")
     verify.add_argument("--checkpoint", metavar="FILE", action="append", default=[],
                         help="also prove the store still holds everything up to this exported "
                              "checkpoint (repeatable)")
@@ -74,10 +77,11 @@ def register(sub: Any) -> None:
     report = asub.add_parser("report", help="one person's violations, for a personnel file")
     add_config(report)
     report.add_argument("--person", required=True, help="the staff member's address")
-    report.add_argument("--since", default="")
-    report.add_argument("--until", default="")
-    report.add_argument("--format", choices=("html", "csv"), default="html")
-    report.add_argument("--output", "-o", default="-")
+    dates(report)
+    report.add_argument("--format", choices=("html", "csv"), default="html",
+                        help="html (to print for the personnel file, default) or csv")
+    report.add_argument("--output", "-o", default="-", metavar="FILE",
+                        help="file (default: stdout)")
     report.set_defaults(func=run_report)
 
     migrate = asub.add_parser("migrate", help="create or upgrade the store's schema")
@@ -90,28 +94,52 @@ def register(sub: Any) -> None:
 
     kg = asub.add_parser("keygen", help="a new Ed25519 checkpoint key for an epoch")
     add_config(kg)
-    kg.add_argument("--epoch", type=int, required=True)
-    kg.add_argument("--dir", required=True, help="where to write epoch-N.key and epoch-N.pub")
+    kg.add_argument("--epoch", type=int, required=True, metavar="N",
+                    help="the key's epoch: 1 for the first key, one more for each new key "
+                         "(the old public key stays trusted for the records it signed)")
+    kg.add_argument("--dir", required=True, help="where to write epoch-N.key and epoch-N.pub "
+                    "(as root: the key is left root:skot-milter 0640, readable by the service)")
     kg.set_defaults(func=run_keygen)
 
     purge = asub.add_parser("purge", help="remove personal fields past audit.retention_days")
     add_config(purge)
-    purge.add_argument("--before", default="", help="purge records before this UTC date "
-                       "instead of the retention period")
+    purge.add_argument("--before", default="", type=_when, metavar="DATE",
+                       help="purge records before this UTC date instead of the retention "
+                            f"period ({FORMATS})")
     purge.set_defaults(func=run_purge)
 
     hold = asub.add_parser("hold", help="a legal hold on a person or record (purge skips it)")
     add_config(hold)
     target = hold.add_mutually_exclusive_group(required=True)
-    target.add_argument("--person", default="")
-    target.add_argument("--record", type=int, default=0)
+    target.add_argument("--person", default="", metavar="ADDRESS",
+                        help="hold every record of this person (sender, user or recipient)")
+    target.add_argument("--record", type=int, default=0, metavar="ID",
+                        help="hold this one record (its id from audit list)")
     hold.add_argument("--release", action="store_true", help="lift the hold")
-    hold.add_argument("--reason", default="")
+    hold.add_argument("--reason", default="",
+                      help="why (a case number, a request by ...), kept in the audit")
     hold.set_defaults(func=run_hold)
 
     for q in (ls, show, export, report, purge, hold):
         q.add_argument("--actor", default="", help="who does this (default: the OS user)")
 
+
+
+def _when(text: str) -> str:
+    """argparse type: a date as ``milter.dates`` reads it; anything else is exit 2."""
+    if not text:  # the default: no bound
+        return ""
+    try:
+        return parse_when(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def dates(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--since", default="", type=_when, metavar="DATE",
+                   help=f"from this UTC date/time, inclusive ({FORMATS})")
+    q.add_argument("--until", default="", type=_when, metavar="DATE",
+                   help="up to this UTC date/time, exclusive (same forms)")
 
 
 def actor(args: argparse.Namespace) -> str:
@@ -282,9 +310,11 @@ def run_checkpoint(args: argparse.Namespace) -> int:
 
 def run_keygen(args: argparse.Namespace) -> int:
     from milter.audit import checkpoint
+    from milter.service_user import hand_over
 
     priv, pub = checkpoint.generate(Path(args.dir), args.epoch)
-    print(f"private key: {priv} (keep it off the database server)\npublic key:  {pub} "
+    print(f"private key: {hand_over(priv)} (keep it off the database server)\n"
+          f"public key:  {pub} "
           f"(give it to the auditors; put it in audit.trusted_keys)")
     return 0
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from milter import config as config_mod
@@ -17,8 +17,12 @@ from milter.directory_source import ldap_settings
 def register(sub: Any) -> None:
     p = sub.add_parser("config", help="configuration commands")
     csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
-    check = csub.add_parser("check", help="validate the config, the policy and the directory")
+    check = csub.add_parser("check", help="validate the config, the policy and the directory; "
+                            "open every file the config names as the service user would")
     add_config(check)
+    check.add_argument("--user", metavar="NAME", default=None,
+                       help="check files as this user (default: skot-milter when run as "
+                            "root and that user exists, else yourself)")
     check.set_defaults(func=run_check)
 
 
@@ -26,21 +30,24 @@ def problems(path: str | None, notes: list[str] | None = None) -> list[str]:
     """Every problem found, each naming file, key and what is allowed; ``notes`` gets what
     an admin should see besides (how many people of each role the directory has)."""
     try:
-        cfg_path = Path(path).resolve() if path else config_mod.DEFAULT_CONFIG
+        cfg_path, _ = config_mod.locate(path)
         data = config_mod.read_toml(cfg_path)
     except config_mod.ConfigError as exc:
         return [str(exc)]
     errors = [str(e) for e in config_mod.iter_errors(data, cfg_path)]
     if errors:
         return errors
-    cfg = config_mod.validate(data, cfg_path)
+    cfg = config_mod.load(path)
     try:
-        errors += [str(e) for e in policy_mod.iter_errors(config_mod.read_toml(cfg.policy_path),
-                                                          cfg.policy_path)]
+        if cfg.policy_path.exists():  # a missing one is named by its key below
+            errors += [str(e) for e in policy_mod.iter_errors(policy_mod.read(cfg.policy_path),
+                                                              cfg.policy_path)]
     except config_mod.ConfigError as exc:
         errors.append(str(exc))
     notes = notes if notes is not None else []
-    errors += _directory(cfg, notes)
+    csv = cfg.directory_path if cfg.directory.source == "csv" else None
+    if csv is None or os.access(csv, os.R_OK):  # a missing or unreadable CSV: named below
+        errors += _directory(cfg, notes)
     if cfg.audit.retention_days == 0:
         notes.append(f"warning: {cfg.path}: audit.retention_days = 0 keeps personal data in "
                      "the audit store forever; a privacy officer expects a limit (default "
@@ -62,7 +69,7 @@ def _directory(cfg: config_mod.Config, notes: list[str]) -> list[str]:
     try:
         directory = source.fetch()
     except directory_mod.DirectoryError as exc:
-        return [str(exc)]
+        return [str(e) for e in exc.problems]
     except LdapError as exc:
         return [str(config_mod.ConfigError(cfg.path, exc.key, exc.message))]
     if source.kind == "ldap":
@@ -87,7 +94,7 @@ def _notice_templates(cfg: config_mod.Config) -> list[str]:
     # Overrides are named for rules (disabled ones too); a broken policy is reported above.
     rule_ids: set[str] | None = None
     try:
-        rules = config_mod.read_toml(cfg.policy_path).get("rules")
+        rules = policy_mod.read(cfg.policy_path).get("rules")
         if isinstance(rules, dict):
             rule_ids = set(rules)
     except config_mod.ConfigError:
@@ -98,6 +105,12 @@ def _notice_templates(cfg: config_mod.Config) -> list[str]:
     return template_problems(cfg.notice_templates, rule_ids, sorted(sets))
 
 
+def _files(cfg: config_mod.Config) -> list[str]:
+    from milter.preflight import file_problems
+
+    return file_problems(cfg)
+
+
 # Subsystems (notice templates, DKIM keys, ...) add checks of the form cfg -> [problem].
 def _partner_tls(cfg: config_mod.Config) -> list[str]:
     from milter.commands.partners import tls_problems
@@ -105,12 +118,46 @@ def _partner_tls(cfg: config_mod.Config) -> list[str]:
     return tls_problems(cfg)
 
 
-EXTRA_CHECKS: list[Any] = [_notice_templates, _partner_tls]
+
+EXTRA_CHECKS: list[Any] = [_notice_templates, _files, _partner_tls]
+
+
+def _preload() -> None:
+    """Import what the checks use before dropping to the service user, who may not be able
+    to read this Python's own library folder (a Python installed under /root, say)."""
+    import codecs
+    import importlib
+
+    from milter.directory import address_problem
+    from milter.rules import load_all
+
+    codecs.lookup("utf-8-sig")
+    address_problem("a@school.example")
+    load_all()
+    for name in ("ssl", "milter.preflight", "milter.notices", "milter.audit.checkpoint",
+                 "milter.dkimsign", "milter.directory_source", "milter.directory_ldap",
+                 "milter.service_user"):
+        importlib.import_module(name)
 
 
 def run_check(args: argparse.Namespace) -> int:
-    notes: list[str] = []
-    errors = problems(args.config, notes)
+    from milter.service_user import default_check_user, run_as
+
+    user = args.user or default_check_user()
+    path, origin = config_mod.locate(args.config)
+    print(f"skot-milter: config {path} ({origin}), files checked as user {user}",
+          file=sys.stderr)
+
+    def check() -> tuple[list[str], list[str]]:
+        notes: list[str] = []
+        return problems(args.config, notes), notes
+
+    _preload()
+    try:
+        errors, notes = run_as(user, check)
+    except (LookupError, PermissionError, RuntimeError) as exc:
+        print(f"skot-milter: config check --user {user}: {exc}", file=sys.stderr)
+        return 2
     for note in notes:
         print(note)
     for e in errors:

@@ -63,12 +63,18 @@ def register(sub: Any) -> None:
     prev = nsub.add_parser("preview", help="render notices with example data (all variants "
                                            "without RULE-ID)")
     add_config(prev)
-    prev.add_argument("rule_id", metavar="RULE-ID", nargs="?", default="")
-    prev.add_argument("--lang", choices=("nl", "en"), default=None)
+    prev.add_argument("rule_id", metavar="RULE-ID", nargs="?", default="",
+                      help="the rule whose notice to show, e.g. B1.private-address "
+                           "(default: every variant)")
+    prev.add_argument("--lang", choices=("nl", "en"), default=None,
+                      help="the notice's language (default: every language)")
     prev.add_argument("--internal", action="store_true",
                       help="the message went to colleagues only")
     prev.add_argument("--kind", choices=("sender", "supervisor", "forward", "summary",
-                                         "released", "deleted"), default="")
+                                         "released", "deleted"), default="",
+                      help="which notice: to the sender, the supervisor, the owner of a "
+                           "forwarding mailbox, the hourly summary, or after a release or "
+                           "delete (default: every kind)")
     prev.add_argument("--register", choices=("je", "u"), default=None,
                       help="Dutch: address staff as je or u (default: notices.register_nl)")
     prev.add_argument("--html", action="store_true", help="print the HTML part")

@@ -15,23 +15,25 @@ from milter import quarantine
 from milter.commands import CommandError, add_config, load_config, print_json
 from milter.quarantine import Entry, Quarantine, QuarantineError, open_quarantine
 
+QID_HELP = "the quarantine id (the first column of skot-milter quarantine list)"
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("quarantine", help="held messages")
     qsub = p.add_subparsers(dest="quarantine_command", metavar="SUBCOMMAND", required=True)
     ls = qsub.add_parser("list", help="list held messages")
     add_config(ls)
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="JSON instead of lines")
     ls.set_defaults(func=run_list)
     show = qsub.add_parser("show", help="verdict, envelope and attachments of one message")
     add_config(show)
-    show.add_argument("id")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("id", help=QID_HELP)
+    show.add_argument("--json", action="store_true", help="JSON instead of text")
     show.add_argument("--raw", action="store_true", help="print the message itself")
     show.set_defaults(func=run_show)
     release = qsub.add_parser("release", help="deliver a held message unchanged (audited)")
     add_config(release)
-    release.add_argument("id")
+    release.add_argument("id", help=QID_HELP)
     release.add_argument("--actor", default="", help="who releases it (default: the OS user)")
     release.set_defaults(func=run_release)
     purge = qsub.add_parser("purge", help="delete held messages past quarantine.retention_days")
@@ -39,7 +41,7 @@ def register(sub: Any) -> None:
     purge.set_defaults(func=run_purge)
     delete = qsub.add_parser("delete", help="delete a held message (audited)")
     add_config(delete)
-    delete.add_argument("id")
+    delete.add_argument("id", help=QID_HELP)
     delete.add_argument("--actor", default="", help="who deletes it (default: the OS user)")
     delete.set_defaults(func=run_delete)
 

@@ -19,8 +19,10 @@ def register(sub: Any) -> None:
     wsub = p.add_subparsers(dest="web_command", metavar="SUBCOMMAND")
     add = wsub.add_parser("adduser", help="add or change a web user")
     add_config(add)
-    add.add_argument("name")
-    add.add_argument("--role", choices=("auditor", "admin"), required=True)
+    add.add_argument("name", help="the login name (no ':')")
+    add.add_argument("--role", choices=("auditor", "admin"), required=True,
+                     help="auditor: reads the audit; admin: also releases and deletes "
+                          "quarantined mail")
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from standard input instead of a prompt")
     add.set_defaults(func=run_adduser)
@@ -28,6 +30,7 @@ def register(sub: Any) -> None:
 
 
 def run_adduser(args: argparse.Namespace) -> int:
+    from milter.service_user import hand_over
     from milter.web import users
 
     cfg = load_config(args)
@@ -35,6 +38,7 @@ def run_adduser(args: argparse.Namespace) -> int:
                 else getpass.getpass("password: "))
     try:
         users.add(cfg.resolve(cfg.web.users), args.name, args.role, password)
+        hand_over(cfg.resolve(cfg.web.users))  # root writes it; the web view reads it
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     print(f"user {args.name} ({args.role}) saved")

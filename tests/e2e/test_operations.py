@@ -87,8 +87,8 @@ def test_sighup_reloads_policy_and_refuses_broken_config(served: Any, tmp_path: 
     proc, port = served(policy=policy)
     assert send(port, VIOLATION, "me@gmail.example") == 550
     # roll B1 back to monitor mode and reload
-    policy.write_text(POLICY.read_text().replace('action = "reject"\nmode = "enforce"',
-                                                 'action = "reject"\nmode = "monitor"', 1))
+    policy.write_text(POLICY.read_text().replace('action = "reject"\n',
+                                                 'action = "reject"\nmode = "monitor"\n', 1))
     proc.signal(signal.SIGHUP)
     proc.wait_log("reloaded")
     assert send(port, VIOLATION, "me@gmail.example") == 250

@@ -40,8 +40,8 @@ def test_privacy_report_follows_the_running_config(tmp_path: Path, capsys: Any) 
     # The school switches a rule to monitor, shortens retention, stops keeping subjects and
     # gives an auditor access: the report says so, with no code change.
     policy.write_text(POLICY.read_text()
-                      .replace('action = "reject"\nmode = "enforce"',
-                               'action = "reject"\nmode = "monitor"', 1)
+                      .replace('[rules."B1.sender-domain"]\n',
+                               '[rules."B1.sender-domain"]\nmode = "monitor"\n', 1)
                       .replace("keep_subjects = true", "keep_subjects = false"))
     cfg.write_text(cfg.read_text().replace('[audit]\n', '[audit]\nretention_days = 365\n'))
     users.add(tmp_path / "web-users.txt", "a.auditor", "auditor", "lang-en-geheim")

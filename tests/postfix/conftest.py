@@ -70,6 +70,10 @@ notify_classes =
 """)
         base = Path("/etc/postfix/master.cf").read_text()
         base = re.sub(r"(?m)^smtp\s+inet\s.*$", "# (port 25 not used by the tests)", base)
+        for line in listeners.splitlines():  # loopback high ports only, never 25/587/465
+            parts = line.split()
+            if len(parts) > 1 and parts[1] == "inet" and not line[0].isspace():
+                assert parts[0].startswith("127.0.0.1:"), f"a test listener not on loopback: {line}"
         (self.conf / "master.cf").write_text(_no_chroot(base) + "\n" + listeners)
 
     def postfix(self, *args: str) -> subprocess.CompletedProcess[str]:

@@ -16,6 +16,7 @@ from tests.conftest import make_message, write_config
 from tests.e2e.conftest import GatewayThread, SinkHandler, free_port
 from tests.fixtures import files
 from tests.postfix.conftest import DEPLOY, PrivatePostfix
+from tests.postfix.submission import ports
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 
@@ -44,8 +45,9 @@ def proxy_setup(tmp_path: Path, sink_port: int, pf: list[PrivatePostfix]
                                     gateway_extra='xforward_from = ["127.0.0.1/32"]',
                                     extra="[notices]\nenabled = false\n"))
     port = free_port()
-    master = (DEPLOY / "master.cf.proxy").read_text()
-    master = master.replace("\nsmtp      inet", f"\n127.0.0.1:{port} inet")
+    # every service of the recipe on a loopback high port (submission too: never 587/465)
+    master = ports((DEPLOY / "master.cf.proxy").read_text(), smtp=port,
+                   submission=free_port(), submissions=free_port())
     master = master.replace("127.0.0.1:10025", f"127.0.0.1:{gw.port}")
     master = master.replace("127.0.0.1:10026", f"127.0.0.1:{free_port()}")
     postfix = PrivatePostfix((DEPLOY / "main.cf.proxy").read_text(), master, sink_port)

@@ -11,6 +11,7 @@ from tests.conftest import write_config
 from tests.e2e.conftest import GatewayThread, SinkHandler, free_port
 from tests.fixtures.sender import BANNER_MARK, enforce_policy, write_staff
 from tests.postfix.conftest import DEPLOY, PrivatePostfix
+from tests.postfix.submission import ports
 from tests.postfix.test_postfix import wait
 
 LOOKALIKE = (b'From: "Anouk Mulder (SKOT)" <anouk.mulder.skot@gmail.example>\r\n'
@@ -43,7 +44,7 @@ def start(mode: str, tmp: Path, sink_port: int, pf: list[PrivatePostfix]
     port = free_port()
     if mode == "proxy":
         master = (DEPLOY / "master.cf.proxy").read_text()
-        master = master.replace("\nsmtp      inet", f"\n127.0.0.1:{port} inet")
+        master = ports(master, smtp=port, submission=free_port(), submissions=free_port())
         master = master.replace("127.0.0.1:10025", f"127.0.0.1:{gw.port}")
         master = master.replace("127.0.0.1:10026", f"127.0.0.1:{free_port()}")
         postfix = PrivatePostfix((DEPLOY / "main.cf.proxy").read_text(), master, sink_port)

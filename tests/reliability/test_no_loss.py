@@ -33,7 +33,7 @@ from milter.audit.sqlite import SQLiteStore
 from milter.audit.store import OUTCOMES, AuditStore
 from tests.conftest import write_config
 from tests.e2e.conftest import GatewayThread, free_port
-from tests.postgres.conftest import ADMIN
+from tests.postgres.conftest import admin_url
 
 CLIENTS = 8  # concurrent client threads in every soak
 NO_NOTICES = "[notices]\nenabled = false\n"
@@ -334,7 +334,7 @@ def audit_to(cfg: Path, url: str) -> Path:
 
 def admin(sql: str) -> int:
     """Run ``sql`` as the PostgreSQL superuser; the number of rows it returned."""
-    with psycopg.connect(ADMIN, autocommit=True, connect_timeout=5) as conn:
+    with psycopg.connect(admin_url(), autocommit=True, connect_timeout=5) as conn:
         cur = conn.execute(sql)
         return len(cur.fetchall()) if cur.description else 0
 
@@ -426,6 +426,10 @@ def test_gateway_sigkilled_and_restarted(tmp_path: Path, hop: Hop, backend: str,
             gateways[-1].wait(timeout=10)
             soak.enter("gateway-down")
             soak.wait_claimed(soak.claimed + 2 * CLIENTS)
+            # The new process may answer before start() sees it up: from here on a client
+            # can be served, so "gateway-down" must already be over (it used to end only
+            # after start() returned, and a 250 got counted as heard while down).
+            soak.enter("restarting")
             gateways.append(start())                  # restarted on the same store
             soak.enter("clean")
         soak.stop_after(120)

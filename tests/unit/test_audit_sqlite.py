@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,3 +134,34 @@ def test_verify_walks_the_store_in_pages(tmp_path: Path) -> None:
     result = store.verify()
     assert not result.ok and result.problems == [
         "chain 'b' record id=9 seq=4: sequence jumps from 2 to 4 (records removed or inserted)"]
+
+
+def test_a_store_opened_while_another_process_switches_it_to_wal_opens(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers of one gateway start together and open the same new SQLite file; when two
+    switch it to WAL at once SQLite answers "database is locked" immediately, without its busy
+    timeout (seen about once in 100 double starts: a worker died at start and
+    test_operations found one worker instead of two). The store waits for it instead."""
+    import milter.audit.sqlite as sqlite_mod
+
+    real_connect = sqlite3.connect
+    refusals = []
+
+    class Racing:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql.startswith("PRAGMA journal_mode") and len(refusals) < 3:
+                refusals.append(sql)
+                raise sqlite3.OperationalError("database is locked")
+            return self.db.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.db, name)
+
+    monkeypatch.setattr(sqlite_mod.sqlite3, "connect",
+                        lambda *a, **kw: Racing(real_connect(*a, **kw)))
+    store = SQLiteStore(tmp_path / "audit.sqlite3", "test")
+    assert len(refusals) == 3
+    assert store._query("PRAGMA journal_mode")[0][0] == "wal"

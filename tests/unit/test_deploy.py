@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from milter.cli import main
-from tests.conftest import POLICY, ROOT
+from tests.conftest import ROOT
 
 
-def test_example_config_passes_config_check(tmp_path: Path) -> None:
-    example = ROOT / "deploy" / "example" / "skot-milter.toml"
-    text = example.read_text().replace("/opt/skot-milter/policies/skot.toml", str(POLICY))
-    text = text.replace("/var/lib/skot-milter", str(tmp_path / "state"))
-    (tmp_path / "skot-milter.toml").write_text(text)
+def test_example_config_passes_config_check_once_init_wrote_the_site(tmp_path: Path,
+                                                                    capsys: Any) -> None:
+    """The example is what ``init`` writes; with the example's staff list it checks clean."""
+    state = tmp_path / "state"
+    assert main(["init", str(tmp_path), "--domain", "school.example", "--domain",
+                 "leerling.school.example", "--state-dir", str(state)]) == 0
+    written = (tmp_path / "skot-milter.toml").read_text()
+    example = (ROOT / "deploy" / "example" / "skot-milter.toml").read_text()
+    assert written == example.replace("/var/lib/skot-milter", str(state)).replace(
+        'name = "Basisschool De Voorbeeld"\n', "")
     shutil.copy(ROOT / "deploy" / "example" / "staff.csv", tmp_path / "staff.csv")
+    capsys.readouterr()
     assert main(["config", "check", "--config", str(tmp_path / "skot-milter.toml")]) == 0
+    assert "config ok" in capsys.readouterr().out
 
 
 def test_systemd_unit_reloads_with_sighup_and_is_hardened() -> None:

@@ -334,9 +334,11 @@ def test_example_config_ships_the_new_rules_in_monitor_mode(tmp_path: Path) -> N
     from tests.conftest import POLICY, ROOT
 
     text = (ROOT / "deploy" / "example" / "skot-milter.toml").read_text()
-    text = text.replace("/opt/skot-milter/policies/skot.toml", str(POLICY))
     text = text.replace("/var/lib/skot-milter", str(tmp_path / "state"))
     (tmp_path / "skot-milter.toml").write_text(text)
+    # the site policy `skot-milter init` writes: the bundled one, as it is
+    (tmp_path / "policy.toml").write_text('[policy]\nextends = "skot"\n')
+    (tmp_path / "notices").symlink_to(POLICY.parent / "notices")
     (tmp_path / "staff.csv").write_text((ROOT / "deploy" / "example" / "staff.csv").read_text())
     rt = Runtime.load(str(tmp_path / "skot-milter.toml"))
     assert {rid: rt.policy.rules[rid].mode for rid in ("B1.sender-headers",
