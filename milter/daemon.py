@@ -71,6 +71,7 @@ class Daemon:
         # store closes, so their outcome is recorded.
         if self.gateway.notifier is not None:
             await self.gateway.notifier.drain()
+        self.gateway.inspectors.shutdown(wait=False, cancel_futures=True)
         self.gateway.audit.close()
 
 

@@ -18,6 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,11 @@ LOCAL_PROBLEM = "451 4.3.0 Temporary local problem, try again later ref={ref}"
 NEXT_HOP_DOWN = "451 4.4.1 Next hop unavailable, try again later ref={ref}"
 NEXT_HOP_FAILED = "4.4.2 Next hop failed, try again later ref={ref}"
 TOO_BIG = "552 5.3.4 Message too big"
+
+# Threads for inspection (per process), and the seconds past ``[inspection] time_budget``
+# after which we stop waiting for one that did not stop itself.
+INSPECTION_THREADS = 8
+BACKSTOP = 5.0
 DELIVERED = "250 2.0.0 Ok: queued ref={ref}"
 
 
@@ -90,6 +96,11 @@ class Gateway:
     signer: Signer | None = None
     # Spooled (large) messages in processing, both fronts together, this process.
     memory: MemoryBudget = field(default_factory=lambda: MemoryBudget(DEFAULT_MESSAGE_MEMORY))
+    # Inspection runs here, never on the event loop: a heavy message must not make every
+    # other SMTP and milter client wait (issue 13). Its own pool, so that DNS look-ups and
+    # file writes on asyncio's default pool do not queue behind inspections.
+    inspectors: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
+        max_workers=INSPECTION_THREADS, thread_name_prefix="inspect"))
 
     def begin(self, front: str, *, sender: str, client: str, helo: str = "",
               auth_user: str = "", extra: dict[str, Any] | None = None) -> Transaction:
@@ -108,14 +119,28 @@ class Gateway:
             yield source.read()
 
     async def evaluate(self, envelope: Envelope, content: bytes, runtime: Runtime) -> Evaluation:
-        """Evaluate; inbound mail is authenticated first, off the loop (DNS look-ups)."""
+        """Evaluate off the event loop (inbound mail is authenticated first: DNS look-ups).
+
+        The budget is enforced twice: inside, the readers and detectors stop at
+        ``time_budget`` (``Runtime.evaluate`` makes that ``A1.uninspectable``); outside, a
+        thread that still has not answered ``BACKSTOP`` seconds later (a C routine that
+        does not look at the clock) is left to finish on its own and the message is
+        ``A1.uninspectable`` all the same. Either way the client is answered in time."""
         started = time.perf_counter()
+        auth = self.authenticator if self.authenticator is not None and \
+            runtime.context(envelope).direction == "inbound" else None
+        budget = runtime.config.inspection.time_budget + BACKSTOP
+        if auth is not None:
+            budget += runtime.config.dns.timeout * 4  # SPF, DKIM, DMARC and a retry
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self.inspectors, runtime.evaluate, envelope, content,
+                                    None, auth)
         try:
-            if self.authenticator is not None and \
-                    runtime.context(envelope).direction == "inbound":
-                return await asyncio.to_thread(runtime.evaluate, envelope, content, None,
-                                               self.authenticator)
-            return runtime.evaluate(envelope, content)
+            return await asyncio.wait_for(asyncio.shield(work), timeout=budget)
+        except TimeoutError:
+            log.error("tx=%s inspection did not stop within %.0fs; held as A1.uninspectable",
+                      envelope.txid, budget)
+            return runtime.out_of_time(envelope, content)
         finally:
             metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 
+from milter.core.limits import check_deadline
+
 _BSN = re.compile(r"(?<![\d.,-])(\d{9}|\d{4}[. ]\d{2}[. ]\d{3}|\d{3}[. -]\d{3}[. -]\d{3})"
                   r"(?![\d,]|\.\d)")
 _IBAN = re.compile(r"\b([A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?)\b")
@@ -36,7 +38,9 @@ _DIGIT_RUN = re.compile(r"\d[\d. -]{7,11}\d")
 
 def count_bsn(text: str) -> int:
     count, last_end = 0, -1
-    for run in _digit_runs(text):
+    for n, run in enumerate(_digit_runs(text)):
+        if not n & 1023:
+            check_deadline()  # the time budget is enforced here (OutOfTime)
         # re-check the exact BSN shapes, with their boundaries, around the candidate run
         lo = max(0, run.start() - 1)
         for m in _BSN.finditer(text, lo, min(len(text), run.end() + 2)):
@@ -120,7 +124,9 @@ def count_iban(text: str) -> int:
     """IBANs start with two letters and two check digits: find the digit pairs (rare in
     prose), then look two letters back."""
     count, last_end = 0, -1
-    for start in _digit_pairs(text):
+    for n, start in enumerate(_digit_pairs(text)):
+        if not n & 1023:
+            check_deadline()
         pos = start - 2
         if pos < last_end or pos < 0 or not text[pos:pos + 2].isalpha() \
                 or (pos and text[pos - 1].isalnum()):
@@ -164,7 +170,9 @@ def pupil_rows(rows: Sequence[Sequence[str]]) -> int:
     """Rows that look like a person record: a name plus a birth date, pupil number or
     postcode. Many such rows make a pupil list."""
     count = 0
-    for row in rows:
+    for n, row in enumerate(rows):
+        if not n & 1023:
+            check_deadline()
         cells = [c.strip() for c in row if c and c.strip()]
         if len(cells) < 2:
             continue
