@@ -211,10 +211,17 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         # whole machine; 0 means exactly that. Worker 1 exports the metrics of all of them.
         "workers": (_workers, 1),
         "max_connections_per_ip": (_int(1), 50),
-        # Per connection, as aiosmtpd counts them: NOOPs, RSETs and every other command.
+        # NOOPs and RSETs per dialogue (from connect or the end of a message to the end of
+        # the next DATA), every other command but MAIL/RCPT/DATA per connection.
         "noop_limit": (_int(1), 20),
         "rset_limit": (_int(1), 50),
         "command_limit": (_int(10), 500),
+        # The dialogue before DATA in all: seconds and commands (RCPTs included; keep it
+        # above max_recipients). A client dripping EHLOs or RCPTs gets 421 and its slot back.
+        "dialogue_timeout": (_float(1.0), 180.0),
+        "dialogue_commands": (_int(10), 2000),
+        # Of max_connections, this many only for clients from internal_networks.
+        "reserved_connections": (_int(0), 50),
         # Seconds a balancer has to send its PROXY header (with proxy_protocol_from).
         "proxy_protocol_timeout": (_float(0.1), 5.0),
         # Idle next-hop sessions kept for reuse, and for how long.
@@ -334,6 +341,9 @@ class GatewaySettings:
     noop_limit: int
     rset_limit: int
     command_limit: int
+    dialogue_timeout: float
+    dialogue_commands: int
+    reserved_connections: int
     proxy_protocol_timeout: float
     next_hop_pool_size: int
     next_hop_pool_idle: float

@@ -26,7 +26,7 @@ from milter.dkimsign import Signer
 from milter.dnsauth import AuthResults, Resolver, authenticate
 from milter.fronts.milter import server as milter_server
 from milter.fronts.smtp.auth import load_authenticator
-from milter.fronts.smtp.connection import ConnectionLimits, SMTPConnection
+from milter.fronts.smtp.connection import ConnectionLimits, DialogueLimits, SMTPConnection
 from milter.fronts.smtp.handler import SMTPHandler
 from milter.logs import configure_logging
 from milter.nexthop import SessionPool
@@ -145,7 +145,11 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
                                                cfg.gateway.next_hop_pool_idle))
     workers = cfg.gateway.workers if reuse_port else 1
     limits = ConnectionLimits(-(-cfg.gateway.max_connections // workers),
-                              -(-cfg.gateway.max_connections_per_ip // workers))
+                              -(-cfg.gateway.max_connections_per_ip // workers),
+                              -(-cfg.gateway.reserved_connections // workers),
+                              cfg.internal_networks)
+    dialogue = DialogueLimits(cfg.gateway.dialogue_timeout, cfg.gateway.dialogue_commands,
+                              {"NOOP": cfg.gateway.noop_limit, "RSET": cfg.gateway.rset_limit})
     tls = tls_context(runtime)
     authenticator = load_authenticator(cfg)
     listen_host, _, listen_port = cfg.gateway.listen.rpartition(":")
@@ -155,7 +159,7 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     def factory() -> SMTPConnection:
         return SMTPConnection(handler, limits=limits,
                            data_timeout=cfg.gateway.data_timeout,
-                           greet_pause=cfg.gateway.greet_pause,
+                           greet_pause=cfg.gateway.greet_pause, dialogue=dialogue,
                            spool_dir=cfg.state_dir / "spool",
                            spool_threshold=cfg.gateway.spool_threshold,
                            data_size_limit=cfg.gateway.max_message_size,
@@ -165,9 +169,7 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
                            auth_require_tls=True, authenticator=authenticator,
                            auth_exclude_mechanism=[] if authenticator else ["LOGIN", "PLAIN"],
                            timeout=cfg.gateway.session_timeout,
-                           command_call_limit={"NOOP": cfg.gateway.noop_limit,
-                                               "RSET": cfg.gateway.rset_limit,
-                                               "*": cfg.gateway.command_limit},
+                           command_call_limit={"*": cfg.gateway.command_limit},
                            proxy_protocol_timeout=(cfg.gateway.proxy_protocol_timeout
                                                    if cfg.gateway.proxy_protocol_from else None))
 

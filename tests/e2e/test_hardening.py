@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import select
 import smtplib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from tests.conftest import make_message, write_config
 from tests.e2e.conftest import GatewayThread, SinkHandler, free_port
 from tests.e2e.test_transaction_paths import Both
 from tests.fixtures import files
+from tests.reliability.test_hostile_clients import raw_session, read_replies
 
 
 @pytest.fixture
@@ -116,3 +118,102 @@ def test_a_rule_that_ignores_the_budget_is_cut_off(fronts: Both, front: str,
     held = [r for r in fronts.records() if r.event == "quarantined"]
     assert [r.rules[0]["id"] for r in held] == ["A1.uninspectable"] * 2
     assert not fronts.sink.messages
+
+
+# -- 2. recipients: per transaction, not per connection --------------------------------------
+
+def _pipelined_transaction(s: socket.socket, rcpts: list[str]) -> list[bytes]:
+    s.sendall(b"MAIL FROM:<someone@school.example>\r\n"
+              + b"".join(f"RCPT TO:<{r}>\r\n".encode() for r in rcpts))
+    replies = read_replies(s, 1 + len(rcpts))
+    s.sendall(b"DATA\r\n")
+    replies += read_replies(s, 1)
+    s.sendall(make_message() + b".\r\n")
+    return replies + read_replies(s, 1)
+
+
+def test_600_recipients_and_many_transactions_on_one_connection(
+        gateway: GatewayThread, sink: tuple[SinkHandler, int]) -> None:
+    """A message to 600 parents is delivered (main: RCPT 501 gets 421 and the connection
+    drops), and so are three more of 200 recipients on the same connection."""
+    s = raw_session(gateway.port)
+    read_replies(s, 1)
+    s.sendall(b"EHLO client.school.example\r\n")
+    read_replies(s, 1)
+    for n in (600, 200, 200, 200):
+        replies = _pipelined_transaction(s, [f"ouder{i}@example.org" for i in range(n)])
+        assert all(r.startswith(b"250") for r in replies[:-2]), \
+            [r for r in replies if not r.startswith(b"250")][:1]
+        assert replies[-2].startswith(b"354") and replies[-1].startswith(b"250")
+    s.sendall(b"QUIT\r\n")
+    s.close()
+    assert [len(m.rcpt_tos) for m in sink[0].messages] == [600, 200, 200, 200]
+
+
+def test_past_max_recipients_452_for_that_rcpt_only(sink: tuple[SinkHandler, int],
+                                                    make_gateway: Any) -> None:
+    gw = make_gateway(f"smtp://127.0.0.1:{sink[1]}", gateway_extra="max_recipients = 5")
+    s = raw_session(gw.port)
+    read_replies(s, 1)
+    s.sendall(b"EHLO c\r\n")
+    read_replies(s, 1)
+    for _ in range(3):  # any number of transactions, each with up to 5 recipients
+        replies = _pipelined_transaction(s, [f"p{i}@example.org" for i in range(7)])
+        rcpt = replies[1:8]
+        assert all(r.startswith(b"250") for r in rcpt[:5])
+        assert all(r.startswith(b"452 4.5.3") for r in rcpt[5:])
+        assert replies[-1].startswith(b"250")
+    s.close()
+    assert [len(m.rcpt_tos) for m in sink[0].messages] == [5, 5, 5]
+
+
+# -- 5. connection exhaustion by slow drips ----------------------------------------------------
+
+def test_a_drip_cannot_lock_out_other_clients(sink: tuple[SinkHandler, int],
+                                              make_gateway: Any) -> None:
+    """Slow connections from several addresses, each under the per-address cap, fill the
+    gateway: an internal client is still served (reserved slots), and each dripper is cut
+    off once its dialogue passes dialogue_timeout, though it sends an EHLO every 0.2 s
+    (main: the internal client gets 421 and the drip is served for ever)."""
+    gw = make_gateway(f"smtp://127.0.0.1:{sink[1]}", internal='["127.0.0.1/32"]',
+                      gateway_extra="max_connections = 16\nmax_connections_per_ip = 4\n"
+                                    "reserved_connections = 4\ndialogue_timeout = 2.0")
+    drips = [raw_session(gw.port, source=f"127.0.0.{2 + i // 4}") for i in range(12)]
+    for s in drips:
+        assert read_replies(s, 1)[0].startswith(b"220")
+    stranger = raw_session(gw.port, source="127.0.0.20")
+    assert read_replies(stranger, 1)[0].startswith(b"421 4.7.0")  # full for strangers
+    stranger.close()
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=5,
+                      source_address=("127.0.0.1", 0)) as c:  # internal: a reserved slot
+        c.sendmail("someone@school.example", ["ouder@example.org"], make_message())
+    assert len(sink[0].messages) == 1
+    cut: dict[int, bytes] = {}
+    started = time.monotonic()
+    while len(cut) < len(drips) and time.monotonic() - started < 8:
+        for i, s in enumerate(drips):
+            if i in cut:
+                continue
+            try:
+                s.sendall(b"EHLO drip.example\r\n")
+                s.settimeout(0.01)
+                data = s.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                cut[i] = b"closed"
+                continue
+            if b"421" in data or not data:
+                cut[i] = data
+        time.sleep(0.2)
+    assert len(cut) == len(drips)
+    assert all(b"421 4.4.2" in d or d == b"closed" for d in cut.values())
+    assert any(b"421 4.4.2" in d for d in cut.values())
+    for s in drips:
+        s.close()
+    time.sleep(0.2)
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=5,
+                      source_address=("127.0.0.20", 0)) as c:  # the slots are free again
+        c.sendmail("ouder@example.org", ["teacher@school.example"],
+                   make_message(frm="ouder@example.org", to="teacher@school.example"))
+    assert len(sink[0].messages) == 2
