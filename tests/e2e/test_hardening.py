@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from milter import transaction
 from milter.audit.sqlite import SQLiteStore
@@ -217,3 +218,33 @@ def test_a_drip_cannot_lock_out_other_clients(sink: tuple[SinkHandler, int],
         c.sendmail("ouder@example.org", ["teacher@school.example"],
                    make_message(frm="ouder@example.org", to="teacher@school.example"))
     assert len(sink[0].messages) == 2
+
+
+# -- 3. a next hop that closes idle sessions while the client uploads --------------------------
+
+def test_slow_upload_survives_a_next_hop_that_drops_idle_sessions(make_gateway: Any) -> None:
+    """The next hop closes sessions idle for 0.5 s; the client takes 1.5 s between RCPT and
+    the end of DATA. The message is delivered once, with its record (main: 451, forever)."""
+    handler = SinkHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port,
+                            timeout=0.5)
+    controller.start()
+    try:
+        gw = make_gateway(f"smtp://127.0.0.1:{port}")
+        with gw.client() as c:
+            c.ehlo("slow.school.example")
+            assert c.mail("someone@school.example")[0] == 250
+            assert c.rcpt("ouder@example.org")[0] == 250
+            assert c.rcpt("ander@example.org")[0] == 250
+            assert c.docmd("DATA")[0] == 354
+            time.sleep(1.5)  # a slow upload: the next hop has closed the held session
+            c.send(make_message() + b".\r\n")
+            code, text = c.getreply()
+        assert code == 250, text
+        assert len(handler.messages) == 1
+        assert handler.messages[0].rcpt_tos == ["ouder@example.org", "ander@example.org"]
+        events = [r.event for r in records(gw.config.parent)]
+        assert events == ["intent", "delivered"]
+    finally:
+        controller.stop()
