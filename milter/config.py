@@ -300,6 +300,8 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
     "milter": {
         "listen": (_opt_hostport, ""),          # "127.0.0.1:8894" or "unix:/path"; "" = off
         "idle_timeout": (_float(1.0), 300.0),
+        # Connections at once (Postfix opens one per smtpd process); more are closed.
+        "max_connections": (_int(1), 500),
     },
     "web": {
         "listen": (_hostport, "127.0.0.1:8080"),
@@ -425,6 +427,7 @@ class NoticesSettings:
 class MilterSettings:
     listen: str
     idle_timeout: float
+    max_connections: int
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from milter.fronts.milter import server as milter_server
 from milter.fronts.smtp.auth import load_authenticator
 from milter.fronts.smtp.connection import ConnectionLimits, DialogueLimits, SMTPConnection
 from milter.fronts.smtp.handler import SMTPHandler
-from milter.logs import configure_logging
+from milter.logs import configure_logging, quiet_resource_errors
 from milter.nexthop import SessionPool
 from milter.notices import Notifier, RateLimiter
 from milter.quarantine import QuarantineStore
@@ -221,9 +221,10 @@ async def serve(config: Config, worker: int = 0, reuse_port: bool = False) -> in
     configure_logging(runtime)
     if runtime.config.metrics.listen and worker == 0:
         metrics.serve(runtime.config.metrics.listen)
+    loop = asyncio.get_running_loop()
+    quiet_resource_errors(loop)
     running = await start(runtime, reuse_port=reuse_port)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     directory = directory_source.serve(running, loop)  # issue 21: LDAP refresh in background
