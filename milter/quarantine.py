@@ -55,6 +55,7 @@ class QuarantineStore:
         qid = "".join(c for c in qid if c in ID_CHARS)
         meta = {"txid": txid, "stored_at": time.time(), "size": len(raw),
                 "envelope": envelope_json, "verdict": verdict_json}
+        tmp: Path | None = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             tmp = self.directory / f".tmp-{qid}-{uuid.uuid4().hex[:6]}"
@@ -68,6 +69,10 @@ class QuarantineStore:
             tmp.rename(final)
             fsync_dir(self.directory)
         except OSError as exc:
+            # A full disk must not also fill up with half-written entries (issue 13 item 7):
+            # the client hears 451 and retries; nothing of this attempt stays behind.
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise QuarantineError(f"cannot store quarantined message: {exc}") from exc
         return final.name
 

@@ -7,6 +7,7 @@ import random
 import select
 import smtplib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -248,3 +249,52 @@ def test_slow_upload_survives_a_next_hop_that_drops_idle_sessions(make_gateway: 
         assert events == ["intent", "delivered"]
     finally:
         controller.stop()
+
+
+# -- 7. quarantine on a full disk --------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB file system (tmpfs, mounted as root) for the quarantine."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"needs root to mount a small tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_quarantine_on_a_full_disk_is_451_and_leaves_nothing(
+        small_disk: Path, sink: tuple[SinkHandler, int], make_gateway: Any,
+        tmp_path: Path) -> None:
+    """A confidential attachment too big for the space left: the client hears 451 (and
+    retries), and no .tmp-* entry is left behind (main: .tmp-*/message.eml stays, filling
+    the disk further with every retry). A message that fits is held as before."""
+    gw = make_gateway(f"smtp://127.0.0.1:{sink[1]}",
+                      extra=f'[quarantine]\ndirectory = "{small_disk}"\n')
+    docx = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+    label = files.docx(["x"], label="Vertrouwelijk")
+    big = files.mail_with([("verslag.docx", label, docx),
+                           ("bijlage.bin", random.Random(7).randbytes(400_000),
+                            "application/octet-stream")])
+    for _ in range(2):
+        with gw.client() as c:
+            c.ehlo("c.school.example")
+            c.mail("someone@school.example")
+            c.rcpt("ouder@example.org")
+            code, text = c.data(big)
+        assert code == 451 and b"storage failure" in text, (code, text)
+    assert list(small_disk.iterdir()) == []
+    with gw.client() as c:
+        c.ehlo("c.school.example")
+        c.mail("someone@school.example")
+        c.rcpt("ouder@example.org")
+        code, text = c.data(files.mail_with([("verslag.docx", label, docx)]))
+    assert code == 250 and b"held" in text
+    assert [p.name.startswith(".tmp-") for p in small_disk.iterdir()] == [False]
+    assert sink[0].messages == []
+    assert [r.event for r in records(tmp_path)] == ["quarantined"]
