@@ -237,8 +237,12 @@ class Transaction:
         return asyncio.get_running_loop().create_task(
             self.gateway.audit.append(self.event("intent")))
 
-    async def outcome(self, result: Reply | NextHopError) -> str:
+    async def outcome(self, result: Reply | NextHopError, after_dot: bool = False) -> str:
         """The next hop answered the final dot (or failed): record it and answer the client.
+
+        A failure ``after_dot`` (no answer in time, connection lost) is recorded as
+        ``unknown``, not ``tempfailed``: the next hop may have delivered the message, and
+        the client, told to retry, may send it again (``audit verify`` warns of each).
 
         After the next hop's 250 the client hears 250 even when the store refuses the
         record (a 4xx would only cause a duplicate, HOSTILE-INPUTS 35); the writer keeps it
@@ -251,6 +255,8 @@ class Transaction:
             reply = result
         if reply.ok:
             event, answer = "delivered", self.reply(DELIVERED)
+        elif isinstance(result, NextHopError) and after_dot:
+            event, answer = "unknown", reply.line
         elif 400 <= reply.code < 500:
             event, answer = "tempfailed", client_line(reply)
         else:

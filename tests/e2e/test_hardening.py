@@ -3,6 +3,7 @@ each test says what the client hears and that no message is lost."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import select
 import smtplib
@@ -22,7 +23,7 @@ from milter import transaction
 from milter.audit.sqlite import SQLiteStore
 from milter.core.verdict import Finding
 from tests.conftest import make_message, write_config
-from tests.e2e.conftest import GatewayThread, SinkHandler, free_port
+from tests.e2e.conftest import GatewayThread, Received, SinkHandler, free_port
 from tests.e2e.test_transaction_paths import Both
 from tests.fixtures import files
 from tests.reliability.test_hostile_clients import raw_session, read_replies
@@ -298,3 +299,46 @@ def test_quarantine_on_a_full_disk_is_451_and_leaves_nothing(
     assert [p.name.startswith(".tmp-") for p in small_disk.iterdir()] == [False]
     assert sink[0].messages == []
     assert [r.event for r in records(tmp_path)] == ["quarantined"]
+
+
+# -- 8. the next hop answers after our timeout ---------------------------------------------------
+
+class LateSink(SinkHandler):
+    """Queues the message at once (as Postfix does), then takes a second to say so."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
+                                      envelope.original_content))
+        await asyncio.sleep(1.0)
+        return self.data_reply
+
+
+def test_next_hop_answering_too_late_is_recorded_unknown(
+        make_gateway: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The next hop takes 1 s to answer the final dot, we wait 0.3 s: the client hears 451
+    and retries, but the message was delivered. The audit says ``unknown`` (main:
+    ``tempfailed``, as if nothing had been delivered), and ``audit verify`` warns of it."""
+    from milter.cli import main
+
+    late = LateSink()
+    port = free_port()
+    controller = Controller(late, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        gw = make_gateway(f"smtp://127.0.0.1:{port}", gateway_extra="next_hop_timeout = 0.3")
+        with gw.client() as c:
+            c.ehlo("c.school.example")
+            c.mail("someone@school.example")
+            c.rcpt("ouder@example.org")
+            code, _ = c.data(make_message())
+    finally:
+        controller.stop()
+    assert code == 451
+    assert len(late.messages) == 1  # delivered after all
+    recs = records(tmp_path)
+    assert [r.event for r in recs] == ["intent", "unknown"]
+    gw.stop()
+    capsys.readouterr()
+    main(["audit", "verify", "--config", str(gw.config)])
+    out = capsys.readouterr().out
+    assert f"ref={recs[0].txid} unknown" in out and "may have delivered" in out

@@ -400,17 +400,19 @@ class SMTPHandler:
 
     async def _send(self, pending: Pending, before_dot: Reply | NextHopError | None) -> str:
         downstream = pending.downstream  # None when a replay could not open a session
+        after_dot = False
         try:
             try:
                 if isinstance(before_dot, NextHopError):
                     raise before_dot
                 assert downstream is not None
+                after_dot = before_dot is None  # the dot goes now: delivery may happen
                 result: Reply | NextHopError = before_dot or await downstream.finish_data()
             except NextHopError as exc:
                 if downstream is not None:  # state unknown mid-DATA: never reuse it
                     await downstream.close()
                 pending.downstream = None
                 result = exc
-            return await pending.tx.outcome(result)
+            return await pending.tx.outcome(result, after_dot)
         finally:
             await self._release(pending)
