@@ -264,11 +264,17 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
     "audit": {
         "url": (_audit_url, REQUIRED),
         "retention_days": (_int(0), 0),        # 0: keep forever; else `audit purge` purges
-        "checkpoint_key": (_opt_str, ""),      # Ed25519 key file (outside the database)
-        "checkpoint_dir": (_opt_str, ""),      # where signed checkpoints are exported
-        "checkpoint_every": (_int(1), 1000),   # records
-        "checkpoint_minutes": (_float(0.1), 60.0),
-        "trusted_keys": (_opt_str, ""),        # directory of epoch-N.pub files for verify
+        # Ed25519 key file (outside the database); "": <state_dir>/audit-keys/epoch-N.key,
+        # created at first start (its .pub belongs with the auditors).
+        "checkpoint_key": (_opt_str, ""),
+        "checkpoint_dir": (_opt_str, ""),      # signed checkpoints; "": <state_dir>/checkpoints
+        "checkpoint_every": (_int(1), 100),    # records
+        "checkpoint_minutes": (_float(0.1), 5.0),
+        # A second directory every checkpoint is also written to: another disk, or better a
+        # share the auditors own (the anchor a root user on this box cannot rewrite).
+        "checkpoint_copy": (_opt_str, ""),
+        # Directory of epoch-N.pub files for verify; "": those beside the default key.
+        "trusted_keys": (_opt_str, ""),
     },
     "inspection": {   # defaults: milter.core.limits.Limits
         "max_depth": (_int(1), Limits.max_depth),
@@ -395,6 +401,7 @@ class AuditSettings:
     checkpoint_dir: str
     checkpoint_every: int
     checkpoint_minutes: float
+    checkpoint_copy: str
     trusted_keys: str
 
 
@@ -533,6 +540,29 @@ class Config:
         if url.startswith("sqlite:///"):
             return Path(url[len("sqlite:///"):]).parent
         return self.base_dir
+
+    # The audit trail's tamper evidence (checkpoints) is on by default: these say where.
+    @property
+    def audit_key_dir(self) -> Path:
+        """Where the signing key lives when ``[audit] checkpoint_key`` is not given."""
+        return self.state_dir / "audit-keys"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        v = self.audit.checkpoint_dir
+        return self.resolve(v) if v else self.state_dir / "checkpoints"
+
+    @property
+    def checkpoint_copies(self) -> tuple[Path, ...]:
+        v = self.audit.checkpoint_copy
+        return (self.resolve(v),) if v else ()
+
+    @property
+    def trusted_keys_dir(self) -> Path | None:
+        """Public keys for ``audit verify``: as configured, else beside the default key."""
+        if self.audit.trusted_keys:
+            return self.resolve(self.audit.trusted_keys)
+        return None if self.audit.checkpoint_key else self.audit_key_dir
 
     @property
     def notice_templates(self) -> Path:

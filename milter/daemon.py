@@ -12,11 +12,12 @@ import signal
 import ssl
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from milter import config as config_mod
 from milter import directory_source, metrics
-from milter.audit.checkpoint import Checkpointer, load_signing_key
+from milter.audit.checkpoint import Checkpointer, ensure_key, load_signing_key
 from milter.audit.store import AuditUnavailable, open_store
 from milter.audit.writer import AuditWriter
 from milter.config import Config, ConfigError
@@ -88,18 +89,34 @@ def tls_context(runtime: Runtime) -> ssl.SSLContext | None:
     return ctx
 
 
-def make_checkpointer(runtime: Runtime) -> Checkpointer | None:
-    cfg = runtime.config
+def signing_key_path(cfg: Config) -> Path:
+    """``[audit] checkpoint_key``, else the key in ``<state_dir>/audit-keys``, created at
+    first start (``config check`` says where). Called once before workers start, so that
+    they do not each create one."""
     key_path = cfg.optional_path(cfg.audit.checkpoint_key)
-    directory = cfg.optional_path(cfg.audit.checkpoint_dir)
-    if key_path is None or directory is None:
-        return None
+    if key_path is not None:
+        return key_path
+    try:
+        key_path, created = ensure_key(cfg.audit_key_dir)
+    except OSError as exc:
+        raise ConfigError(cfg.path, "audit.checkpoint_key",
+                          f"cannot create a signing key in {cfg.audit_key_dir}: {exc}") from None
+    if created:
+        log.warning("created the audit signing key %s; give %s to the auditors "
+                    "(audit.trusted_keys on their side)", key_path, key_path.with_suffix(".pub"))
+    return key_path
+
+
+def make_checkpointer(runtime: Runtime) -> Checkpointer:
+    """Checkpoints are always on (tamper evidence by default, issue 13 item 9)."""
+    cfg = runtime.config
+    key_path = signing_key_path(cfg)
     try:
         key = load_signing_key(key_path)
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(cfg.path, "audit.checkpoint_key", f"cannot load key: {exc}") from None
-    return Checkpointer(key, directory, cfg.audit.checkpoint_every,
-                        cfg.audit.checkpoint_minutes)
+    return Checkpointer(key, cfg.checkpoint_dir, cfg.audit.checkpoint_every,
+                        cfg.audit.checkpoint_minutes, cfg.checkpoint_copies)
 
 
 def make_authenticator(runtime: Runtime) -> Authenticator | None:
@@ -137,7 +154,12 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     """Open the store and listen; raises ConfigError or AuditUnavailable on bad set-up."""
     cfg = runtime.config
     store = open_store(cfg.audit_url, cfg.gateway.node)
-    audit = AuditWriter(store, make_checkpointer(runtime))
+    checkpointer = make_checkpointer(runtime)
+    try:
+        checkpointer.start(cfg.gateway.node, store.last(cfg.gateway.node))
+    except AuditUnavailable as exc:
+        log.error("no start checkpoint: %s", exc)
+    audit = AuditWriter(store, checkpointer, cfg.gateway.node)
     gateway = Gateway(runtime, audit, QuarantineStore(cfg.quarantine_dir),
                       make_notifier(runtime, audit), make_authenticator(runtime),
                       Signer.from_config(cfg), MemoryBudget(cfg.gateway.message_memory))
@@ -245,6 +267,7 @@ def run(config: Config | str | None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = config if isinstance(config, Config) else config_mod.load(config)
+        signing_key_path(cfg)
         if cfg.gateway.workers > 1:
             from milter.supervisor import supervise
 

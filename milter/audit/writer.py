@@ -46,9 +46,11 @@ class AuditWriter:
     MAX_OPEN = 100_000      # intents remembered while their outcome is awaited
     RETRY = (0.5, 30.0)     # first and longest pause before writing owed outcomes again
 
-    def __init__(self, store: AuditStore, checkpointer: Checkpointer | None = None) -> None:
+    def __init__(self, store: AuditStore, checkpointer: Checkpointer | None = None,
+                 chain: str = "") -> None:
         self.store = store
         self.checkpointer = checkpointer
+        self.chain = chain  # this gateway's chain: its head is signed at close
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
         self._pending: list[tuple[AuditEvent, asyncio.Future[AuditRecord]]] = []
         self._running = False
@@ -213,6 +215,12 @@ class AuditWriter:
         if self._owed:
             log.error("audit: %d outcome record(s) never written; verify will name their "
                       "intents", len(self._owed))
+        if self.checkpointer is not None and self.chain:
+            try:  # a clean stop signs the head: what follows it, or goes from it, shows
+                self._executor.submit(self.checkpointer.stop,
+                                      self.store.last(self.chain)).result()
+            except Exception as exc:  # noqa: BLE001 - the store may be gone; said in the log
+                log.error("no checkpoint at shutdown: %s", exc)
         self._executor.shutdown(wait=True)
         self.store.close()
 
