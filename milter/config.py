@@ -220,7 +220,8 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         # above max_recipients). A client dripping EHLOs or RCPTs gets 421 and its slot back.
         "dialogue_timeout": (_float(1.0), 180.0),
         "dialogue_commands": (_int(10), 2000),
-        # Of max_connections, this many only for clients from internal_networks.
+        # Of max_connections, this many (at most half) only for clients from
+        # internal_networks.
         "reserved_connections": (_int(0), 50),
         # Seconds a balancer has to send its PROXY header (with proxy_protocol_from).
         "proxy_protocol_timeout": (_float(0.1), 5.0),

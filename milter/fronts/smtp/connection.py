@@ -344,13 +344,13 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class ConnectionLimits:
     """Caps on concurrent connections, in total and per client address. The last
-    ``reserved`` slots are for the internal networks (the school's own Postfix and staff):
-    strangers filling the gateway cannot lock them out."""
+    ``reserved`` slots (at most half of them) are for the internal networks (the school's own
+    Postfix and staff): strangers filling the gateway cannot lock them out."""
 
     def __init__(self, total: int, per_ip: int, reserved: int = 0,
                  internal: Sequence[Network] = ()) -> None:
         self.total, self.per_ip = total, per_ip
-        self.reserved = min(reserved, total)
+        self.reserved = min(reserved, total // 2)
         self.internal = tuple(internal)
         self.by_ip: Counter[str] = Counter()
         self.count = 0
