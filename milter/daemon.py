@@ -160,7 +160,11 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     except AuditUnavailable as exc:
         log.error("no start checkpoint: %s", exc)
     audit = AuditWriter(store, checkpointer, cfg.gateway.node)
-    gateway = Gateway(runtime, audit, QuarantineStore(cfg.quarantine_dir),
+    quarantine = QuarantineStore(cfg.quarantine_dir)
+    if quarantine.sweep():
+        log.warning("removed half-written quarantine entries left by a crash in %s",
+                    cfg.quarantine_dir)
+    gateway = Gateway(runtime, audit, quarantine,
                       make_notifier(runtime, audit), make_authenticator(runtime),
                       Signer.from_config(cfg), MemoryBudget(cfg.gateway.message_memory))
     handler = SMTPHandler(gateway, SessionPool(cfg.gateway.next_hop_pool_size,

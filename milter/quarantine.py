@@ -76,6 +76,23 @@ class QuarantineStore:
             raise QuarantineError(f"cannot store quarantined message: {exc}") from exc
         return final.name
 
+    def sweep(self, older_than: float = 3600.0) -> int:
+        """Remove half-written entries a crash (or a power cut) left behind: ``.tmp-*``
+        older than ``older_than`` seconds (younger ones may be another worker's, in
+        progress). Called at start; returns how many were removed."""
+        if not self.directory.is_dir():
+            return 0
+        removed = 0
+        cutoff = time.time() - older_than
+        for child in self.directory.glob(".tmp-*"):
+            try:
+                if child.stat().st_mtime < cutoff:
+                    shutil.rmtree(child, ignore_errors=True)
+                    removed += 1
+            except OSError:
+                continue
+        return removed
+
     def get(self, qid: str) -> Entry | None:
         if not qid or not set(qid) <= ID_CHARS:
             return None

@@ -4,6 +4,7 @@ each test says what the client hears and that no message is lost."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import select
 import smtplib
@@ -342,3 +343,15 @@ def test_next_hop_answering_too_late_is_recorded_unknown(
     main(["audit", "verify", "--config", str(gw.config)])
     out = capsys.readouterr().out
     assert f"ref={recs[0].txid} unknown" in out and "may have delivered" in out
+
+
+def test_half_written_entries_from_a_crash_are_swept_at_start(tmp_path: Path,
+                                                              make_gateway: Any) -> None:
+    q = tmp_path / "quarantine"
+    old, fresh = q / ".tmp-20260101-old-abc123", q / ".tmp-20260101-new-def456"
+    for d in (old, fresh):
+        d.mkdir(parents=True)
+        (d / "message.eml").write_bytes(b"half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    make_gateway("maildir:maildir")
+    assert not old.exists() and fresh.exists()  # a young one may be another worker's
