@@ -355,3 +355,23 @@ def test_half_written_entries_from_a_crash_are_swept_at_start(tmp_path: Path,
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     make_gateway("maildir:maildir")
     assert not old.exists() and fresh.exists()  # a young one may be another worker's
+
+
+def test_postfix_proxy_sends_xforward_per_transaction_without_limit(
+        sink: tuple[SinkHandler, int], make_gateway: Any) -> None:
+    """Postfix's smtpd_proxy_filter sends XFORWARD before every MAIL; with command_limit =
+    10, fifteen transactions on one connection all go through (main: XFORWARD number 11
+    got 421 and the connection dropped)."""
+    gw = make_gateway(f"smtp://127.0.0.1:{sink[1]}",
+                      gateway_extra='command_limit = 10\nxforward_from = ["127.0.0.1/32"]')
+    s = raw_session(gw.port)
+    read_replies(s, 1)
+    s.sendall(b"EHLO postfix.school.example\r\n")
+    read_replies(s, 1)
+    for _ in range(15):
+        s.sendall(b"XFORWARD ADDR=127.0.0.9 NAME=pc1.school.example\r\n")
+        assert read_replies(s, 1)[0].startswith(b"250")
+        replies = _pipelined_transaction(s, ["ouder@example.org"])
+        assert replies[-1].startswith(b"250"), replies
+    s.close()
+    assert len(sink[0].messages) == 15

@@ -45,8 +45,8 @@ class SMTPConnection(SMTP):
                  spool_threshold: int, data_timeout: float = 600.0, greet_pause: float = 0.0,
                  dialogue: DialogueLimits | None = None, **kwargs: Any) -> None:
         self._dialogue = dialogue or DialogueLimits()
-        # MAIL, RCPT, DATA, RSET and NOOP are counted per dialogue here, not per connection
-        # by aiosmtpd (whose count made recipient 501 of a connection a 421, issue 13).
+        # MAIL, RCPT, DATA, RSET, NOOP and XFORWARD are counted per dialogue here, not per
+        # connection by aiosmtpd (whose count made recipient 501 of a connection a 421).
         calls = dict(kwargs.pop("command_call_limit", None) or {})
         calls.update(dict.fromkeys(DIALOGUE_COMMANDS, UNCOUNTED))
         super().__init__(handler, command_call_limit=calls, **kwargs)
@@ -257,6 +257,8 @@ class SMTPConnection(SMTP):
 
     async def smtp_XFORWARD(self, arg: str | None) -> None:
         """Postfix's XFORWARD: the real client behind a before-queue proxy filter."""
+        if await self._over_limit("XFORWARD"):
+            return
         handler = self.event_handler
         session = self.session
         if not isinstance(handler, SMTPHandler) or session is None \
@@ -325,7 +327,8 @@ def _xtext_decode(value: str) -> str:
 
 
 # Commands counted per dialogue (see ``DialogueLimits``), not by aiosmtpd per connection.
-DIALOGUE_COMMANDS = ("MAIL", "RCPT", "DATA", "RSET", "NOOP")
+# (Postfix's smtpd_proxy_filter sends XFORWARD before every MAIL: it is counted the same way.)
+DIALOGUE_COMMANDS = ("MAIL", "RCPT", "DATA", "RSET", "NOOP", "XFORWARD")
 UNCOUNTED = 2**62
 
 
