@@ -375,3 +375,22 @@ def test_postfix_proxy_sends_xforward_per_transaction_without_limit(
         assert replies[-1].startswith(b"250"), replies
     s.close()
     assert len(sink[0].messages) == 15
+
+
+def test_the_dialogue_before_data_is_bounded_in_commands(sink: tuple[SinkHandler, int],
+                                                         make_gateway: Any) -> None:
+    """dialogue_commands = 30: a client that keeps sending RCPTs (each refused past
+    max_recipients) gets 421 at command 31; after a message the count starts again."""
+    gw = make_gateway(f"smtp://127.0.0.1:{sink[1]}",
+                      gateway_extra="max_recipients = 5\ndialogue_commands = 30")
+    s = raw_session(gw.port)
+    read_replies(s, 1)
+    s.sendall(b"EHLO c\r\n")
+    read_replies(s, 1)
+    replies = _pipelined_transaction(s, [f"p{i}@example.org" for i in range(20)])
+    assert replies[-1].startswith(b"250")  # 1 MAIL + 20 RCPT + DATA: within 30
+    s.sendall(b"MAIL FROM:<someone@school.example>\r\n"
+              + b"".join(f"RCPT TO:<q{i}@example.org>\r\n".encode() for i in range(40)))
+    replies = read_replies(s, 41)
+    assert replies[-1].startswith(b"421 4.7.0") and len(replies) == 31
+    s.close()
