@@ -48,12 +48,12 @@ LOCAL_PROBLEM = "451 4.3.0 Temporary local problem, try again later ref={ref}"
 NEXT_HOP_DOWN = "451 4.4.1 Next hop unavailable, try again later ref={ref}"
 NEXT_HOP_FAILED = "4.4.2 Next hop failed, try again later ref={ref}"
 TOO_BIG = "552 5.3.4 Message too big"
+DELIVERED = "250 2.0.0 Ok: queued ref={ref}"
 
 # Threads for inspection (per process), and the seconds past ``[inspection] time_budget``
 # after which we stop waiting for one that did not stop itself.
 INSPECTION_THREADS = 8
 BACKSTOP = 5.0
-DELIVERED = "250 2.0.0 Ok: queued ref={ref}"
 
 
 def new_txid() -> str:
