@@ -18,7 +18,8 @@ from typing import Any
 from milter import config as config_mod
 from milter import directory_source, metrics
 from milter.audit.checkpoint import Checkpointer, ensure_key, load_signing_key
-from milter.audit.store import AuditUnavailable, open_store
+from milter.audit.isolated import IsolatedSQLiteStore
+from milter.audit.store import AuditStore, AuditUnavailable, open_store
 from milter.audit.writer import AuditWriter
 from milter.config import Config, ConfigError
 from milter.core.context import Context
@@ -119,6 +120,15 @@ def make_checkpointer(runtime: Runtime) -> Checkpointer:
                         cfg.audit.checkpoint_minutes, cfg.checkpoint_copies)
 
 
+def open_gateway_store(cfg: Config) -> AuditStore:
+    """The audit store the gateway writes to. SQLite runs in a child process (a SIGBUS
+    from an unwritable -shm must not take the gateway with it: milter.audit.isolated)."""
+    url = cfg.audit_url
+    if url.startswith("sqlite:///"):
+        return IsolatedSQLiteStore(url[len("sqlite:///"):], cfg.gateway.node)
+    return open_store(url, cfg.gateway.node)
+
+
 def make_authenticator(runtime: Runtime) -> Authenticator | None:
     cfg = runtime.config
     if not cfg.dns.authenticate:
@@ -153,7 +163,7 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
                 milter_override: str | None = None, reuse_port: bool = False) -> Daemon:
     """Open the store and listen; raises ConfigError or AuditUnavailable on bad set-up."""
     cfg = runtime.config
-    store = open_store(cfg.audit_url, cfg.gateway.node)
+    store = open_gateway_store(cfg)
     checkpointer = make_checkpointer(runtime)
     try:
         checkpointer.start(cfg.gateway.node, store.last(cfg.gateway.node))

@@ -37,18 +37,23 @@ class SQLiteStore(SQLStore):
         self.path = Path(path)
         self.chain = chain
         self._lock = threading.Lock()
+        self._reopen = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                       timeout=30.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            self._db = self._connect()
             # A reader without write permission maps -shm read-only: no SIGBUS to fear,
             # and its reads must not be refused.
             self._guard_reads = os.access(self.path, os.W_OK)
         except (sqlite3.Error, OSError) as exc:
             raise AuditUnavailable(f"cannot open audit store {self.path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                             timeout=30.0)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        return db
 
     def _check_files(self) -> None:
         """Refuse to touch the database while one of its files is not writable (see the
@@ -71,6 +76,12 @@ class SQLiteStore(SQLStore):
         with self._lock:
             self._check_files()
             try:
+                if self._reopen:
+                    # Opened (or turned) read-only while the files were: SQLite keeps a
+                    # connection read-only for good, so a new one once they are writable.
+                    self._db.close()
+                    self._db = self._connect()
+                    self._reopen = False
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     result = work(self._execute)
@@ -80,6 +91,8 @@ class SQLiteStore(SQLStore):
                     self._db.execute("ROLLBACK")
                     raise
             except (sqlite3.Error, OSError) as exc:
+                if isinstance(exc, sqlite3.Error) and "readonly" in str(exc):
+                    self._reopen = True
                 raise AuditUnavailable(f"audit write failed: {exc}") from exc
 
     def _head(self, execute: Any) -> tuple[int, str]:

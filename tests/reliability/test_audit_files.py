@@ -89,3 +89,37 @@ def test_unwritable_shm_is_451_not_sigbus(tmp_path: Path, immutable_ok: None) ->
         assert [r.event for r in store.records()].count("delivered") == 2
     finally:
         store.close()
+
+
+def test_the_store_process_dying_is_451_and_the_next_message_goes_through(
+        tmp_path: Path) -> None:
+    """The SQLite connection lives in a child process: its death (here: SIGBUS sent by hand,
+    the signal an unwritable -shm raises) costs one 451, not the gateway."""
+    import os
+    import signal
+
+    from tests.e2e.conftest import GatewayThread
+
+    sink = SinkHandler()
+    sink_port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=sink_port)
+    controller.start()
+    gw = GatewayThread(write_config(tmp_path, next_hop=f"smtp://127.0.0.1:{sink_port}",
+                                    extra="[notices]\nenabled = false\n"))
+    try:
+        assert send(gw.port)[0] == 250
+        store = gw.running.gateway.audit.store
+        os.kill(store._proc.pid, signal.SIGBUS)
+        store._proc.join(timeout=5)
+        code, text = send(gw.port)
+        assert code == 451 and b"Audit store unavailable" in text, (code, text)
+        assert send(gw.port)[0] == 250  # a fresh store process
+    finally:
+        gw.stop()
+        controller.stop()
+    assert len(sink.messages) == 2
+    store = SQLiteStore(tmp_path / "audit.sqlite3", "test")
+    try:
+        assert [r.event for r in store.records()].count("delivered") == 2
+    finally:
+        store.close()
