@@ -231,10 +231,18 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         # whole machine; 0 means exactly that. Worker 1 exports the metrics of all of them.
         "workers": (_workers, 1),
         "max_connections_per_ip": (_int(1), 50),
-        # Per connection, as aiosmtpd counts them: NOOPs, RSETs and every other command.
+        # NOOPs and RSETs per dialogue (from connect or the end of a message to the end of
+        # the next DATA), every other command but MAIL/RCPT/DATA per connection.
         "noop_limit": (_int(1), 20),
         "rset_limit": (_int(1), 50),
         "command_limit": (_int(10), 500),
+        # The dialogue before DATA in all: seconds and commands (RCPTs included; keep it
+        # above max_recipients). A client dripping EHLOs or RCPTs gets 421 and its slot back.
+        "dialogue_timeout": (_float(1.0), 180.0),
+        "dialogue_commands": (_int(10), 2000),
+        # Of max_connections, this many (at most half) only for clients from
+        # internal_networks.
+        "reserved_connections": (_int(0), 50),
         # Seconds a balancer has to send its PROXY header (with proxy_protocol_from).
         "proxy_protocol_timeout": (_float(0.1), 5.0),
         # Idle next-hop sessions kept for reuse, and for how long.
@@ -282,11 +290,17 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         # except under a legal hold. 0 keeps them forever (config check warns).
         "retention_days": (_int(0), 730),
         "purge_every_hours": (_float(0.0), 24.0),  # how often; 0: only `audit purge` does
-        "checkpoint_key": (_opt_str, ""),      # Ed25519 key file (outside the database)
-        "checkpoint_dir": (_opt_str, ""),      # where signed checkpoints are exported
-        "checkpoint_every": (_int(1), 1000),   # records
-        "checkpoint_minutes": (_float(0.1), 60.0),
-        "trusted_keys": (_opt_str, ""),        # directory of epoch-N.pub files for verify
+        # Ed25519 key file (outside the database); "": <state_dir>/audit-keys/epoch-N.key,
+        # created at first start (its .pub belongs with the auditors).
+        "checkpoint_key": (_opt_str, ""),
+        "checkpoint_dir": (_opt_str, ""),      # signed checkpoints; "": <state_dir>/checkpoints
+        "checkpoint_every": (_int(1), 100),    # records
+        "checkpoint_minutes": (_float(0.1), 5.0),
+        # A second directory every checkpoint is also written to: another disk, or better a
+        # share the auditors own (the anchor a root user on this box cannot rewrite).
+        "checkpoint_copy": (_opt_str, ""),
+        # Directory of epoch-N.pub files for verify; "": those beside the default key.
+        "trusted_keys": (_opt_str, ""),
     },
     "inspection": {   # defaults: milter.core.limits.Limits
         "max_depth": (_int(1), Limits.max_depth),
@@ -322,6 +336,8 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
     "milter": {
         "listen": (_opt_hostport, ""),          # "127.0.0.1:8894" or "unix:/path"; "" = off
         "idle_timeout": (_float(1.0), 300.0),
+        # Connections at once (Postfix opens one per smtpd process); more are closed.
+        "max_connections": (_int(1), 500),
     },
     "web": {
         "listen": (_hostport, "127.0.0.1:8080"),
@@ -363,6 +379,9 @@ class GatewaySettings:
     noop_limit: int
     rset_limit: int
     command_limit: int
+    dialogue_timeout: float
+    dialogue_commands: int
+    reserved_connections: int
     proxy_protocol_timeout: float
     next_hop_pool_size: int
     next_hop_pool_idle: float
@@ -414,6 +433,7 @@ class AuditSettings:
     checkpoint_dir: str
     checkpoint_every: int
     checkpoint_minutes: float
+    checkpoint_copy: str
     trusted_keys: str
 
 
@@ -448,6 +468,7 @@ class NoticesSettings:
 class MilterSettings:
     listen: str
     idle_timeout: float
+    max_connections: int
 
 
 @dataclass(frozen=True)
@@ -558,6 +579,29 @@ class Config:
         if url.startswith("sqlite:///"):
             return Path(url[len("sqlite:///"):]).parent
         return self.base_dir
+
+    # The audit trail's tamper evidence (checkpoints) is on by default: these say where.
+    @property
+    def audit_key_dir(self) -> Path:
+        """Where the signing key lives when ``[audit] checkpoint_key`` is not given."""
+        return self.state_dir / "audit-keys"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        v = self.audit.checkpoint_dir
+        return self.resolve(v) if v else self.state_dir / "checkpoints"
+
+    @property
+    def checkpoint_copies(self) -> tuple[Path, ...]:
+        v = self.audit.checkpoint_copy
+        return (self.resolve(v),) if v else ()
+
+    @property
+    def trusted_keys_dir(self) -> Path | None:
+        """Public keys for ``audit verify``: as configured, else beside the default key."""
+        if self.audit.trusted_keys:
+            return self.resolve(self.audit.trusted_keys)
+        return None if self.audit.checkpoint_key else self.audit_key_dir
 
     @property
     def notice_templates(self) -> Path:

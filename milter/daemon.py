@@ -12,11 +12,13 @@ import signal
 import ssl
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from milter import config as config_mod
 from milter import directory_source, metrics
-from milter.audit.checkpoint import Checkpointer, load_signing_key
+from milter.audit.checkpoint import Checkpointer, ensure_key, load_signing_key
+from milter.audit.isolated import IsolatedSQLiteStore
 from milter.audit.store import AuditStore, AuditUnavailable, open_store
 from milter.audit.writer import AuditWriter
 from milter.config import Config, ConfigError
@@ -24,9 +26,9 @@ from milter.dkimsign import Signer
 from milter.dnsauth import configured_authenticator
 from milter.fronts.milter import server as milter_server
 from milter.fronts.smtp.auth import load_authenticator
-from milter.fronts.smtp.connection import ConnectionLimits, SMTPConnection
+from milter.fronts.smtp.connection import ConnectionLimits, DialogueLimits, SMTPConnection
 from milter.fronts.smtp.handler import SMTPHandler
-from milter.logs import configure_logging
+from milter.logs import configure_logging, quiet_resource_errors
 from milter.nexthop import SessionPool
 from milter.notice_limits import open_limiter
 from milter.notices import Notifier, RateLimiter, Style
@@ -74,6 +76,7 @@ class Daemon:
             await self.gateway.notifier.drain()
         if self.retention is not None:
             await asyncio.to_thread(self.retention.stop)
+        self.gateway.inspectors.shutdown(wait=False, cancel_futures=True)
         self.gateway.audit.close()
         self.gateway.quarantine.close()
         if self.gateway.notifier is not None:
@@ -93,19 +96,44 @@ def tls_context(runtime: Runtime) -> ssl.SSLContext | None:
     return ctx
 
 
-def make_checkpointer(runtime: Runtime, store: AuditStore | None = None) -> Checkpointer | None:
-    cfg = runtime.config
+def signing_key_path(cfg: Config) -> Path:
+    """``[audit] checkpoint_key``, else the key in ``<state_dir>/audit-keys``, created at
+    first start (``config check`` says where). Called once before workers start, so that
+    they do not each create one."""
     key_path = cfg.optional_path(cfg.audit.checkpoint_key)
-    directory = cfg.optional_path(cfg.audit.checkpoint_dir)
-    if key_path is None or directory is None:
-        return None
+    if key_path is not None:
+        return key_path
+    try:
+        key_path, created = ensure_key(cfg.audit_key_dir)
+    except OSError as exc:
+        raise ConfigError(cfg.path, "audit.checkpoint_key",
+                          f"cannot create a signing key in {cfg.audit_key_dir}: {exc}") from None
+    if created:
+        log.warning("created the audit signing key %s; give %s to the auditors "
+                    "(audit.trusted_keys on their side)", key_path, key_path.with_suffix(".pub"))
+    return key_path
+
+
+def make_checkpointer(runtime: Runtime, store: AuditStore | None = None) -> Checkpointer:
+    """Checkpoints are always on (tamper evidence by default, issue 13 item 9)."""
+    cfg = runtime.config
+    key_path = signing_key_path(cfg)
     try:
         key = load_signing_key(key_path)
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(cfg.path, "audit.checkpoint_key", f"cannot load key: {exc}") from None
-    return Checkpointer(key, directory, cfg.audit.checkpoint_every,
-                        cfg.audit.checkpoint_minutes,
+    return Checkpointer(key, cfg.checkpoint_dir, cfg.audit.checkpoint_every,
+                        cfg.audit.checkpoint_minutes, cfg.checkpoint_copies,
                         also=getattr(store, "save_checkpoint", None))  # PostgreSQL: shared
+
+
+def open_gateway_store(cfg: Config) -> AuditStore:
+    """The audit store the gateway writes to. SQLite runs in a child process (a SIGBUS
+    from an unwritable -shm must not take the gateway with it: milter.audit.isolated)."""
+    url = cfg.audit_url
+    if url.startswith("sqlite:///"):
+        return IsolatedSQLiteStore(url[len("sqlite:///"):], cfg.gateway.node)
+    return open_store(url, cfg.gateway.node)
 
 
 def make_authenticator(runtime: Runtime) -> Authenticator | None:
@@ -133,16 +161,30 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
                 milter_override: str | None = None, reuse_port: bool = False) -> Daemon:
     """Open the store and listen; raises ConfigError or AuditUnavailable on bad set-up."""
     cfg = runtime.config
-    store = open_store(cfg.audit_url, cfg.gateway.node)
-    audit = AuditWriter(store, make_checkpointer(runtime, store))
-    gateway = Gateway(runtime, audit, open_quarantine(cfg),
+    store = open_gateway_store(cfg)
+    checkpointer = make_checkpointer(runtime, store)
+    try:
+        checkpointer.start(cfg.gateway.node, store.last(cfg.gateway.node))
+    except AuditUnavailable as exc:
+        log.error("no start checkpoint: %s", exc)
+    audit = AuditWriter(store, checkpointer, cfg.gateway.node)
+    quarantine = open_quarantine(cfg)
+    sweep = getattr(quarantine, "sweep", None)
+    if sweep is not None and sweep():
+        log.warning("removed half-written quarantine entries left by a crash in %s",
+                    cfg.quarantine_dir)
+    gateway = Gateway(runtime, audit, quarantine,
                       make_notifier(runtime, audit), make_authenticator(runtime),
                       Signer.from_config(cfg), MemoryBudget(cfg.gateway.message_memory))
     handler = SMTPHandler(gateway, SessionPool(cfg.gateway.next_hop_pool_size,
                                                cfg.gateway.next_hop_pool_idle))
     workers = cfg.gateway.workers if reuse_port else 1
     limits = ConnectionLimits(-(-cfg.gateway.max_connections // workers),
-                              -(-cfg.gateway.max_connections_per_ip // workers))
+                              -(-cfg.gateway.max_connections_per_ip // workers),
+                              -(-cfg.gateway.reserved_connections // workers),
+                              cfg.internal_networks)
+    dialogue = DialogueLimits(cfg.gateway.dialogue_timeout, cfg.gateway.dialogue_commands,
+                              {"NOOP": cfg.gateway.noop_limit, "RSET": cfg.gateway.rset_limit})
     tls = tls_context(runtime)
     authenticator = load_authenticator(cfg)
     listen_host, _, listen_port = cfg.gateway.listen.rpartition(":")
@@ -152,7 +194,7 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     def factory() -> SMTPConnection:
         return SMTPConnection(handler, limits=limits,
                            data_timeout=cfg.gateway.data_timeout,
-                           greet_pause=cfg.gateway.greet_pause,
+                           greet_pause=cfg.gateway.greet_pause, dialogue=dialogue,
                            spool_dir=cfg.state_dir / "spool",
                            spool_threshold=cfg.gateway.spool_threshold,
                            data_size_limit=cfg.gateway.max_message_size,
@@ -162,9 +204,7 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
                            auth_require_tls=True, authenticator=authenticator,
                            auth_exclude_mechanism=[] if authenticator else ["LOGIN", "PLAIN"],
                            timeout=cfg.gateway.session_timeout,
-                           command_call_limit={"NOOP": cfg.gateway.noop_limit,
-                                               "RSET": cfg.gateway.rset_limit,
-                                               "*": cfg.gateway.command_limit},
+                           command_call_limit={"*": cfg.gateway.command_limit},
                            proxy_protocol_timeout=(cfg.gateway.proxy_protocol_timeout
                                                    if cfg.gateway.proxy_protocol_from else None))
 
@@ -188,7 +228,7 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
         log.info("milter front on %s", milter_listen)
     if gateway.notifier is not None:
         gateway.notifier.start()  # summaries held back before a restart
-    retention = RetentionSchedule(cfg, lambda: open_store(cfg.audit_url, cfg.gateway.node),
+    retention = RetentionSchedule(cfg, lambda: open_gateway_store(cfg),
                                   directory=lambda: gateway.runtime.directory)
     return Daemon(gateway, handler, servers, bound, milter_port, retention)
 
@@ -222,11 +262,12 @@ async def serve(config: Config, worker: int = 0, reuse_port: bool = False) -> in
     configure_logging(runtime)
     if runtime.config.metrics.listen and worker == 0:
         metrics.serve(runtime.config.metrics.listen)
+    loop = asyncio.get_running_loop()
+    quiet_resource_errors(loop)
     running = await start(runtime, reuse_port=reuse_port)
     if worker == 0 and running.retention is not None:
         running.retention.start()  # one worker purges for all
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     directory = directory_source.serve(running, loop)  # issue 21: LDAP refresh in background
@@ -272,6 +313,7 @@ def run(config: Config | str | None) -> int:
             print(f"skot-milter: {len(problems)} configuration problem(s); not starting "
                   "(skot-milter config check lists them too)", file=sys.stderr)
             return 2
+        signing_key_path(cfg)
         if cfg.gateway.workers > 1:
             from milter.supervisor import supervise
 

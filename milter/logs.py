@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import logging
 import re
 import sys
+import time
+from typing import Any
 
 from milter.runtime import Runtime
 
@@ -36,3 +40,34 @@ def configure_logging(runtime: Runtime) -> None:
     root.handlers[:] = [handler]
     root.setLevel(cfg.logging.level.upper())
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command
+
+
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def quiet_resource_errors(loop: asyncio.AbstractEventLoop, every: float = 60.0) -> None:
+    """Out of file descriptors, asyncio logs each failed ``accept()`` with a traceback,
+    every second for every listener (38,000 lines in one incident, issue 13 item 6c): say
+    it once, then how often it happened, at most once a minute. The listener itself
+    retries on its own; the caps (``max_connections``) and ``LimitNOFILE`` keep it rare."""
+    log = logging.getLogger("skot-milter")
+    previous = loop.get_exception_handler()
+    state = {"said": -every, "since": 0}
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCES:
+            state["since"] += 1
+            now = time.monotonic()
+            if now - state["said"] >= every:
+                log.error("cannot accept connections: %s (%d time(s) since last said); "
+                          "check LimitNOFILE and the max_connections caps", exc.strerror,
+                          state["since"])
+                state["said"], state["since"] = now, 0
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)

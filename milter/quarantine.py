@@ -124,6 +124,7 @@ class QuarantineStore:
         qid = new_id(txid)
         meta = {"txid": txid, "stored_at": time.time(), "size": len(raw),
                 "envelope": envelope_json, "verdict": verdict_json}
+        tmp: Path | None = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             tmp = self.directory / f".tmp-{qid}-{uuid.uuid4().hex[:6]}"
@@ -137,8 +138,29 @@ class QuarantineStore:
             tmp.rename(final)
             fsync_dir(self.directory)
         except OSError as exc:
+            # A full disk must not also fill up with half-written entries (issue 13 item 7):
+            # the client hears 451 and retries; nothing of this attempt stays behind.
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise QuarantineError(f"cannot store quarantined message: {exc}") from exc
         return final.name
+
+    def sweep(self, older_than: float = 3600.0) -> int:
+        """Remove half-written entries a crash (or a power cut) left behind: ``.tmp-*``
+        older than ``older_than`` seconds (younger ones may be another worker's, in
+        progress). Called at start; returns how many were removed."""
+        if not self.directory.is_dir():
+            return 0
+        removed = 0
+        cutoff = time.time() - older_than
+        for child in self.directory.glob(".tmp-*"):
+            try:
+                if child.stat().st_mtime < cutoff:
+                    shutil.rmtree(child, ignore_errors=True)
+                    removed += 1
+            except OSError:
+                continue
+        return removed
 
     def get(self, qid: str) -> Entry | None:
         if not valid_id(qid):

@@ -15,13 +15,15 @@ from milter import config as config_mod
 from milter import policy as policy_mod
 from milter.config import Config, ConfigError
 from milter.core.context import Context, Envelope
-from milter.core.engine import Engine
+from milter.core.engine import Engine, combine
+from milter.core.limits import OutOfTime, reset_deadline, set_deadline
 from milter.core.message import Message, Unparseable, normalize_line_endings, parse
 from milter.core.results import AuthResults
-from milter.core.verdict import Verdict, unparseable
+from milter.core.verdict import FiredRule, Verdict, unparseable
 from milter.directory import Directory, DirectoryError
 from milter.directory_source import DirectorySource
 from milter.dnsauth import strip_our_results
+from milter.policy import RulePolicy
 from milter.rules import load_all
 
 Authenticator = Callable[[Message, Context], AuthResults]
@@ -83,7 +85,39 @@ class Runtime:
         """Normalise, parse once, authenticate inbound mail, run the rules.
 
         ``authenticator`` does the DNS work (SPF/DKIM/DMARC); without it the core stays pure.
-        Raises ``milter.core.engine.RuleCrashed`` when a rule fails (the front tempfails)."""
+        Raises ``milter.core.engine.RuleCrashed`` when a rule fails (the front tempfails).
+        Past ``[inspection] time_budget`` the readers and detectors stop (``OutOfTime``) and
+        the message is ``A1.uninspectable``: see ``out_of_time``."""
+        token = set_deadline(self.config.inspection.time_budget)
+        try:
+            return self._evaluate(envelope, raw, now, authenticator)
+        except OutOfTime:
+            return self.out_of_time(envelope, raw, now)
+        finally:
+            reset_deadline(token)
+
+    def out_of_time(self, envelope: Envelope, raw: bytes,
+                    now: datetime | None = None) -> Evaluation:
+        """The verdict for a message whose inspection ran out of time: ``A1.uninspectable``
+        as the policy configures it (quarantine in the board's policy), so that a message
+        we could not check is held, never passed and never a stall."""
+        data = normalize_line_endings(raw)
+        ctx = self.context(envelope, now)
+        rp = self.policy.rules.get("A1.uninspectable") or RulePolicy(
+            id="A1.uninspectable", article="A1", articles=("A1",), action="quarantine",
+            mode="enforce", notice=False, notice_supervisor=False, texts={}, params={})
+        why = f"inspection time budget of {self.config.inspection.time_budget:g}s exhausted"
+        fired = FiredRule(id=rp.id, article=rp.article, action=rp.action, mode=rp.mode,
+                          reason=f"cannot inspect: {why}",
+                          evidence={"items": [{"name": "(message)", "size": len(data),
+                                               "reason": why}],
+                                    "external_recipients": len(ctx.external_recipients)},
+                          notice=rp.notice)
+        return Evaluation(combine([(rp, fired)], ctx), data, None, ctx,
+                          {"size": len(data), "inspection": why})
+
+    def _evaluate(self, envelope: Envelope, raw: bytes, now: datetime | None,
+                  authenticator: Authenticator | None) -> Evaluation:
         data = normalize_line_endings(raw)
         ctx = self.context(envelope, now)
         if authenticator is not None:

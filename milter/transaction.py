@@ -18,6 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -52,6 +53,11 @@ NEXT_HOP_DOWN = "451 4.4.1 Next hop unavailable, try again later ref={ref}"
 NEXT_HOP_FAILED = "4.4.2 Next hop failed, try again later ref={ref}"
 # Over the size limit: ``milter.core.verdict.too_big(limit)``, with the limit, Dutch first.
 DELIVERED = "250 2.0.0 Ok: queued ref={ref}"
+
+# Threads for inspection (per process), and the seconds past ``[inspection] time_budget``
+# after which we stop waiting for one that did not stop itself.
+INSPECTION_THREADS = 8
+BACKSTOP = 5.0
 
 
 def new_txid() -> str:
@@ -95,6 +101,11 @@ class Gateway:
     signer: Signer | None = None
     # Spooled (large) messages in processing, both fronts together, this process.
     memory: MemoryBudget = field(default_factory=lambda: MemoryBudget(DEFAULT_MESSAGE_MEMORY))
+    # Inspection runs here, never on the event loop: a heavy message must not make every
+    # other SMTP and milter client wait (issue 13). Its own pool, so that DNS look-ups and
+    # file writes on asyncio's default pool do not queue behind inspections.
+    inspectors: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
+        max_workers=INSPECTION_THREADS, thread_name_prefix="inspect"))
 
     def begin(self, front: str, *, sender: str, client: str, helo: str = "",
               auth_user: str = "", extra: dict[str, Any] | None = None) -> Transaction:
@@ -113,14 +124,28 @@ class Gateway:
             yield source.read()
 
     async def evaluate(self, envelope: Envelope, content: bytes, runtime: Runtime) -> Evaluation:
-        """Evaluate; inbound mail is authenticated first, off the loop (DNS look-ups)."""
+        """Evaluate off the event loop (inbound mail is authenticated first: DNS look-ups).
+
+        The budget is enforced twice: inside, the readers and detectors stop at
+        ``time_budget`` (``Runtime.evaluate`` makes that ``A1.uninspectable``); outside, a
+        thread that still has not answered ``BACKSTOP`` seconds later (a C routine that
+        does not look at the clock) is left to finish on its own and the message is
+        ``A1.uninspectable`` all the same. Either way the client is answered in time."""
         started = time.perf_counter()
+        auth = self.authenticator if self.authenticator is not None and \
+            runtime.context(envelope).direction == "inbound" else None
+        budget = runtime.config.inspection.time_budget + BACKSTOP
+        if auth is not None:
+            budget += runtime.config.dns.timeout * 4  # SPF, DKIM, DMARC and a retry
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self.inspectors, runtime.evaluate, envelope, content,
+                                    None, auth)
         try:
-            if self.authenticator is not None and \
-                    runtime.context(envelope).direction == "inbound":
-                return await asyncio.to_thread(runtime.evaluate, envelope, content, None,
-                                               self.authenticator)
-            return runtime.evaluate(envelope, content)
+            return await asyncio.wait_for(asyncio.shield(work), timeout=budget)
+        except TimeoutError:
+            log.error("tx=%s inspection did not stop within %.0fs; held as A1.uninspectable",
+                      envelope.txid, budget)
+            return runtime.out_of_time(envelope, content)
         finally:
             metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
 
@@ -247,8 +272,12 @@ class Transaction:
         return asyncio.get_running_loop().create_task(
             self.gateway.audit.append(self.event("intent")))
 
-    async def outcome(self, result: Reply | NextHopError) -> str:
+    async def outcome(self, result: Reply | NextHopError, after_dot: bool = False) -> str:
         """The next hop answered the final dot (or failed): record it and answer the client.
+
+        A failure ``after_dot`` (no answer in time, connection lost) is recorded as
+        ``unknown``, not ``tempfailed``: the next hop may have delivered the message, and
+        the client, told to retry, may send it again (``audit verify`` warns of each).
 
         After the next hop's 250 the client hears 250 even when the store refuses the
         record (a 4xx would only cause a duplicate, HOSTILE-INPUTS 35); the writer keeps it
@@ -261,6 +290,8 @@ class Transaction:
             reply = result
         if reply.ok:
             event, answer = "delivered", self.reply(DELIVERED)
+        elif isinstance(result, NextHopError) and after_dot:
+            event, answer = "unknown", reply.line
         elif 400 <= reply.code < 500:
             event, answer = "tempfailed", client_line(reply)
         else:

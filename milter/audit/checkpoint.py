@@ -5,6 +5,12 @@ Every N records or minutes the gateway signs (Ed25519) its chain head with a key
 the database and exports the checkpoint. Keys have epochs: a checkpoint names its epoch and
 must be signed by that epoch's key and dated inside that key's validity, so a key stolen
 later cannot re-sign history (the journald CVE-2023-31439 lesson).
+
+Each checkpoint names its kind (``start``, ``periodic``, ``stop`` at a clean shutdown,
+``manual``) and the checkpoint before it (``prev``: seq and head), so ``audit verify`` notices
+a checkpoint that disappeared, and a head past the ``stop`` checkpoint of a clean shutdown.
+Checkpoints are also written to ``[audit] checkpoint_copy`` (another disk, a share the
+auditors own): the copy off the box is what a root user on the gateway cannot rewrite.
 """
 
 from __future__ import annotations
@@ -95,19 +101,64 @@ def _body(cp: dict[str, Any]) -> bytes:
     return canonical({k: v for k, v in cp.items() if k != "signature"})
 
 
-def sign(key: SigningKey, chain: str, seq: int, head: str, time: str | None = None
-         ) -> dict[str, Any]:
-    cp: dict[str, Any] = {"version": 1, "chain": chain, "seq": seq, "head": head,
-                          "time": time or _now(), "epoch": key.epoch, "key_id": key.key_id}
+KINDS = ("start", "periodic", "stop", "manual")
+
+
+def sign(key: SigningKey, chain: str, seq: int, head: str, time: str | None = None,
+         kind: str = "manual", prev: dict[str, Any] | None = None) -> dict[str, Any]:
+    cp: dict[str, Any] = {"version": 2, "chain": chain, "seq": seq, "head": head,
+                          "time": time or _now(), "epoch": key.epoch, "key_id": key.key_id,
+                          "kind": kind, "prev": prev}
     cp["signature"] = base64.b64encode(key.private.sign(_body(cp))).decode()
     return cp
 
 
-def write(cp: dict[str, Any], directory: Path) -> Path:
+def write(cp: dict[str, Any], directory: Path, copies: tuple[Path, ...] = ()) -> Path:
+    """Write ``cp`` durably into ``directory``, then into each copy (a copy that cannot be
+    written is logged: the checkpoint itself is safe)."""
+    name = f"checkpoint-{cp['chain']}-{cp['seq']:012d}" + (
+        f"-{cp['kind']}" if cp.get("kind") not in (None, "periodic") else "") + ".json"
+    data = json.dumps(cp, sort_keys=True, indent=1).encode()
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"checkpoint-{cp['chain']}-{cp['seq']:012d}.json"
-    replace_synced(path, json.dumps(cp, sort_keys=True, indent=1).encode())
+    path = directory / name
+    replace_synced(path, data)
+    for copy in copies:
+        try:
+            copy.mkdir(parents=True, exist_ok=True)
+            replace_synced(copy / name, data)
+        except OSError as exc:
+            log.error("cannot copy audit checkpoint to %s: %s", copy, exc)
     return path
+
+
+def newest(directory: Path, chain: str) -> dict[str, Any] | None:
+    """The checkpoint of ``chain`` with the highest seq (latest time among equals) in
+    ``directory``, unchecked (for ``prev``); None when there is none."""
+    best: tuple[int, str] | None = None
+    found: dict[str, Any] | None = None
+    for p in directory.glob(f"checkpoint-{chain}-*.json"):
+        try:
+            cp = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if malformed(cp) or cp["chain"] != chain:
+            continue
+        rank = (cp["seq"], cp["time"])
+        if best is None or rank > best:
+            best, found = rank, cp
+    return found
+
+
+def ensure_key(directory: Path) -> tuple[Path, bool]:
+    """The newest ``epoch-N.key`` in ``directory``; one for epoch 1 is created when there
+    is none (tamper evidence by default). Returns the path and whether it was created."""
+    keys = sorted(directory.glob("epoch-*.key"),
+                  key=lambda p: int(p.stem.split("-")[1]) if p.stem.split("-")[1].isdigit()
+                  else -1)
+    if keys:
+        return keys[-1], False
+    priv, _ = generate(directory, 1)
+    return priv, True
 
 
 FIELDS = {"version": int, "chain": str, "seq": int, "head": str, "time": str, "epoch": int,
@@ -161,28 +212,55 @@ def check(cp: Any, trusted: dict[str, TrustedKey]) -> str | None:
 
 
 class Checkpointer:
-    """Signs and exports the chain head every N records or minutes (``[audit] checkpoint_*``)."""
+    """Signs and exports the chain head at start, every N records or minutes (``[audit]
+    checkpoint_*``) and at a clean shutdown; each names the one before it."""
 
     def __init__(self, key: SigningKey, directory: Path, every: int, minutes: float,
+                 copies: tuple[Path, ...] = (),
                  also: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.key, self.directory, self.every, self.seconds = key, directory, every, minutes * 60
+        self.copies = copies
         self.count = 0
         self.last = time.monotonic()
         # Where else a checkpoint is kept (the shared PostgreSQL store, issue 20): every
         # node's verification then checks every node's checkpoints.
         self.also = also
+        self.prev: dict[str, Any] | None = None
+
+    def _write(self, record: AuditRecord, kind: str) -> bool:
+        try:
+            cp = sign(self.key, record.chain, record.seq, record.hash, kind=kind,
+                      prev=self.prev)
+            self._also(cp)
+            write(cp, self.directory, self.copies)
+        except OSError as exc:  # the records are durable; the next checkpoint covers them
+            log.error("cannot write audit checkpoint: %s", exc)
+            return False
+        self.prev = {"seq": cp["seq"], "head": cp["head"]}
+        self.count, self.last = 0, time.monotonic()
+        return True
+
+    def start(self, chain: str, head: AuditRecord | None) -> None:
+        """At start: link to the newest checkpoint there is, and sign the head as found
+        (it covers whatever a crash left after the last checkpoint)."""
+        before = newest(self.directory, chain) if self.directory.is_dir() else None
+        if before is not None:
+            self.prev = {"seq": before["seq"], "head": before["head"]}
+        if head is not None:
+            self._write(head, "start")
 
     def seen(self, record: AuditRecord, n: int) -> None:
         self.count += n
-        if self.count >= self.every or time.monotonic() - self.last >= self.seconds:
-            cp = sign(self.key, record.chain, record.seq, record.hash)
-            self._also(cp)
-            try:
-                write(cp, self.directory)
-            except OSError as exc:  # the records are durable; the next checkpoint covers them
-                log.error("cannot write audit checkpoint: %s", exc)
-                return
-            self.count, self.last = 0, time.monotonic()
+        # The very first records are signed at once: a new trail is never without one.
+        if self.prev is None or self.count >= self.every or \
+                time.monotonic() - self.last >= self.seconds:
+            self._write(record, "periodic")
+
+    def stop(self, head: AuditRecord | None) -> None:
+        """At a clean shutdown: the head is signed, so records appended afterwards (or the
+        last ones deleted) show in ``audit verify``."""
+        if head is not None:
+            self._write(head, "stop")
 
     def _also(self, cp: dict[str, Any]) -> None:
         if self.also is None:

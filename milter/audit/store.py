@@ -17,7 +17,9 @@ from typing import Any, Protocol
 GENESIS = "0" * 64
 
 # Events a transaction produces; ``intent`` is written before the final dot goes downstream.
-OUTCOMES = ("delivered", "rejected", "quarantined", "tempfailed")
+# ``unknown``: the final dot went downstream and no answer came in time: the next hop may
+# have delivered it, and the client's retry may be a duplicate (match them by message-id).
+OUTCOMES = ("delivered", "rejected", "quarantined", "tempfailed", "unknown")
 
 
 @dataclass(frozen=True)
@@ -150,9 +152,12 @@ def verify_rows(rows: Sequence[AuditRecord] | Iterator[AuditRecord]) -> VerifyRe
     broken: dict[str, str] = {}
     counts: dict[str, int] = {}
     open_intents: dict[tuple[str, str], int] = {}
+    unknown: list[AuditRecord] = []
     total = 0
     for r in rows:
         total += 1
+        if r.event == "unknown":
+            unknown.append(r)
         if r.event == "intent":
             open_intents[(r.chain, r.txid)] = r.id
         elif r.event in OUTCOMES:
@@ -178,6 +183,10 @@ def verify_rows(rows: Sequence[AuditRecord] | Iterator[AuditRecord]) -> VerifyRe
     warnings = [f"record id={rid}: intent for ref={tx} has no outcome (a crash between the "
                 f"next hop's answer and ours?)" for (_, tx), rid in sorted(open_intents.items(),
                                                                           key=lambda i: i[1])]
+    warnings += [f"record id={r.id}: outcome of ref={r.txid} unknown: the next hop did not "
+                 f"answer the final dot in time and may have delivered it; the client was "
+                 f"told to retry, so a second copy (message-id {r.message_id or '?'}) may "
+                 f"follow" for r in unknown]
     return VerifyResult(ok=not broken, records=total, chains=counts,
                         problems=[broken[c] for c in sorted(broken)], warnings=warnings)
 

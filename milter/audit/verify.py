@@ -45,16 +45,80 @@ class Verification:
         if self.ok:
             return f"intact ({self.chains.records} records" + (
                 f"; {self.checkpoints} signed checkpoint(s) hold)" if self.checkpoints else
-                "; no signed checkpoints to check against)")
+                ")")
         return "BROKEN: " + "; ".join(self.problems)
 
 
 def verify(store: AuditStore, config: Config, files: Sequence[Path] = ()) -> Verification:
-    """Chains and checkpoints, as configured (``[audit] checkpoint_dir``, ``trusted_keys``)."""
+    """Chains and checkpoints, as configured (``[audit] checkpoint_dir``, ``checkpoint_copy``,
+    ``trusted_keys``), and whether the checkpoints prove the trail complete: records but no
+    checkpoint, a checkpoint that disappeared, or a head past the checkpoint of a clean stop
+    is a failure, not "intact" (issue 13 item 9)."""
     chains = store.verify()
-    problems, count = checkpoint_problems(store, config.optional_path(config.audit.checkpoint_dir),
-                                          config.optional_path(config.audit.trusted_keys), files)
-    return Verification(chains, problems, count)
+    paths = list(files) or _checkpoint_files(config.checkpoint_dir, config.checkpoint_copies)
+    problems, good, count = _checked(store, paths, config.trusted_keys_dir,
+                                     stored_checkpoints(store, paths))
+    missing = [] if files else _missing_from_main(config.checkpoint_dir,
+                                                  config.checkpoint_copies)
+    return Verification(chains, problems + missing
+                        + completeness_problems(store, chains.chains, good), count)
+
+
+def _checkpoint_files(directory: Path, copies: Sequence[Path] = ()) -> list[Path]:
+    """Checkpoints in ``directory`` and, by name, those only in a copy."""
+    found: dict[str, Path] = {}
+    for d in (directory, *copies):
+        if d.is_dir():
+            for p in sorted(d.glob("checkpoint-*.json")):
+                found.setdefault(p.name, p)
+    return sorted(found.values(), key=lambda p: p.name)
+
+
+def _missing_from_main(directory: Path, copies: Sequence[Path]) -> list[str]:
+    if not copies:
+        return []
+    here = {p.name for p in directory.glob("checkpoint-*.json")} if directory.is_dir() \
+        else set()
+    out = []
+    for copy in copies:
+        if copy.is_dir():
+            out += [f"{p}: checkpoint kept in the copy is missing from {directory} (removed?)"
+                    for p in sorted(copy.glob("checkpoint-*.json")) if p.name not in here]
+    return out
+
+
+def completeness_problems(store: AuditStore, chains: dict[str, int],
+                          good: list[tuple[Path | str, dict[str, Any]]]) -> list[str]:
+    """What the authentic checkpoints say about completeness, per chain with records."""
+    problems: list[str] = []
+    by_chain: dict[str, list[tuple[Path | str, dict[str, Any]]]] = {}
+    for p, cp in good:
+        by_chain.setdefault(cp["chain"], []).append((p, cp))
+    for chain in sorted(chains):
+        if chains[chain] and chain not in by_chain:
+            problems.append(f"chain {chain!r}: {chains[chain]} records and no signed "
+                            f"checkpoint: completeness cannot be proven (rows deleted at the "
+                            f"end, or appended, would not show)")
+    for chain, cps in sorted(by_chain.items()):
+        signed = {(cp["seq"], cp["head"]) for _, cp in cps}
+        for p, cp in cps:
+            prev = cp.get("prev")
+            if isinstance(prev, dict) and (prev.get("seq"), prev.get("head")) not in signed:
+                problems.append(f"{p}: follows a checkpoint of chain {chain!r} at "
+                                f"seq={prev.get('seq')} that is missing (removed?)")
+        p, last = max(cps, key=lambda item: (item[1]["seq"], item[1]["time"]))
+        if last.get("kind") != "stop":
+            continue
+        head = store.last(chain)
+        after = [] if head is None else [
+            r for r in (store.at(chain, s) for s in range(last["seq"] + 1, head.seq + 1))
+            if r is not None and not r.actor]
+        if after:
+            problems.append(f"chain {chain!r}: {len(after)} record(s) after seq={last['seq']}, "
+                            f"where the gateway stopped cleanly ({p}), with no checkpoint "
+                            f"since: appended afterwards, or the checkpoints after them "
+                            f"removed")
+    return problems
 
 
 def checkpoint_problems(store: AuditStore, checkpoint_dir: Path | None,
@@ -65,11 +129,20 @@ def checkpoint_problems(store: AuditStore, checkpoint_dir: Path | None,
     paths = list(files)
     if not paths and checkpoint_dir is not None and checkpoint_dir.is_dir():
         paths = sorted(checkpoint_dir.glob("checkpoint-*.json"))
-    stored = stored_checkpoints(store, paths)
+    problems, _, count = _checked(store, paths, trusted_dir, stored_checkpoints(store, paths))
+    return problems, count
+
+
+def _checked(store: AuditStore, paths: list[Path], trusted_dir: Path | None,
+             stored: Sequence[tuple[str, Any]] = ()
+             ) -> tuple[list[str], list[tuple[Path | str, dict[str, Any]]], int]:
+    """Problems, the authentic checkpoints the store still holds, and how many were read:
+    exported files, and those the store keeps itself (PostgreSQL: every node's)."""
     if not paths and not stored:
-        return [], 0
+        return [], [], 0
     if trusted_dir is None:
-        return ["audit.trusted_keys is not configured: cannot check checkpoint signatures"], 0
+        return ["audit.trusted_keys is not configured: cannot check checkpoint signatures"], \
+            [], 0
     try:
         trusted = checkpoint.load_trusted(trusted_dir)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -82,7 +155,7 @@ def checkpoint_problems(store: AuditStore, checkpoint_dir: Path | None,
             items.append((path, json.loads(path.read_text())))
         except (OSError, ValueError) as exc:
             problems.append(f"{path}: unreadable checkpoint: {exc}")
-    items += stored
+    items += list(stored)
     for where, cp in items:
         why = checkpoint.check(cp, trusted)
         if why:
@@ -91,9 +164,11 @@ def checkpoint_problems(store: AuditStore, checkpoint_dir: Path | None,
         good.append((where, cp))
     # Continuity: along one chain, a later head is never dated before an earlier one, and no
     # checkpoint is dated before the record it vouches for.
-    good.sort(key=lambda item: (item[1]["chain"], item[1]["seq"]))
+    good.sort(key=lambda item: (item[1]["chain"], item[1]["seq"], item[1]["time"]))
+    held: list[tuple[Path | str, dict[str, Any]]] = []
     previous: dict[str, tuple[Path | str, dict[str, Any]]] = {}
-    for p, cp in good:  # p: the file, or where in the database
+    for label, cp in good:
+        p = label
         rec = store.at(cp["chain"], cp["seq"])
         if rec is None or rec.hash != cp["head"]:
             problems.append(f"{p}: the store no longer holds chain {cp['chain']!r} up to "
@@ -102,6 +177,8 @@ def checkpoint_problems(store: AuditStore, checkpoint_dir: Path | None,
               > checkpoint.parse_time(cp["time"])):
             problems.append(f"{p}: dated {cp['time']}, before record seq={cp['seq']} it "
                             f"vouches for was written ({rec.ts})")
+        else:
+            held.append((p, cp))
         before = previous.get(cp["chain"])
         if before is not None and (checkpoint.parse_time(cp["time"])
                                    < checkpoint.parse_time(before[1]["time"])):
@@ -109,7 +186,7 @@ def checkpoint_problems(store: AuditStore, checkpoint_dir: Path | None,
                             f"of chain {cp['chain']!r} (seq={before[1]['seq']}, "
                             f"{before[1]['time']}): re-dated?")
         previous[cp["chain"]] = (p, cp)
-    return problems, len(paths) + len(stored)
+    return problems, held, len(paths) + len(stored)
 
 
 def stored_checkpoints(store: AuditStore, files: Sequence[Path] = ()

@@ -10,7 +10,8 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import fields, replace
+from typing import Any
 
 from milter import metrics
 from milter.audit.checkpoint import Checkpointer
@@ -45,9 +46,11 @@ class AuditWriter:
     MAX_OPEN = 100_000      # intents remembered while their outcome is awaited
     RETRY = (0.5, 30.0)     # first and longest pause before writing owed outcomes again
 
-    def __init__(self, store: AuditStore, checkpointer: Checkpointer | None = None) -> None:
+    def __init__(self, store: AuditStore, checkpointer: Checkpointer | None = None,
+                 chain: str = "") -> None:
         self.store = store
         self.checkpointer = checkpointer
+        self.chain = chain  # this gateway's chain: its head is signed at close
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
         self._pending: list[tuple[AuditEvent, asyncio.Future[AuditRecord]]] = []
         self._running = False
@@ -58,6 +61,7 @@ class AuditWriter:
         self._settle_at = 0.0              # monotonic time of the next attempt at them
 
     async def append(self, event: AuditEvent) -> AuditRecord:
+        event = recordable(event)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[AuditRecord] = loop.create_future()
         self._pending.append((event, fut))
@@ -94,21 +98,23 @@ class AuditWriter:
                         self._pause = self.RETRY[0]
                 if events:
                     try:
-                        records = await loop.run_in_executor(self._executor, self._write,
-                                                             events)
+                        results = await loop.run_in_executor(self._executor, self._write_each,
+                                                              events)
                     except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
-                        err = exc if isinstance(exc, AuditUnavailable) \
-                            else AuditUnavailable(str(exc))
-                        self._owe([e for e in events if self._is_owed(e)])
-                        for _, fut in batch:
-                            if not fut.done():
-                                fut.set_exception(err)
+                        results = [exc] * len(events)
                     else:
                         metrics.AUDIT_WRITE_SECONDS.observe(time.perf_counter() - started)
-                        for (_, fut), rec in zip(batch, records, strict=True):
+                    for (event, fut), res in zip(batch, results, strict=True):
+                        if isinstance(res, BaseException):
+                            if self._is_owed(event):
+                                self._owe([event])
                             if not fut.done():
-                                fut.set_result(rec)
-                        written += records
+                                fut.set_exception(res if isinstance(res, AuditUnavailable)
+                                                  else AuditUnavailable(str(res)))
+                        else:
+                            if not fut.done():
+                                fut.set_result(res)
+                            written.append(res)
                 for rec in written:
                     self._track(rec)
                 if self.checkpointer is not None and written:
@@ -117,6 +123,26 @@ class AuditWriter:
         finally:
             self._running = False
             self._schedule_retry(loop)
+
+    def _write_each(self, events: list[AuditEvent]) -> list[AuditRecord | Exception]:
+        """The batch in one commit; when it fails for a reason other than the store (a
+        record it cannot take), each record alone, so that one bad record fails only its
+        own transaction and never its neighbours' (issue 13 item 6a)."""
+        try:
+            return list(self._write(events))
+        except AuditUnavailable:
+            raise
+        except Exception:  # noqa: BLE001 - find the one record at fault
+            if len(events) == 1:
+                raise
+        out: list[AuditRecord | Exception] = []
+        for event in events:
+            try:
+                out.extend(self._write([event]))
+            except Exception as exc:  # noqa: BLE001 - this record's waiter hears it
+                log.error("tx=%s audit record refused: %s", event.txid, exc)
+                out.append(exc)
+        return out
 
     def _write(self, events: list[AuditEvent]) -> list[AuditRecord]:
         many = getattr(self.store, "append_many", None)
@@ -189,5 +215,44 @@ class AuditWriter:
         if self._owed:
             log.error("audit: %d outcome record(s) never written; verify will name their "
                       "intents", len(self._owed))
+        if self.checkpointer is not None and self.chain:
+            try:  # a clean stop signs the head: what follows it, or goes from it, shows
+                self._executor.submit(self.checkpointer.stop,
+                                      self.store.last(self.chain)).result()
+            except Exception as exc:  # noqa: BLE001 - the store may be gone; said in the log
+                log.error("no checkpoint at shutdown: %s", exc)
         self._executor.shutdown(wait=True)
         self.store.close()
+
+
+def _text(value: str) -> str:
+    """A string any store can take: undecodable bytes kept by ``surrogateescape`` (a milter
+    or SMTP argument) are written as ``\\xff`` escapes, other lone surrogates as ``\\udxxx``."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {_text(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_clean(v) for v in value)
+    return value
+
+
+def recordable(event: AuditEvent) -> AuditEvent:
+    """``event`` with every text field encodable (escaped where it was not): a record with
+    bytes that are not UTF-8 is written safely instead of failing its batch."""
+    changes = {f.name: _clean(getattr(event, f.name)) for f in fields(event)
+               if isinstance(getattr(event, f.name), str | dict | list | tuple)}
+    changed = {k: v for k, v in changes.items() if v != getattr(event, k)}
+    return replace(event, **changed) if changed else event

@@ -287,17 +287,19 @@ def run_checkpoint(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     key_path = cfg.optional_path(cfg.audit.checkpoint_key)
-    directory = cfg.optional_path(cfg.audit.checkpoint_dir)
-    if key_path is None or directory is None:
-        raise CommandError("set audit.checkpoint_key and audit.checkpoint_dir first")
+    if key_path is None:
+        key_path, _ = checkpoint.ensure_key(cfg.audit_key_dir)
     key = checkpoint.load_signing_key(key_path)
+    directory = cfg.checkpoint_dir
     store = open_from_args(args)
     node = cfg.gateway.node
     last = store.last(node)
     if last is None:
         raise CommandError(f"chain {node!r} has no records yet", code=1)
-    cp = checkpoint.sign(key, node, last.seq, last.hash)
-    path = checkpoint.write(cp, directory)
+    before = checkpoint.newest(directory, node) if directory.is_dir() else None
+    prev = {"seq": before["seq"], "head": before["head"]} if before is not None else None
+    cp = checkpoint.sign(key, node, last.seq, last.hash, prev=prev)
+    path = checkpoint.write(cp, directory, cfg.checkpoint_copies)
     keep = getattr(store, "save_checkpoint", None)  # PostgreSQL: beside every node's
     if keep is not None:
         try:

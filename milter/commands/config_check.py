@@ -55,6 +55,8 @@ def problems(path: str | None, notes: list[str] | None = None) -> list[str]:
     elif cfg.audit.purge_every_hours == 0:
         notes.append(f"warning: {cfg.path}: audit.purge_every_hours = 0: the gateway does not "
                      "purge by itself; run `skot-milter audit purge` from cron")
+    if notes is not None:
+        notes.append(_audit_key_note(cfg))
     for extra in EXTRA_CHECKS:
         errors += extra(cfg)
     return errors
@@ -84,6 +86,23 @@ def _directory(cfg: config_mod.Config, notes: list[str]) -> list[str]:
     notes.append(f"directory {where}: {counts_text(directory)}"
                  + (f"; groups: {groups}" if groups else ""))
     return []
+
+
+def _audit_key_note(cfg: config_mod.Config) -> str:
+    """Where the checkpoint signing key is, and who must hold its public half."""
+    if cfg.audit.checkpoint_key:
+        key = cfg.resolve(cfg.audit.checkpoint_key)
+        state = "configured"
+    else:
+        keys = sorted(cfg.audit_key_dir.glob("epoch-*.key"))
+        key = keys[-1] if keys else cfg.audit_key_dir / "epoch-1.key"
+        state = "exists" if keys else "created at first start"
+    return (f"audit signing key: {key} ({state}); checkpoints in {cfg.checkpoint_dir}"
+            + (f", copied to {', '.join(map(str, cfg.checkpoint_copies))}"
+               if cfg.checkpoint_copies else " (no [audit] checkpoint_copy: set one off this "
+                                             "box)")
+            + f". Give {key.with_suffix('.pub')} to the auditors (audit.trusted_keys on their "
+              "side): only they can tell our checkpoints from forged ones")
 
 
 def _notice_templates(cfg: config_mod.Config) -> list[str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from milter.core.context import Context
+from milter.core.limits import OutOfTime
 from milter.core.message import Message
 from milter.core.verdict import STRENGTH, Finding, FiredRule, Verdict, reply_line
 from milter.policy import Policy, RulePolicy
@@ -40,6 +41,8 @@ class Engine:
             fn = self.rules[rp.id]
             try:
                 finding = fn(message, ctx, rp.params)
+            except OutOfTime:
+                raise  # not a rule bug: the caller makes the message A1.uninspectable
             except Exception as exc:  # noqa: BLE001 - a rule bug must tempfail, not crash
                 log.exception("rule %s failed", rp.id)
                 raise RuleCrashed(f"{rp.id}: {type(exc).__name__}") from exc

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from milter.core.limits import Limits as Limits  # re-exported: readers and callers use it here
+from milter.core.limits import deadline
 from milter.core.message import Message
 
 
@@ -41,7 +42,8 @@ class Budget:
 
     def __init__(self, limits: Limits, clock: float | None = None) -> None:
         self.limits = limits
-        self.deadline = (clock if clock is not None else time.monotonic()) + limits.time_budget
+        self.deadline = min((clock if clock is not None else time.monotonic())
+                            + limits.time_budget, deadline())
         self.expanded = 0
 
     def time_left(self) -> bool:

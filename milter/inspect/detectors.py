@@ -9,6 +9,8 @@ import bisect
 import re
 from collections.abc import Iterable, Iterator, Sequence
 
+from milter.core.limits import check_deadline
+
 _IBAN = re.compile(r"\b([A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?)\b")
 _DATE = re.compile(r"\b(\d{1,2}[-/.]\d{1,2}[-/.](?:19|20)\d{2}|(?:19|20)\d{2}-\d{2}-\d{2})\b")
 _POSTCODE = re.compile(r"\b\d{4} ?[A-Z]{2}\b")
@@ -79,7 +81,9 @@ def _bsn_matches(text: str, positions: list[int] | None = None) -> Iterator[re.M
         yield from _BSN_CAND.finditer(text)
         return
     after = 0
-    for start in positions:
+    for n, start in enumerate(positions):
+        if not n & 1023:
+            check_deadline()
         if start >= after and (not start or not text[start - 1].isdigit()):
             m = _BSN_CAND.match(text, start)
             if m is not None:
@@ -151,7 +155,9 @@ def _iban_starts(text: str) -> Iterator[int]:
 
 def _iban_matches(text: str) -> Iterator[re.Match[str]]:
     last_end = -1
-    for pos in _iban_starts(text):
+    for n, pos in enumerate(_iban_starts(text)):
+        if not n & 1023:
+            check_deadline()
         if pos < last_end or (pos and text[pos - 1].isalnum()):
             continue
         m = _IBAN_CI.match(text, pos)
@@ -197,7 +203,9 @@ def pupil_rows(rows: Sequence[Sequence[str]]) -> int:
     """Rows that look like a person record: a name plus a birth date, pupil number or
     postcode. Many such rows make a pupil list."""
     count = 0
-    for row in rows:
+    for n, row in enumerate(rows):
+        if not n & 1023:
+            check_deadline()
         cells = [c.strip() for c in row if c and c.strip()]
         if len(cells) < 2:
             continue
@@ -272,6 +280,8 @@ def bsn_in_text(text: str, keywords: Sequence[str], window: int,
     t0, t1, t2 = _T0, _T1, _T2
     for m in matches:  # inlined: this loop meets every number of a long digit-heavy text
         shaped += 1
+        if not shaped & 1023:
+            check_deadline()  # the time budget is enforced here (OutOfTime, issue 13)
         digits = m.group(1)
         if digits is None:
             digits = m.group(2).translate(_SEPARATORS)

@@ -107,6 +107,8 @@ class GatewayThread:
         return smtplib.SMTP("127.0.0.1", self.port, timeout=10)
 
     def stop(self) -> None:
+        if not self.loop.is_running():  # stopped already (by the test itself)
+            return
         self.call(self.running.stop(grace=5))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)

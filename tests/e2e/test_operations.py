@@ -206,6 +206,7 @@ def test_sigterm_while_a_worker_is_replaced_leaves_no_worker_behind(served: Any)
     """A worker dies; during the pause before its replacement the supervisor gets SIGTERM:
     no replacement starts (it would never hear the SIGTERM), and the gateway exits."""
     proc, port = served(gateway_extra="workers = 2")
+    proc.wait_log_count("ready", 2)  # both workers up before one is killed
     pid = proc.proc.pid
     workers = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     assert len(workers) == 2, proc.log.read_text()

@@ -278,7 +278,8 @@ def test_soak_sqlite_with_next_hop_and_audit_faults(tmp_path: Path, hop: Hop) ->
     gw = GatewayThread(write_config(tmp_path, next_hop=f"smtp://127.0.0.1:{hop.port}",
                                     gateway_extra=HOP_TIMEOUT, extra=NO_NOTICES))
     audit = tmp_path / "audit.sqlite3"
-    files = (audit, audit.with_name(audit.name + "-wal"))  # not -shm: it is mmapped (SIGBUS)
+    # -shm too: it is mapped into memory, and an immutable one used to be SIGBUS (issue 13)
+    files = (audit, audit.with_name(audit.name + "-wal"), audit.with_name(audit.name + "-shm"))
     probe = tmp_path / "probe"
     probe.touch()
     immutable = shutil.which("chattr") is not None and chattr(True, probe)
@@ -310,7 +311,7 @@ def test_soak_sqlite_with_next_hop_and_audit_faults(tmp_path: Path, hop: Hop) ->
         soak.enter("clean")
         soak.wait_claimed(700)
         if immutable:               # where the file system can: a real write error (EPERM)
-            try:                    # even for root, on the database file and its WAL
+            try:                    # even for root, on the database file, its WAL and -shm
                 assert chattr(True, *files)
                 soak.enter("disk-refused")
                 soak.wait_claimed(800)

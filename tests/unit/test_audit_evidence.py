@@ -40,6 +40,7 @@ def setup(tmp_path: Path) -> dict[str, Any]:
     store = SQLiteStore(tmp_path / "audit.sqlite3", "test")
     for i in range(4):
         store.append(violation("someone@school.example", f"t{i}"))
+    assert main(["audit", "checkpoint", "--config", str(cfg)]) == 0  # as the gateway would
     return {"cfg": str(cfg), "store": store, "tmp": tmp_path, "keys": keys}
 
 
@@ -165,8 +166,10 @@ def test_gateway_checkpointer_exports_every_n_records(tmp_path: Path) -> None:
     for i in range(7):
         rec = store.append(violation("a@school.example", f"x{i}"))
         cp.seen(rec, 1)
+    # the first record at once (a new trail is never without a checkpoint), then every 3
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "checkpoint-n-000000000003.json", "checkpoint-n-000000000006.json"]
+        "checkpoint-n-000000000001.json", "checkpoint-n-000000000004.json",
+        "checkpoint-n-000000000007.json"]
 
 
 def test_intent_without_outcome_is_flagged(setup: dict[str, Any], capsys: Any) -> None:
@@ -231,7 +234,7 @@ def test_report_html_and_csv(setup: dict[str, Any], tmp_path: Path, capsys: Any)
     assert lines[0].startswith("date,rule,article,mode,action,outcome,recipients,subject")
     assert len([x for x in lines if "A1.confidential-attachment" in x]) == 4
     assert lines[-1].startswith("# chain verification") and "intact" in lines[-1]
-    assert "no signed checkpoints to check against" in lines[-1]
+    assert "1 signed checkpoint(s) hold" in lines[-1]  # the one the fixture signed
     assert any(r.event == "exported" and r.evidence.get("command") == "report"
                for r in store.records())
 
@@ -256,4 +259,4 @@ def test_report_holds_only_what_the_person_is_answerable_for(setup: dict[str, An
     lines = capsys.readouterr().out.strip().splitlines()
     refs = [row["reference"] for row in csv.DictReader(lines[:-1])]
     assert refs == ["t0", "t1", "t2", "t3", "priv1"]  # not the spoofed mail sent to them
-    assert "intact" in lines[-1] and "1 signed checkpoint(s) hold" in lines[-1]
+    assert "intact" in lines[-1] and "2 signed checkpoint(s) hold" in lines[-1]

@@ -43,6 +43,11 @@ def site(tmp_path: Path, sink: tuple[SinkHandler, int]) -> Iterator[dict[str, An
                                 rules=({"id": "B1.sender-domain", "article": "B1",
                                         "action": "reject", "mode": "enforce",
                                         "evidence": {"problems": ["from-external"]}},)))
+    # the records are signed as the gateway would have signed them (issue 13: verify wants
+    # checkpoints before it says "intact")
+    from milter.cli import main as cli
+
+    assert cli(["audit", "checkpoint", "--config", str(cfg_path)]) == 0
     qid = QuarantineStore(cfg.quarantine_dir).put(
         "held1", make_message(), {"mail_from": "someone@school.example",
                                   "rcpt_tos": ["ouder@example.org"]},

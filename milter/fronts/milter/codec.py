@@ -229,6 +229,76 @@ def decode_packet(cmd: bytes, data: bytes) -> Event:
     raise ProtocolError(f"unknown command {cmd!r}")
 
 
+# -- the order of commands, as libmilter enforces it ------------------------------------
+# libmilter (engine.c) keeps a state per connection and a set of states allowed after each.
+# A command out of order aborts the transaction in progress; if it would be allowed after
+# HELO it is then taken as if from there, else it is ignored: no callback and no reply.
+
+(ST_INIT, ST_OPTS, ST_CONN, ST_HELO, ST_MAIL, ST_RCPT, ST_DATA, ST_HDRS, ST_EOHS, ST_BODY,
+ ST_ENDM, ST_QUIT, ST_ABRT, ST_UNKN, ST_Q_NC) = range(15)
+
+
+def _mask(*states: int) -> int:
+    return sum(1 << s for s in states)
+
+
+_NEXT = {
+    ST_INIT: _mask(ST_OPTS),
+    ST_OPTS: _mask(ST_CONN, ST_UNKN),
+    ST_CONN: _mask(ST_HELO, ST_MAIL, ST_UNKN),
+    ST_HELO: _mask(ST_HELO, ST_MAIL, ST_UNKN),
+    ST_MAIL: _mask(ST_RCPT, ST_ABRT, ST_UNKN),
+    ST_RCPT: _mask(ST_HDRS, ST_EOHS, ST_DATA, ST_BODY, ST_ENDM, ST_RCPT, ST_ABRT, ST_UNKN),
+    ST_DATA: _mask(ST_EOHS, ST_HDRS, ST_ABRT),
+    ST_HDRS: _mask(ST_EOHS, ST_HDRS, ST_ABRT),
+    ST_EOHS: _mask(ST_BODY, ST_ENDM, ST_ABRT),
+    ST_BODY: _mask(ST_ENDM, ST_BODY, ST_ABRT),
+    ST_ENDM: _mask(ST_QUIT, ST_MAIL, ST_UNKN, ST_Q_NC),
+    ST_QUIT: 0,
+    ST_ABRT: 0,
+    ST_UNKN: _mask(ST_HELO, ST_MAIL, ST_RCPT, ST_ABRT, ST_DATA, ST_BODY, ST_UNKN, ST_QUIT,
+                   ST_Q_NC),
+    ST_Q_NC: _mask(ST_CONN, ST_UNKN),
+}
+
+
+class ProtocolOrder:
+    """libmilter's check of the command order (sans-I/O). ``admit`` says whether to handle
+    an event, and whether the transaction in progress is aborted first."""
+
+    def __init__(self) -> None:
+        self.state = ST_INIT
+
+    @staticmethod
+    def state_of(event: Event) -> int | None:
+        if isinstance(event, Quit):
+            return ST_Q_NC if event.new_connection else ST_QUIT
+        return _STATE_OF.get(type(event))
+
+    def admit(self, event: Event) -> tuple[bool, bool]:
+        """(handle it, abort the transaction in progress first)."""
+        new = self.state_of(event)
+        if new is None:  # macros: no state of their own
+            return True, False
+        aborted = False
+        if not _NEXT[self.state] & (1 << new):
+            aborted = ST_MAIL <= self.state < ST_ENDM
+            self.state = ST_HELO
+            if not _NEXT[ST_HELO] & (1 << new):
+                return False, aborted
+        self.state = new
+        return True, aborted
+
+    def replied(self, event: Event, reply: bytes) -> None:
+        """After accept, reject or tempfail the transaction is over: back to HELO (RCPT and
+        unknown commands excepted: a refused recipient leaves the others)."""
+        if isinstance(event, Rcpt | Unknown) or len(reply) < 5:
+            return
+        if reply[4:5] in (SMFIR_ACCEPT, SMFIR_REJECT, SMFIR_TEMPFAIL, SMFIR_REPLYCODE,
+                          SMFIR_DISCARD):
+            self.state = ST_HELO
+
+
 # -- encoding replies --------------------------------------------------------------------
 
 def packet(cmd: bytes, data: bytes = b"") -> bytes:
@@ -359,3 +429,10 @@ def decode_replies(data: bytes) -> list[Response]:
         out.append(Response(data[4:5], data[5:4 + length]))
         data = data[4 + length:]
     return out
+
+
+_STATE_OF: dict[type, int] = {
+    OptNeg: ST_OPTS, Connect: ST_CONN, Helo: ST_HELO, Mail: ST_MAIL, Rcpt: ST_RCPT,
+    Data: ST_DATA, Header: ST_HDRS, EndOfHeaders: ST_EOHS, Body: ST_BODY,
+    EndOfMessage: ST_ENDM, Abort: ST_ABRT, Unknown: ST_UNKN,
+}

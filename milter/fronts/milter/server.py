@@ -3,7 +3,10 @@
 It feeds the same core as the SMTP front. Postfix queues the message after our answer, so the
 decision is made durable in the audit store *before* we answer; the verdict becomes accept
 (plus header changes), a reply code (reject/tempfail with our text), or quarantine (Postfix's
-hold queue plus our own copy). A peer that breaks the protocol gets its connection closed.
+hold queue plus our own copy). A peer that breaks the protocol gets its connection closed;
+commands out of order are handled as libmilter does (``codec.ProtocolOrder``). Header bytes
+count against ``max_message_size`` as they arrive, and ``[milter] max_connections`` caps the
+connections, so that no MTA (or impostor) can exhaust memory or file descriptors.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +29,18 @@ log = logging.getLogger("skot-milter.milter")
 
 ACTIONS = (codec.SMFIF_ADDHDRS | codec.SMFIF_CHGHDRS | codec.SMFIF_QUARANTINE
            | codec.SMFIF_CHGBODY)  # body: the banner of a tagging rule (milter.warning)
+BAD_SENDER = "553 5.1.7 Invalid sender address: not valid UTF-8"
+BAD_RECIPIENT = "553 5.1.3 Invalid recipient address: not valid UTF-8"
+
+
+def valid_utf8(text: str) -> bool:
+    """The codec keeps undecodable bytes as surrogates: such an address can be neither
+    relayed as given nor recorded (HOSTILE-INPUTS; issue 13 item 6a)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass
@@ -35,6 +51,7 @@ class Message:
     body: bytearray = field(default_factory=bytearray)
     spool: Spooled | None = None  # the whole message, once it passed gateway.spool_threshold
     size: int = 0
+    header_bytes: int = 0  # counted as the headers come, against max_message_size
     too_big: bool = False
     spool_error: str = ""  # the spool could not be written: the MTA hears 451
 
@@ -61,6 +78,7 @@ class MilterConnection:
         self.actions = ACTIONS  # what the MTA allowed us (option negotiation)
         self.tx: Transaction | None = None
         self.message = Message()
+        self.order = codec.ProtocolOrder()
 
     def _reset(self) -> None:
         self.message.close()
@@ -68,6 +86,18 @@ class MilterConnection:
         self.tx = None
 
     async def handle(self, event: codec.Event) -> bytes:
+        """The reply to ``event`` (b"" for none), in libmilter's command order."""
+        take, aborted = self.order.admit(event)
+        if aborted:
+            self._reset()
+        if not take:
+            log.info("milter command %s out of order, ignored", type(event).__name__)
+            return b""
+        reply = await self._handle(event)
+        self.order.replied(event, reply)
+        return reply
+
+    async def _handle(self, event: codec.Event) -> bytes:
         if isinstance(event, codec.OptNeg):
             if event.version < 2:
                 raise codec.ProtocolError(f"milter version {event.version} too old")
@@ -86,6 +116,8 @@ class MilterConnection:
             return codec.encode_continue()
         if isinstance(event, codec.Mail):
             self._reset()
+            if not valid_utf8(event.address):
+                return codec.encode_replycode(BAD_SENDER)
             self.tx = self.gateway.begin(
                 "milter", sender=event.address,
                 client=self.macros.get("{client_addr}", self.client_ip), helo=self.helo,
@@ -93,12 +125,13 @@ class MilterConnection:
                 extra={"front": "milter", "queue_id": self.macros.get("i", "")})
             return codec.encode_continue()
         if isinstance(event, codec.Rcpt):
+            if not valid_utf8(event.address):
+                return codec.encode_replycode(BAD_RECIPIENT)
             if self.tx is not None:
                 self.tx.recipients.append(event.address)
             return codec.encode_continue()
         if isinstance(event, codec.Header):
-            if not self.message.too_big:
-                self.message.headers.append((event.name, event.value))
+            self._add_header(event.name, event.value)
             return codec.encode_continue()
         if isinstance(event, codec.Body):
             self._add_body(event.chunk)
@@ -118,6 +151,20 @@ class MilterConnection:
                 self.macros.clear()
             return b""
         return codec.encode_continue()  # EOH, DATA, unknown SMTP commands
+
+    def _add_header(self, name: str, value: bytes) -> None:
+        """Headers count against the size limit as they come (not only at the first body
+        chunk): 150 header packets of 1 MB were once all held (issue 13 item 6b)."""
+        msg = self.message
+        if msg.too_big or msg.spool_error:
+            return
+        cfg = (self.tx.runtime if self.tx is not None else self.gateway.runtime).config
+        msg.header_bytes += len(name) + len(value) + 4
+        if msg.header_bytes > cfg.gateway.max_message_size:
+            msg.too_big = True
+            msg.headers = []  # never hold more than the limit
+            return
+        msg.headers.append((name, value))
 
     def _add_body(self, chunk: bytes) -> None:
         msg = self.message
@@ -249,9 +296,41 @@ async def serve_connection(gateway: Gateway, reader: asyncio.StreamReader,
             await writer.wait_closed()
 
 
+class ConnectionCap:
+    """At most ``[milter] max_connections`` at once (read at each connection, so a reload
+    changes it); past it a connection is closed at once, logged once a minute."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.open = 0
+        self.refused = 0
+        self._logged = -1e9
+
+    def admit(self) -> bool:
+        cap = self.gateway.runtime.config.milter.max_connections
+        if self.open < cap:
+            self.open += 1
+            return True
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._logged >= 60:
+            self._logged = now
+            log.warning("milter: %d connections open, the cap; refused %d so far", self.open,
+                        self.refused)
+        return False
+
+
 async def start(gateway: Gateway, listen: str, reuse_port: bool = False) -> asyncio.Server:
-    def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Any:
-        return serve_connection(gateway, r, w)
+    cap = ConnectionCap(gateway)
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Any:
+        if not cap.admit():
+            w.close()
+            return
+        try:
+            await serve_connection(gateway, r, w)
+        finally:
+            cap.open -= 1
 
     if listen.startswith("unix:"):
         return await asyncio.start_unix_server(handler, path=listen[len("unix:"):])

@@ -1,6 +1,8 @@
 """The SMTP front's connection: aiosmtpd's SMTP protocol with our limits and DATA reader.
 
-Connection caps (total and per address), the early-talker pause, a total deadline for DATA,
+Connection caps (total and per address, with slots kept for the internal networks), the
+early-talker pause, bounds on the dialogue before DATA (time and commands, counted anew after
+each message, so any number of transactions share a connection), a total deadline for DATA,
 raw-argument capture (to refuse addresses aiosmtpd would rewrite), XFORWARD from Postfix, and
 cleanup when a client drops mid-transaction.
 """
@@ -10,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import re
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -40,8 +45,16 @@ class SMTPConnection(SMTP):
 
     def __init__(self, handler: SMTPHandler, *, limits: ConnectionLimits, spool_dir: Path,
                  spool_threshold: int, data_timeout: float = 600.0, greet_pause: float = 0.0,
-                 **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
+                 dialogue: DialogueLimits | None = None, **kwargs: Any) -> None:
+        self._dialogue = dialogue or DialogueLimits()
+        # MAIL, RCPT, DATA, RSET, NOOP and XFORWARD are counted per dialogue here, not per
+        # connection by aiosmtpd (whose count made recipient 501 of a connection a 421).
+        calls = dict(kwargs.pop("command_call_limit", None) or {})
+        calls.update(dict.fromkeys(DIALOGUE_COMMANDS, UNCOUNTED))
+        super().__init__(handler, command_call_limit=calls, **kwargs)
+        self._said: Counter[str] = Counter()  # commands in this dialogue
+        self._dialogue_timer: asyncio.TimerHandle | None = None
+        self._in_data = False
         self._spool_dir = spool_dir
         self._spool_threshold = spool_threshold
         self.spooled: Spooled | None = None  # the message in DATA, when it went to disk
@@ -107,10 +120,52 @@ class SMTPConnection(SMTP):
         super().connection_made(transport)
         if isinstance(self.event_handler, SMTPHandler):
             self.event_handler.connections.add(self)
+        self._new_dialogue()
+
+    # -- the dialogue before DATA: bounded in time and commands ---------------------------
+
+    def _new_dialogue(self) -> None:
+        """Start counting anew: at connect and after each message (its DATA answered)."""
+        self._said.clear()
+        if self._dialogue_timer is not None:
+            self._dialogue_timer.cancel()
+        self._dialogue_timer = asyncio.get_running_loop().call_later(
+            self._dialogue.timeout, self._dialogue_expired)
+
+    def _dialogue_expired(self) -> None:
+        """A client that has not reached the end of DATA within ``dialogue_timeout`` (a drip
+        of EHLOs or RCPTs, each resetting the idle timer) gives its slot back (HOSTILE-INPUTS,
+        issue 13 item 5). DATA itself has its own deadline."""
+        self._dialogue_timer = None
+        if self._in_data:
+            return
+        log.warning("%s took longer than %.0fs to reach DATA; closing",
+                    self.session.peer if self.session else "?", self._dialogue.timeout)
+        self.shut("421 4.4.2 Too slow, closing connection")
+
+    async def _over_limit(self, command: str) -> bool:
+        """Count ``command`` in this dialogue; past a limit the client hears 421 and the
+        connection closes (as aiosmtpd does for its own per-connection limits)."""
+        self._said[command] += 1
+        self._said["*"] += 1
+        limit = self._dialogue.per_command.get(command)
+        if (limit is not None and self._said[command] > limit) or \
+                self._said["*"] > self._dialogue.commands:
+            log.warning("%s over the dialogue limit at %s",
+                        self.session.peer if self.session else "?", command)
+            with contextlib.suppress(Exception):
+                await super().push(f"421 4.7.0 {command} sent too many times")
+            if self.transport is not None:
+                self.transport.close()
+            return True
+        return False
 
     def connection_lost(self, error: Exception | None) -> None:
         if getattr(self, "_refused", False):
             return
+        if self._dialogue_timer is not None:
+            self._dialogue_timer.cancel()
+            self._dialogue_timer = None
         if self._counted is not None:
             self._limits.release(self._counted)
             self._counted = None
@@ -137,7 +192,10 @@ class SMTPConnection(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         """DATA within a total deadline: a client dripping a line every few seconds would
         otherwise hold a worker for ever (HOSTILE-INPUTS 14)."""
+        if await self._over_limit("DATA"):
+            return
         self._in_command += 1
+        self._in_data = True
         try:
             await asyncio.wait_for(self._data(arg), timeout=self._data_timeout)
         except TimeoutError:
@@ -149,6 +207,9 @@ class SMTPConnection(SMTP):
                 self.transport.close()
         finally:
             self._in_command -= 1
+            self._in_data = False
+            if self.transport is not None and not self.transport.is_closing():
+                self._new_dialogue()
 
     async def _data(self, arg: str) -> None:
         """DATA read in large chunks by the sans-I/O ``DataReader`` instead of aiosmtpd's
@@ -209,6 +270,8 @@ class SMTPConnection(SMTP):
 
     async def smtp_XFORWARD(self, arg: str | None) -> None:
         """Postfix's XFORWARD: the real client behind a before-queue proxy filter."""
+        if await self._over_limit("XFORWARD"):
+            return
         handler = self.event_handler
         session = self.session
         if not isinstance(handler, SMTPHandler) or session is None \
@@ -238,15 +301,26 @@ class SMTPConnection(SMTP):
         return _getaddr(arg, self.local_part_limit)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self._over_limit("MAIL"):
+            return
         self.skot_last_arg = arg or ""
         await self._counted_command(super().smtp_MAIL, arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self._over_limit("RCPT"):
+            return
         self.skot_last_arg = arg or ""
         await self._counted_command(super().smtp_RCPT, arg)
 
     async def smtp_RSET(self, arg: str | None) -> None:
+        if await self._over_limit("RSET"):
+            return
         await self._counted_command(super().smtp_RSET, arg)
+
+    async def smtp_NOOP(self, arg: str | None) -> None:
+        if await self._over_limit("NOOP"):
+            return
+        await super().smtp_NOOP(arg)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -265,22 +339,57 @@ def _xtext_decode(value: str) -> str:
     return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
 
 
-class ConnectionLimits:
-    """Caps on concurrent connections, in total and per client address."""
+# Commands counted per dialogue (see ``DialogueLimits``), not by aiosmtpd per connection.
+# (Postfix's smtpd_proxy_filter sends XFORWARD before every MAIL: it is counted the same way.)
+DIALOGUE_COMMANDS = ("MAIL", "RCPT", "DATA", "RSET", "NOOP", "XFORWARD")
+UNCOUNTED = 2**62
 
-    def __init__(self, total: int, per_ip: int) -> None:
+
+@dataclass(frozen=True)
+class DialogueLimits:
+    """What one dialogue (connect or the end of a message, to the end of the next DATA) may
+    take: seconds, commands in all, and NOOPs / RSETs."""
+
+    timeout: float = 180.0
+    commands: int = 2000
+    per_command: dict[str, int] = field(default_factory=lambda: {"NOOP": 20, "RSET": 50})
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConnectionLimits:
+    """Caps on concurrent connections, in total and per client address. The last
+    ``reserved`` slots (at most half of them) are for the internal networks (the school's own
+    Postfix and staff): strangers filling the gateway cannot lock them out."""
+
+    def __init__(self, total: int, per_ip: int, reserved: int = 0,
+                 internal: Sequence[Network] = ()) -> None:
         self.total, self.per_ip = total, per_ip
+        self.reserved = min(reserved, total // 2)
+        self.internal = tuple(internal)
         self.by_ip: Counter[str] = Counter()
+        self.count = 0
+
+    def is_internal(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in n for n in self.internal)
 
     def admit(self, ip: str) -> str | None:
-        if sum(self.by_ip.values()) >= self.total:
+        cap = self.total if self.is_internal(ip) else self.total - self.reserved
+        if self.count >= cap:
             return "421 4.7.0 Too many connections, try again later"
         if self.by_ip[ip] >= self.per_ip:
             return "421 4.7.0 Too many connections from your address, try again later"
         self.by_ip[ip] += 1
+        self.count += 1
         return None
 
     def release(self, ip: str) -> None:
         self.by_ip[ip] -= 1
+        self.count -= 1
         if self.by_ip[ip] <= 0:
             del self.by_ip[ip]

@@ -57,6 +57,7 @@ class Pending:
     next_hop: str = ""
     sending: bool = False  # the final dot is on its way downstream: the send task owns it
     smtputf8: bool = False  # MAIL carried SMTPUTF8: non-ASCII addresses are allowed
+    mail_options: tuple[str, ...] = ()  # to replay MAIL on a fresh next-hop session
 
 
 @functools.lru_cache(maxsize=4096)
@@ -242,7 +243,8 @@ class SMTPHandler:
             helo=self.xforward.get(session, {}).get("HELO") or str(session.host_name or ""),
             auth_user=self._auth_user(session))
         cfg = tx.runtime.config
-        pending = Pending(tx, next_hop=cfg.next_hop, smtputf8=smtputf8)
+        pending = Pending(tx, next_hop=cfg.next_hop, smtputf8=smtputf8,
+                          mail_options=tuple(mail_options))
         helo, timeout = cfg.gateway.hostname, cfg.gateway.next_hop_timeout
         try:
             pending.downstream, reused = await self.pool.get(cfg.next_hop, helo, timeout)
@@ -355,8 +357,8 @@ class SMTPHandler:
         """The intent becomes durable while the message goes downstream, all but the final
         dot; the dot follows once the intent record is committed. A failed intent drops the
         next-hop connection before the dot: nothing is delivered."""
-        tx, downstream, evaluation = pending.tx, pending.downstream, decision.evaluation
-        assert downstream is not None and evaluation is not None
+        tx, evaluation = pending.tx, decision.evaluation
+        assert pending.downstream is not None and evaluation is not None
         intent = tx.intent()
         self.background.add(intent)
         intent.add_done_callback(self.background.discard)
@@ -366,18 +368,20 @@ class SMTPHandler:
             evaluation, tx.runtime.config.gateway.hostname, body))
         try:
             try:
-                before_dot = await downstream.start_data(head, body)
+                before_dot = await self._start_data(pending, head, body)
             except NextHopError as exc:
                 before_dot = exc
             await asyncio.shield(intent)
         except AuditUnavailable as exc:
-            downstream.abort()
+            if pending.downstream is not None:
+                pending.downstream.abort()
             log.error("tx=%s audit intent failed, nothing relayed: %s", tx.txid, exc)
             return tx.reply(AUDIT_DOWN)
         except asyncio.CancelledError:
             # The client vanished before the dot went downstream: nothing is relayed, and
             # the intent (written regardless) gets its outcome.
-            downstream.abort()
+            if pending.downstream is not None:
+                pending.downstream.abort()
             await tx.abandoned("client disconnected")
             raise
         # Past this point the next hop may accept the message at any moment: the send runs
@@ -385,18 +389,55 @@ class SMTPHandler:
         pending.sending = True
         return await asyncio.shield(self._spawn(self._send(pending, before_dot)))
 
-    async def _send(self, pending: Pending, before_dot: Reply | NextHopError | None) -> str:
+    async def _start_data(self, pending: Pending, *pieces: bytes) -> Reply | None:
+        """DATA and the message on the session opened at MAIL. A next hop that closes idle
+        sessions may have dropped it while a slow client uploaded (issue 13 item 3): then a
+        fresh session, MAIL and every accepted RCPT again, and DATA there. Before the final
+        dot the next hop delivers nothing, so this cannot deliver twice. A recipient the
+        fresh session refuses makes it a 4xx for the whole message (the client was told 250
+        for it): retried, never lost."""
         downstream = pending.downstream
         assert downstream is not None
+        try:
+            reply = await downstream.start_data(*pieces)
+            if reply is None or reply.code != 421:
+                return reply
+            failure = reply.line
+        except NextHopError as exc:
+            failure = str(exc)
+        tx = pending.tx
+        cfg = tx.runtime.config
+        log.info("tx=%s next-hop session lost before DATA (%s); replaying MAIL and %d RCPT "
+                 "on a fresh one", tx.txid, failure, len(tx.recipients))
+        downstream.abort()
+        pending.downstream = None
+        fresh = await open_session(pending.next_hop, cfg.gateway.hostname,
+                                   cfg.gateway.next_hop_timeout)
+        pending.downstream = fresh
+        reply = await fresh.mail(tx.sender, list(pending.mail_options))
+        if not reply.ok:
+            raise NextHopError(f"next hop refused MAIL on replay: {reply.line}")
+        for rcpt in tx.recipients:
+            reply = await fresh.rcpt(rcpt)
+            if not reply.ok:
+                raise NextHopError(f"next hop refused RCPT on replay: {reply.line}")
+        return await fresh.start_data(*pieces)
+
+    async def _send(self, pending: Pending, before_dot: Reply | NextHopError | None) -> str:
+        downstream = pending.downstream  # None when a replay could not open a session
+        after_dot = False
         try:
             try:
                 if isinstance(before_dot, NextHopError):
                     raise before_dot
+                assert downstream is not None
+                after_dot = before_dot is None  # the dot goes now: delivery may happen
                 result: Reply | NextHopError = before_dot or await downstream.finish_data()
             except NextHopError as exc:
-                await downstream.close()  # state unknown mid-DATA: never reuse this session
+                if downstream is not None:  # state unknown mid-DATA: never reuse it
+                    await downstream.close()
                 pending.downstream = None
                 result = exc
-            return await pending.tx.outcome(result)
+            return await pending.tx.outcome(result, after_dot)
         finally:
             await self._release(pending)
