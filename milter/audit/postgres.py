@@ -25,6 +25,7 @@ from milter.audit.sql import (
     SQLStore,
     encode,
     fetched,
+    postgres_index_schema,
     records_table,
     seal_after,
 )
@@ -48,6 +49,8 @@ MIGRATIONS = [
     CREATE TRIGGER records_append_only BEFORE UPDATE OR DELETE ON records
         FOR EACH ROW EXECUTE FUNCTION records_append_only();
     """,
+    # 2: the web view's search indexes (rules and people copied out of the JSON columns)
+    postgres_index_schema(),
 ]
 
 

@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from milter.audit.sql import GENESIS, PURGE_SHAPE, SQLStore, fetched, records_table
+from milter.audit.sql import (
+    GENESIS,
+    PURGE_SHAPE,
+    SQLStore,
+    fetched,
+    records_table,
+    sqlite_index_schema,
+)
 from milter.audit.store import AuditUnavailable
 
 SCHEMA = records_table("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER") + f"""
@@ -23,6 +30,20 @@ BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records
 BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 """
+
+
+VERSION = 2  # 1: records and guards; 2: the web view's search indexes
+
+
+def _statements(script: str) -> list[str]:
+    """``script`` split into statements (executescript would commit our transaction)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    return [s for s in out if s]
 
 
 class SQLiteStore(SQLStore):
@@ -37,8 +58,29 @@ class SQLiteStore(SQLStore):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            self.version = self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise AuditUnavailable(f"cannot open audit store {self.path}: {exc}") from exc
+
+    def _migrate(self) -> int:
+        """Bring an older file up to VERSION (``PRAGMA user_version``), in one transaction:
+        several processes opening the same file at once migrate it once."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version >= VERSION:
+            return version
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            if version < 2:
+                for statement in _statements(sqlite_index_schema()):
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("ANALYZE")
+        return VERSION
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
         with self._lock:

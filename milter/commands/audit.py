@@ -376,7 +376,11 @@ def run_report(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     store = open_from_args(args)
-    lines = violations(store, args.person, args.since, args.until)
+    from milter import directory
+
+    person = directory.load(cfg.directory_path).lookup(args.person)
+    lines = violations(store, args.person, args.since, args.until,
+                       person.private_addresses if person is not None else ())
     result = store.verify()
     cp_problems, cp_count = checkpoint_problems(cfg, store, [])
     audit_view(store, args, "exported", {"command": "report", "person": args.person,
