@@ -40,6 +40,7 @@ class MessageQuery:
     direction: str = ""
     outcome: str = ""
     subject: str = ""
+    violations_of: str = ""   # messages of this sender on which a rule fired
 
 
 def _where(q: MessageQuery) -> tuple[str, list[Any]]:
@@ -81,6 +82,9 @@ def _where(q: MessageQuery) -> tuple[str, list[Any]]:
     if q.article:
         clauses.append(f"id IN (SELECT record_id FROM record_rules WHERE article = ?{span})")
         args += [q.article, *span_args]
+    if q.violations_of:
+        clauses.append(f"id IN (SELECT record_id FROM record_rules WHERE sender = ?{span})")
+        args += [q.violations_of.lower(), *span_args]
     if q.addresses is not None:
         if not q.addresses:
             clauses.append("0 = 1")
@@ -111,8 +115,11 @@ def messages(store: Searchable, q: MessageQuery, *, before: int = 0, after: int 
                                             f"LIMIT {int(limit)}", args)]
 
 
-def count(store: Searchable, q: MessageQuery) -> int:
+def count(store: Searchable, q: MessageQuery, newer_than: int = 0) -> int:
     sql, args = _where(q)
+    if newer_than:
+        sql += " AND id > ?"
+        args.append(newer_than)
     rows = store.select(f"SELECT count(*) FROM records{sql}", args)
     return int(rows[0][0]) if rows else 0
 
@@ -177,3 +184,15 @@ def top_senders(store: Searchable, since: str, until: str, limit: int = 10
                         "AND sender <> '' GROUP BY sender ORDER BY 2 DESC, 1 "
                         f"LIMIT {int(limit)}", [since, until])
     return [(str(s), int(n)) for s, n in rows]
+
+
+def articles_by_outcome(store: Searchable, since: str, until: str
+                        ) -> dict[str, dict[str, int]]:
+    """article -> outcome event -> messages, for the monthly summary."""
+    rows = store.select("SELECT article, event, count(DISTINCT record_id) FROM record_rules "
+                        f"WHERE ts >= ? AND ts < ? AND event IN ({_OUTCOMES_SQL}) "
+                        "GROUP BY article, event", [since, until])
+    out: dict[str, dict[str, int]] = {}
+    for article, event, n in rows:
+        out.setdefault(str(article), {})[str(event)] = int(n)
+    return out

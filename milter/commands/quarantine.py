@@ -82,7 +82,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def audit_act(cfg: config_mod.Config, event: str, entry: Entry, actor: str,
-              reply: str = "") -> None:
+              reply: str = "", reason: str = "") -> None:
     env = entry.meta.get("envelope", {})
     try:
         store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
@@ -91,7 +91,8 @@ def audit_act(cfg: config_mod.Config, event: str, entry: Entry, actor: str,
                                 recipients=tuple(env.get("rcpt_tos", [])),
                                 direction=entry.meta.get("verdict", {}).get("direction", ""),
                                 action=event, reply=reply, actor=actor,
-                                evidence={"quarantine_id": entry.id}))
+                                evidence={"quarantine_id": entry.id,
+                                          **({"reason": reason} if reason else {})}))
         store.close()
     except AuditUnavailable as exc:
         raise CommandError(f"audit store unavailable, nothing changed: {exc}", code=1) from None
@@ -107,7 +108,7 @@ def run_delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def release_entry(cfg: config_mod.Config, entry: Entry, actor: str) -> str:
+def release_entry(cfg: config_mod.Config, entry: Entry, actor: str, reason: str = "") -> str:
     """Relay the original bytes with the original envelope; audit; remove from quarantine.
 
     Raises CommandError when the next hop does not accept it (nothing changes then)."""
@@ -125,7 +126,7 @@ def release_entry(cfg: config_mod.Config, entry: Entry, actor: str) -> str:
         raise CommandError(f"next hop unavailable, nothing released: {exc}", code=1) from None
     if not reply.ok:
         raise CommandError(f"next hop refused the message: {reply.line}", code=1)
-    audit_act(cfg, "quarantine-release", entry, actor, reply=reply.line)
+    audit_act(cfg, "quarantine-release", entry, actor, reply=reply.line, reason=reason)
     QuarantineStore(cfg.quarantine_dir).delete(entry.id)
     return reply.line
 

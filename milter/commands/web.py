@@ -42,24 +42,24 @@ def run_adduser(args: argparse.Namespace) -> int:
 
 
 def build_app(cfg: config_mod.Config) -> Any:
+    from milter import directory, policy
     from milter.audit.store import AuditUnavailable, open_store
-    from milter.commands.quarantine import release_entry
     from milter.quarantine import QuarantineStore
+    from milter.web.actions import QuarantineActions
     from milter.web.app import WebApp
 
     try:
         store = open_store(cfg.audit_url, cfg.get("gateway", "node"))
     except AuditUnavailable as exc:
         raise CommandError(str(exc)) from None
-    quarantine = QuarantineStore(cfg.quarantine_dir)
-
-    def release(qid: str, actor: str) -> str:
-        entry = quarantine.get(qid)
-        if entry is None:
-            raise CommandError(f"no quarantined message {qid}")
-        return release_entry(cfg, entry, actor)
-
-    return WebApp(cfg, store, quarantine, cfg.resolve(cfg.get("web", "users")), release)
+    try:
+        people = directory.load(cfg.directory_path)
+    except directory.DirectoryError as exc:
+        raise CommandError(str(exc)) from None
+    rule_ids = tuple(sorted(policy.load(cfg.policy_path).rules))
+    return WebApp(cfg, store, QuarantineStore(cfg.quarantine_dir),
+                  cfg.resolve(cfg.get("web", "users")), QuarantineActions(cfg, store),
+                  rule_ids=rule_ids, directory=people)
 
 
 def run_web(args: argparse.Namespace) -> int:
