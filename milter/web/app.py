@@ -33,7 +33,7 @@ import jinja2
 
 from milter import directory as directory_mod
 from milter.audit import search
-from milter.audit.report import REPORT_FIELDS, violations
+from milter.audit.report import REPORT_FIELDS, check_records, violations
 from milter.audit.sql import COLUMNS
 from milter.audit.store import OUTCOMES, AuditEvent, AuditStore, Filters
 from milter.config import Config
@@ -298,7 +298,8 @@ class Handler(BaseHTTPRequestHandler):
         problems: list[str] = []
         since = until = ""
         for key in ("since", "until"):
-            text = q.get(key, "").strip()
+            # typed (dd-mm-jjjj) or picked (the browser's date picker sends jjjj-mm-dd)
+            text = q.get(key, "").strip() or q.get(f"{key}_pick", "").strip()
             if not text:
                 continue
             moment = terms.parse_local(text, end=key == "until")
@@ -431,7 +432,8 @@ class Handler(BaseHTTPRequestHandler):
         self.app.audit(session, "viewed", {"page": "messages", **{
             k: q.get(k, "") for k in ("ref", "since", "until", "rule", "person", "article",
                                       "action", "direction", "outcome", "subject",
-                                      "sender")}, "results": total})
+                                      "sender", "since_pick", "until_pick")},
+                                           "results": total})
         self._render("messages.html", t["messages"], session, q=q, keep=keep, rows=rows,
                      total=total, first=first, newer=newer, older=older, search=s,
                      directions=terms.DIRECTIONS, actions=terms.ACTIONS,
@@ -527,7 +529,7 @@ class Handler(BaseHTTPRequestHandler):
         person = q.get("person", "").strip()
         if not person:
             self._render("report.html", t["report"], session, q=q, person="", who=None,
-                         rows=[], chain=None, fields=REPORT_FIELDS)
+                         rows=[], problems=[], fields=REPORT_FIELDS)
             return
         who = self.app.directory.lookup(person)
         since = terms.parse_local(q["since"]) if q.get("since") else None
@@ -535,7 +537,7 @@ class Handler(BaseHTTPRequestHandler):
         rows = violations(self.app.store, person, terms.stored_ts(since) if since else "",
                           terms.stored_ts(until) if until else "",
                           who.private_addresses if who is not None else ())
-        result = self.app.store.verify()
+        problems = check_records(self.app.store, [int(r["record"]) for r in rows])
         fmt = q.get("format", "html")
         self.app.audit(session, "exported" if fmt == "csv" else "viewed",
                        {"page": "report", "person": person, "records": len(rows),
@@ -546,13 +548,14 @@ class Handler(BaseHTTPRequestHandler):
             w.writeheader()
             for row in rows:
                 w.writerow({"name": who.name if who else "", **row})
-            buf.write(f"# chain {'intact' if result.ok else 'BROKEN'}: {result.records} "
-                      f"records\n")
+            buf.write(f"# {len(rows)} rows: their records "
+                      + (f"BROKEN: {'; '.join(problems)}" if problems else
+                         "and their links in the audit chain are intact") + "\n")
             self._send(200, buf.getvalue().encode(), "text/csv; charset=utf-8",
                        extra={"Content-Disposition": 'attachment; filename="report.csv"'})
             return
         self._render("report.html", f"{t['report']}: {who.name if who and who.name else person}",
-                     session, q=q, person=person, who=who, rows=rows, chain=result,
+                     session, q=q, person=person, who=who, rows=rows, problems=problems,
                      fields=REPORT_FIELDS)
 
     def _verify(self, session: Session, q: dict[str, str]) -> None:

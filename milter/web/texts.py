@@ -21,7 +21,7 @@ T: dict[str, dict[str, str]] = {
         "done": "Gedaan", "next": "Volgende", "prev": "Vorige", "newer": "Nieuwer",
         "older": "Ouder", "newest": "Nieuwste", "evidence": "Bewijs",
         "local_time": "tijden in Nederlandse tijd (Europe/Amsterdam)",
-        "date_hint": "dd-mm-jjjj",
+        "date_hint": "dd-mm-jjjj", "pick": "kalender",
         "found": "{total} berichten gevonden; {first}–{last} getoond.",
         "found_none": "Geen berichten gevonden.",
         "why_none": "Er is geen bericht dat aan alle voorwaarden voldoet: {what}.",
@@ -72,6 +72,8 @@ T: dict[str, dict[str, str]] = {
         "name": "Naam", "private": "Privé-adressen", "notified": "Ingelicht",
         "no_violations": "Geen overtredingen gevonden voor deze persoon in deze periode.",
         "view_records": "registraties",
+        "rows_intact": "Audit-keten intact voor de registraties in dit rapport (hashes en "
+                       "schakels naar de vorige en volgende registratie kloppen).",
     },
     "en": {
         "messages": "Messages", "records": "Records", "record": "Record",
@@ -91,7 +93,7 @@ T: dict[str, dict[str, str]] = {
         "done": "Done", "next": "Next", "prev": "Previous", "newer": "Newer",
         "older": "Older", "newest": "Newest", "evidence": "Evidence",
         "local_time": "times in Dutch local time (Europe/Amsterdam)",
-        "date_hint": "dd-mm-yyyy",
+        "date_hint": "dd-mm-yyyy", "pick": "calendar",
         "found": "{total} messages found; showing {first}–{last}.",
         "found_none": "No messages found.",
         "why_none": "No message meets all of: {what}.",
@@ -142,5 +144,7 @@ T: dict[str, dict[str, str]] = {
         "name": "Name", "private": "Private addresses", "notified": "Notified",
         "no_violations": "No violations found for this person in this period.",
         "view_records": "records",
+        "rows_intact": "Audit chain intact for the records in this report (their hashes and "
+                       "links to the records before and after them hold).",
     },
 }

@@ -96,6 +96,8 @@ def test_search_by_ref_part_of_name_dutch_values_and_dates(site: dict[str, Any],
     search(browser, base, since="03-03-2026", until="03-03-2026")
     assert refs_shown(browser) == ["priv1"]
     shot(browser, "search-dutch-date")
+    browser.get(base + "/messages?since_pick=2026-03-03&until_pick=2026-03-03")  # picked
+    assert refs_shown(browser) == ["priv1"]
     search(browser, base, since="02-03-2026", until="02-03-2026")
     assert refs_shown(browser) == []
     why = browser.find_element(by("ID"), "why").text
@@ -335,3 +337,23 @@ def test_report_shows_release_state(site: dict[str, Any]) -> None:
     row = page.split('href="/messages/held2"', 1)[0].rsplit("<tr>", 1)[1]
     assert "released by web:bert" in row and "quarantined" not in row.split(
         'class="state"', 1)[1].split("</td>", 1)[0]
+
+
+def test_report_names_an_altered_record(site: dict[str, Any]) -> None:
+    import sqlite3
+
+    cookie = login_cookie(site, "anna", "auditor-pass-1")
+    page = request(site, "GET", "/report?person=teacher%40school.example",
+                   cookie=cookie).read().decode()
+    assert "Audit chain intact" in page or "Audit-keten intact" in page
+    [victim] = [r for r in site["store"].records(Filters(txid="ref3"))]
+    con = sqlite3.connect(site["store"].path)
+    con.execute("DROP TRIGGER records_no_update")  # what a database owner could do
+    con.execute("UPDATE records SET subject = 'iets anders' WHERE id = ?", (victim.id,))
+    con.commit()
+    con.close()
+    page = request(site, "GET", "/report?person=teacher%40school.example",
+                   cookie=cookie).read().decode()
+    chain = page.split('id="chain"', 1)[1].split("</p>", 1)[0]
+    assert "GEBROKEN" in chain or "BROKEN" in chain
+    assert f"id={victim.id} " in chain and "content altered" in chain
