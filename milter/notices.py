@@ -284,8 +284,12 @@ class Notifier:
     retry_delay: float = 5.0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    def plan(self, req: NoticeRequest) -> list[Notice]:
-        """Who gets which notice. Only school addresses: never backscatter to outsiders."""
+    def plan(self, req: NoticeRequest,
+             suppressed: list[tuple[str, str]] | None = None) -> list[Notice]:
+        """Who gets which notice. Only school addresses: never backscatter to outsiders.
+
+        Notices the rate limit holds back are added to ``suppressed`` as (address, kind):
+        the audit says they were due, and the dashboard counts them."""
         if not req.rules:
             return []
         from milter.core.context import domain_in, domain_of
@@ -304,6 +308,8 @@ class Notifier:
         notices: list[Notice] = []
         if send:
             notices.append(self._notice(req, to, "sender", lang, name, held, ""))
+        elif suppressed is not None:
+            suppressed.append((to, "sender"))
         supervisor = person.supervisor if person is not None else ""
         if supervisor and any(rp.notice_supervisor for rp in req.rules):
             sup = self.directory.lookup(supervisor)
@@ -314,6 +320,8 @@ class Notifier:
             if sup_send:
                 notices.append(self._notice(req, supervisor, "supervisor", slang, sname,
                                             sup_held, intro))
+            elif suppressed is not None:
+                suppressed.append((supervisor, "supervisor"))
         return notices
 
     def _notice(self, req: NoticeRequest, to: str, kind: str, lang: str, name: str,
@@ -333,14 +341,19 @@ class Notifier:
         task.add_done_callback(self.tasks.discard)
 
     async def _run(self, req: NoticeRequest) -> None:
+        suppressed: list[tuple[str, str]] = []
         try:
-            notices = await asyncio.to_thread(self.plan, req)
+            notices = await asyncio.to_thread(self.plan, req, suppressed)
         except Exception as exc:  # noqa: BLE001 - a notice must never take the gateway down
             log.exception("tx=%s notice planning failed", req.txid)
             await self._audit("notice-failed", req.txid, (req.mail_from,),
                               f"notice could not be built: {type(exc).__name__}: {exc}",
                               {"kind": "sender", "rules": [rp.id for rp in req.rules]})
             return
+        for to, kind in suppressed:
+            await self._audit("notice-suppressed", req.txid, (to,), "",
+                              {"kind": kind, "reason": "rate limit",
+                               "rules": [rp.id for rp in req.rules]})
         for i, notice in enumerate(notices):
             try:
                 await self.send(notice)

@@ -669,6 +669,7 @@ class Handler(BaseHTTPRequestHandler):
                            "/records?" + urlencode({**one, "event": ev}), color,
                            f"{day.isoformat()}:{ev}")
                 for ev, color in (("notice-sent", charts.PALETTE[3]),
+                                  ("notice-suppressed", charts.PALETTE[2]),
                                   ("notice-failed", charts.PALETTE[1]))]))
         s_ts, u_ts = terms.stored_ts(since), terms.stored_ts(until)
         rules = [charts.Bar(f"{r} ({a})", n, "/messages?" + urlencode({**span, "rule": r}),

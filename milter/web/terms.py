@@ -48,6 +48,8 @@ EVENT_WORDS: dict[str, tuple[str, str]] = {
     "quarantine-delete": ("verwijderd", "deleted"),
     "notice-sent": ("melding verstuurd", "notice sent"),
     "notice-failed": ("melding mislukt", "notice failed"),
+    "notice-suppressed": ("melding ingehouden (maximum per uur)", "notice held back (hourly "
+                          "limit)"),
     "viewed": ("bekeken", "viewed"),
     "exported": ("geëxporteerd", "exported"),
     "denied": ("geweigerde toegang", "access denied"),
@@ -229,4 +231,5 @@ def final_state(outcome: AuditRecord, related: Sequence[AuditRecord], lang: str)
 
 
 def notified(after: Iterable[AuditRecord]) -> list[AuditRecord]:
-    return [r for r in after if r.event in ("notice-sent", "notice-failed")]
+    return [r for r in after if r.event in ("notice-sent", "notice-failed",
+                                            "notice-suppressed")]

@@ -62,7 +62,7 @@ T: dict[str, dict[str, str]] = {
         "age_1": "jonger dan 1 dag", "age_7": "1–7 dagen", "age_30": "7–30 dagen",
         "age_old": "ouder dan 30 dagen",
         "chart_daily": "Berichten per dag, naar afloop", "chart_notices":
-        "Meldingen per dag (verstuurd, mislukt)", "chart_rules": "Berichten per regel",
+        "Meldingen per dag (verstuurd, ingehouden, mislukt)", "chart_rules": "Berichten per regel",
         "chart_senders": "Afzenders met de meeste overtredingen",
         "chart_articles": "Berichten per artikel per maand",
         "chart_quarantine": "Quarantaine naar leeftijd",
@@ -134,7 +134,7 @@ T: dict[str, dict[str, str]] = {
         "age_1": "under 1 day", "age_7": "1–7 days", "age_30": "7–30 days",
         "age_old": "over 30 days",
         "chart_daily": "Messages per day, by outcome", "chart_notices":
-        "Notices per day (sent, failed)", "chart_rules": "Messages per rule",
+        "Notices per day (sent, held back, failed)", "chart_rules": "Messages per rule",
         "chart_senders": "Senders with the most violations",
         "chart_articles": "Messages per article per month",
         "chart_quarantine": "Quarantine by age",
