@@ -50,8 +50,8 @@ REF = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
 STATIC = Path(__file__).parent / "static"
 
 HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -120,6 +120,7 @@ class Handler(BaseHTTPRequestHandler):
     app: WebApp
     server_version = "skot-milter-web"
     sys_version = ""
+    timeout = 60  # seconds a connection may sit idle: a slow client cannot hold a thread
 
     # -- plumbing --------------------------------------------------------------------------
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -459,6 +460,7 @@ class Handler(BaseHTTPRequestHandler):
                      notices=terms.notified(records), qid=qid, held=entry is not None,
                      acts=[r for r in records if r.event.startswith("quarantine-")],
                      event_words=lambda e: terms.word(terms.EVENT_WORDS, e, lang),
+                     actword=lambda a: terms.word(terms.ACTIONS, a, lang),
                      direction_word=terms.word(terms.DIRECTIONS, main.direction, lang))
 
     # -- raw records -------------------------------------------------------------------------
