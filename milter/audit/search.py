@@ -153,11 +153,11 @@ def addresses_like(store: Searchable, part: str, limit: int = 500) -> list[str]:
 # -- counts for the dashboard ---------------------------------------------------------------
 
 def events_by_hour(store: Searchable, since: str, until: str) -> list[tuple[str, str, int]]:
-    """(UTC hour ``YYYY-MM-DDTHH``, event, count): the caller folds hours into local days,
-    which stays exact across daylight-saving changes."""
-    rows = store.select("SELECT substr(ts, 1, 13), event, count(*) FROM records "
-                        "WHERE ts >= ? AND ts < ? GROUP BY substr(ts, 1, 13), event",
-                        [since, until])
+    """(UTC hour ``YYYY-MM-DDTHH``, event, count) of the whole hours from ``since`` up to
+    ``until``: the caller folds hours into local days, which stays exact across
+    daylight-saving changes (Amsterdam's midnight is always a whole UTC hour)."""
+    rows = store.select("SELECT hour, event, n FROM record_hours WHERE hour >= ? AND hour < ?",
+                        [since[:13], until[:13]])
     return [(str(h), str(e), int(n)) for h, e, n in rows]
 
 

@@ -81,3 +81,20 @@ def test_an_older_store_is_migrated_and_backfilled(tmp_path: Path) -> None:
                             rules=(PRIVATE,), action="reject"))
     assert refs(store, addresses=("theo@home.example",)) == ["p2", "p1"]
     assert store.verify().ok
+
+
+def test_hour_counts_equal_the_records(tmp_path: Path) -> None:
+    from unittest import mock
+
+    store = SQLiteStore(tmp_path / "a.sqlite3", "n")
+    fill(store)
+    with mock.patch("milter.audit.sql.now_iso", return_value="2026-03-02T23:30:00.000000Z"):
+        store.append(AuditEvent(event="rejected", txid="late"))
+        store.append(AuditEvent(event="rejected", txid="late2"))
+    counts = search.events_by_hour(store, "2026-03-02T23:00:00", "2026-03-03T00:00:00")
+    assert counts == [("2026-03-02T23", "rejected", 2)]
+    everything = search.events_by_hour(store, "2000-01-01T00", "2999-01-01T00")
+    assert sum(n for _, _, n in everything) == len(list(store.records()))
+    store.purge("2999-01-01", set(), set(), "retention")  # counts hold no personal data
+    assert sum(n for _, _, n in search.events_by_hour(
+        store, "2000-01-01T00", "2999-01-01T00")) == len(list(store.records()))

@@ -5,6 +5,7 @@ the folder CI keeps."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -148,8 +149,9 @@ def csrf_of(site: dict[str, Any], cookie: str) -> str:
     return page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """One Chromium per test module (starting one takes a second or two)."""
     if not CHROMIUM or not CHROMEDRIVER:
         pytest.fail("chromium and chromium-driver are needed (.ci/run installs them)")
     from selenium import webdriver
@@ -168,6 +170,17 @@ def browser() -> Iterator[Any]:
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def browser(chromium: Any) -> Iterator[Any]:
+    """The module's Chromium with no cookies: each test signs in afresh."""
+    chromium.delete_all_cookies()
+    chromium.set_window_size(1280, 900)
+    yield chromium
+    with contextlib.suppress(Exception):
+        chromium.delete_all_cookies()  # the site's (cookies ignore the port)
+        chromium.get("about:blank")
 
 
 def browser_login(driver: Any, base: str, user: str, password: str, lang: str = "en") -> None:
