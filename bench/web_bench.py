@@ -177,7 +177,9 @@ PAGES = [
     ("by Dutch date (one day)", "/messages?since={day}&until={day}"),
     ("by month + rule + action", "/messages?since={month}&until={day}&rule=B1.sender-domain"
                                  "&action=weigeren"),
-    ("by subject text", "/messages?subject=groep+3&since={day}&until={day}"),
+    ("by subject text (one day)", "/messages?subject=groep+3&since={day}&until={day}"),
+    ("by subject text (all)", "/messages?subject=bericht+4242+"),
+    ("by name + rule", "/messages?person=staff1234&rule=B1.sender-domain"),
     ("nothing found (explained)", "/messages?ref=zzz&action=weigeren"),
     ("message page", "/messages/b000123456"),
     ("dashboard (30 days)", "/dashboard"),

@@ -64,10 +64,10 @@ def _where(q: MessageQuery) -> tuple[str, list[Any]]:
     if q.direction:
         clauses.append("direction = ?")
         args.append(q.direction)
-    if q.subject:
-        clauses.append("lower(subject) LIKE ?")
+    if q.subject:  # the narrow lower-cased copy, not the wide rows
+        clauses.append("id IN (SELECT record_id FROM record_subjects WHERE subject LIKE ? "
+                       "ESCAPE '\\')")
         args.append("%" + _like(q.subject.lower()) + "%")
-        clauses[-1] += " ESCAPE '\\'"
     span, span_args = "", []
     if q.since:
         span += " AND ts >= ?"

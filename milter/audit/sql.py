@@ -14,6 +14,7 @@ from typing import Any
 from milter.audit.store import (
     EMPTY_PERSONAL,
     GENESIS,
+    OUTCOMES,
     AuditEvent,
     AuditRecord,
     Filters,
@@ -64,12 +65,16 @@ CREATE INDEX IF NOT EXISTS records_sender ON records (sender);
 """
 
 
+DECISIONS = "(" + ", ".join(f"'{o}'" for o in OUTCOMES) + ")"  # the events that end a message
+
+
 # Search indexes for the web view (schema version 2). Rules and people live in JSON columns
 # that no index reaches, so each record's rules and the addresses it concerns are copied, by a
 # trigger on insert, into two narrow tables; a purge deletes the copies with the personal
-# fields they repeat. A third counts records per UTC hour and event (no personal data; the
-# dashboard reads a year of it without walking a million rows). They are derived data outside
-# the hash chain: rebuilt from the records, never trusted over them.
+# fields they repeat (as does a narrow copy of the decisions' subjects, lower-cased, for free
+# text search without reading every wide row). Another counts records per UTC hour and event
+# (no personal data; the dashboard reads a year of it without walking a million rows). All
+# are derived data outside the hash chain: rebuilt from the records, never trusted over them.
 INDEX_TABLES = """
 CREATE TABLE IF NOT EXISTS record_rules (
     record_id {integer} NOT NULL, ts TEXT NOT NULL, event TEXT NOT NULL,
@@ -82,6 +87,8 @@ CREATE INDEX IF NOT EXISTS record_rules_record ON record_rules (record_id);
 CREATE TABLE IF NOT EXISTS record_people (record_id {integer} NOT NULL, address TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS record_people_address ON record_people (address, record_id);
 CREATE INDEX IF NOT EXISTS record_people_record ON record_people (record_id);
+CREATE TABLE IF NOT EXISTS record_subjects (
+    record_id {integer} PRIMARY KEY, subject TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS record_hours (
     hour TEXT NOT NULL, event TEXT NOT NULL, n {integer} NOT NULL, PRIMARY KEY (hour, event));
 CREATE INDEX IF NOT EXISTS records_event_id ON records (event, id);
@@ -126,15 +133,21 @@ CREATE TRIGGER IF NOT EXISTS records_index AFTER INSERT ON records BEGIN
     INSERT INTO record_people (record_id, address) {new_people};
     INSERT INTO record_hours (hour, event, n) VALUES (substr(NEW.ts, 1, 13), NEW.event, 1)
         ON CONFLICT (hour, event) DO UPDATE SET n = n + 1;
+    INSERT INTO record_subjects (record_id, subject) SELECT NEW.id, lower(NEW.subject)
+        WHERE NEW.subject <> '' AND NEW.event IN {DECISIONS};
 END;
 CREATE TRIGGER IF NOT EXISTS records_unindex AFTER UPDATE OF purged ON records
 WHEN NEW.purged = 1 BEGIN
     DELETE FROM record_rules WHERE record_id = NEW.id;
     DELETE FROM record_people WHERE record_id = NEW.id;
+    DELETE FROM record_subjects WHERE record_id = NEW.id;
 END;
 DELETE FROM record_rules;
 DELETE FROM record_people;
 DELETE FROM record_hours;
+DELETE FROM record_subjects;
+INSERT INTO record_subjects (record_id, subject) SELECT id, lower(subject) FROM records
+    WHERE subject <> '' AND purged = 0 AND event IN {DECISIONS};
 INSERT INTO record_hours (hour, event, n)
     SELECT substr(ts, 1, 13), event, count(*) FROM records GROUP BY substr(ts, 1, 13), event;
 INSERT INTO record_rules (record_id, ts, event, sender, rule, article)
@@ -177,9 +190,13 @@ BEGIN
         INSERT INTO record_people (record_id, address) {people("NEW")};
         INSERT INTO record_hours (hour, event, n) VALUES (substr(NEW.ts, 1, 13), NEW.event, 1)
             ON CONFLICT (hour, event) DO UPDATE SET n = record_hours.n + 1;
+        IF NEW.subject <> '' AND NEW.event IN {DECISIONS} THEN
+            INSERT INTO record_subjects (record_id, subject) VALUES (NEW.id, lower(NEW.subject));
+        END IF;
     ELSIF NEW.purged = 1 AND OLD.purged = 0 THEN
         DELETE FROM record_rules WHERE record_id = NEW.id;
         DELETE FROM record_people WHERE record_id = NEW.id;
+        DELETE FROM record_subjects WHERE record_id = NEW.id;
     END IF;
     RETURN NULL;
 END $$ LANGUAGE plpgsql;
@@ -189,6 +206,9 @@ CREATE TRIGGER records_index AFTER INSERT OR UPDATE ON records
 DELETE FROM record_rules;
 DELETE FROM record_people;
 DELETE FROM record_hours;
+DELETE FROM record_subjects;
+INSERT INTO record_subjects (record_id, subject) SELECT id, lower(subject) FROM records
+    WHERE subject <> '' AND purged = 0 AND event IN {DECISIONS};
 INSERT INTO record_hours (hour, event, n)
     SELECT substr(ts, 1, 13), event, count(*) FROM records GROUP BY substr(ts, 1, 13), event;
 INSERT INTO record_rules (record_id, ts, event, sender, rule, article)

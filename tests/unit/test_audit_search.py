@@ -98,3 +98,13 @@ def test_hour_counts_equal_the_records(tmp_path: Path) -> None:
     store.purge("2999-01-01", set(), set(), "retention")  # counts hold no personal data
     assert sum(n for _, _, n in search.events_by_hour(
         store, "2000-01-01T00", "2999-01-01T00")) == len(list(store.records()))
+
+
+def test_subject_copies_follow_decisions_and_purges(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "a.sqlite3", "n")
+    fill(store)
+    store.append(AuditEvent(event="viewed", subject="Lijst 7B"))  # not a decision
+    assert refs(store, subject="LIJST 7b") == ["q1"]
+    store.purge("2999-01-01", set(), set(), "retention")
+    assert refs(store, subject="lijst") == []
+    assert store.select("SELECT count(*) FROM record_subjects")[0][0] == 0
