@@ -367,8 +367,9 @@ class Handler(BaseHTTPRequestHandler):
             found = self._people(person)
             addresses = tuple(sorted(found))
             if found:
-                meaning.append(t["person_means"].format(value=person,
-                                                        addresses=", ".join(addresses)))
+                shown = ", ".join(addresses[:10]) + (
+                    t["and_more"].format(n=len(addresses) - 10) if len(addresses) > 10 else "")
+                meaning.append(t["person_means"].format(value=person, addresses=shown))
             else:
                 problems.append(t["no_person"].format(value=person))
         sender = q.get("sender", "").strip().lower()

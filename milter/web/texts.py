@@ -29,7 +29,7 @@ T: dict[str, dict[str, str]] = {
         "bad_date": "{field}: '{value}' is geen datum; gebruik dd-mm-jjjj (bijv. 27-11-2026).",
         "bad_ref": "Referentie '{value}' kan niet bestaan (alleen letters, cijfers, - en _).",
         "bad_value": "{field}: '{value}' ken ik niet; kies uit {allowed}.",
-        "person_means": "persoon '{value}' = {addresses}",
+        "person_means": "persoon '{value}' = {addresses}", "and_more": " en {n} meer",
         "no_person": "Persoon: niemand in de personeelslijst of de registratie past bij "
                      "'{value}'.",
         "violations_of": "overtredingen van {value}",
@@ -101,7 +101,7 @@ T: dict[str, dict[str, str]] = {
         "bad_date": "{field}: '{value}' is not a date; use dd-mm-yyyy (e.g. 27-11-2026).",
         "bad_ref": "Reference '{value}' cannot exist (letters, digits, - and _ only).",
         "bad_value": "{field}: '{value}' is not known; choose from {allowed}.",
-        "person_means": "person '{value}' = {addresses}",
+        "person_means": "person '{value}' = {addresses}", "and_more": " and {n} more",
         "no_person": "Person: nobody in the staff directory or the store matches "
                      "'{value}'.",
         "violations_of": "violations by {value}",
