@@ -173,3 +173,26 @@ def test_every_screen_keeps_the_strict_policy(site: dict[str, Any]) -> None:
         assert "<script" not in page and " style=" not in page and "<style" not in page
         assert "http://" not in page.replace("http://www.w3.org/2000/svg", ""), path
         assert "https://" not in page
+
+
+def test_stored_values_are_escaped_on_every_screen(site: dict[str, Any]) -> None:
+    from milter.audit.store import AuditEvent
+
+    evil = '"><script>alert(1)</script><img src=x onerror=alert(2)>'
+    rec = site["store"].append(AuditEvent(
+        event="rejected", txid="evil1", sender=f"x{evil}@school.example",
+        recipients=(evil,), subject=evil, action="reject", direction="outbound",
+        rules=({"id": evil, "article": evil, "reason": evil, "mode": evil,
+                "evidence": {"items": [{"name": evil, "pupil_rows": 3}], evil: evil}},
+               {"no": "id"})))
+    cookie = login_cookie(site, "anna", "auditor-pass-1")
+    for path in ["/messages", "/messages/evil1", f"/records/{rec.id}", "/records",
+                 "/dashboard", "/summary",
+                 "/report?person=" + urllib.parse.quote(f"x{evil}@school.example"),
+                 "/messages?person=" + urllib.parse.quote(evil)]:
+        resp = request(site, "GET", path, cookie=cookie)
+        page = resp.read().decode()
+        assert resp.status == 200, path
+        assert "<script>" not in page and "<img src=x" not in page, path
+    page = request(site, "GET", "/messages/evil1", cookie=cookie).read().decode()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
