@@ -64,6 +64,7 @@ TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 TEMPLATES.filters["local"] = terms.local_time
+TEMPLATES.filters["age"] = terms.age_words
 TEMPLATES.filters["urlq"] = lambda d: urlencode({k: v for k, v in d.items() if v})
 
 
@@ -571,8 +572,9 @@ class Handler(BaseHTTPRequestHandler):
     # -- quarantine --------------------------------------------------------------------------
     def _held(self) -> list[preview.Held]:
         days = self.app.config.get("quarantine", "retention_days")
-        return sorted((preview.summarise(e, days) for e in self.app.quarantine.entries()),
-                      key=lambda h: -h.stored_at)
+        lang = self._lang()
+        return sorted((preview.summarise(e, days, lang=lang)
+                       for e in self.app.quarantine.entries()), key=lambda h: -h.stored_at)
 
     def _quarantine(self, session: Session, q: dict[str, str]) -> None:
         t = T[self._lang()]
@@ -590,8 +592,8 @@ class Handler(BaseHTTPRequestHandler):
                                            "ref": str(entry.meta.get("txid", ""))})
         headers, text = preview.preview(entry)
         self._render("quarantine_entry.html", f"{t['quarantine']}: {qid}", session,
-                     h=preview.summarise(entry, self.app.config.get("quarantine",
-                                                                    "retention_days")),
+                     h=preview.summarise(entry, self.app.config.get(
+                         "quarantine", "retention_days"), lang=self._lang()),
                      headers=headers, text=text, admin=session.role == "admin")
 
     def _quarantine_confirm(self, session: Session, qid: str, act: str,
@@ -605,7 +607,8 @@ class Handler(BaseHTTPRequestHandler):
         if entry is None:
             self._message(session, "404", t["not_held"].format(id=qid), 404)
             return
-        h = preview.summarise(entry, self.app.config.get("quarantine", "retention_days"))
+        h = preview.summarise(entry, self.app.config.get("quarantine", "retention_days"),
+                              lang=self._lang())
         self._render("quarantine_confirm.html", t[f"confirm_{act}"], session, status, h=h,
                      act=act, error=error)
 

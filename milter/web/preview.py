@@ -83,15 +83,18 @@ def _parse(raw: bytes) -> EmailMessage:
     return msg
 
 
-def _findings(entry: Entry) -> dict[str, list[str]]:
-    """Attachment name -> what the rules found in it (counts and labels, never values)."""
+def _findings(entry: Entry, lang: str) -> dict[str, list[str]]:
+    """Attachment name -> what the rules found in it, in words (counts and labels, never
+    values)."""
+    from milter.web.terms import signal_words
+
     out: dict[str, list[str]] = {}
     for rule in entry.meta.get("verdict", {}).get("rules", []):
         ev = rule.get("evidence") if isinstance(rule.get("evidence"), dict) else {}
         for item in ev.get("items", []) if isinstance(ev.get("items"), list) else []:
             if not isinstance(item, dict):
                 continue
-            bits = [f"{k} {item[k]}" for k in ("bsn", "iban", "pupil_rows") if item.get(k)]
+            bits = signal_words(item, lang)
             for k in ("markings", "labels", "reason"):
                 if item.get(k):
                     v = item[k]
@@ -101,11 +104,12 @@ def _findings(entry: Entry) -> dict[str, list[str]]:
     return out
 
 
-def summarise(entry: Entry, retention_days: int, now: float | None = None) -> Held:
+def summarise(entry: Entry, retention_days: int, now: float | None = None,
+              lang: str = "nl") -> Held:
     now = time.time() if now is None else now
     env = entry.meta.get("envelope", {})
     stored = float(entry.meta.get("stored_at", 0))
-    found = _findings(entry)
+    found = _findings(entry, lang)
     subject, attachments = "", []
     try:
         msg = _parse(entry.raw)

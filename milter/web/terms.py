@@ -156,11 +156,24 @@ _SIGNALS_EN = {"bsn": "{n} citizen service number(s)", "iban": "{n} IBAN(s)",
                "pupil_rows": "{n} rows with name and date of birth"}
 
 
+def signal_words(item: Mapping[str, Any], lang: str) -> list[str]:
+    """What a detector counted in one attachment, in words: "25 rijen met naam en
+    geboortedatum"."""
+    signals = _SIGNALS_NL if lang == "nl" else _SIGNALS_EN
+    return [signals[k].format(n=item[k]) for k in signals if item.get(k)]
+
+
+def age_words(days: float, lang: str) -> str:
+    if days < 1:
+        hours = int(days * 24)
+        return f"{hours} uur" if lang == "nl" else f"{hours} h"
+    return f"{days:.0f} dagen" if lang == "nl" else f"{days:.0f} days"
+
+
 def findings(rec: AuditRecord, lang: str) -> list[Finding]:
     """The rules of a record with their evidence said in words: "bijlage x.xlsx: 25 rijen met
     naam en geboortedatum"."""
     out = []
-    signals = _SIGNALS_NL if lang == "nl" else _SIGNALS_EN
     attachment = "bijlage" if lang == "nl" else "attachment"
     for r in rec.rules:
         ev = r.get("evidence") if isinstance(r.get("evidence"), dict) else {}
@@ -169,7 +182,7 @@ def findings(rec: AuditRecord, lang: str) -> list[Finding]:
         for item in ev.get("items", []) if isinstance(ev.get("items"), list) else []:
             if not isinstance(item, dict):
                 continue
-            parts = [signals[k].format(n=item[k]) for k in signals if item.get(k)]
+            parts = signal_words(item, lang)
             for k, label in (("markings", "markering" if lang == "nl" else "marking"),
                              ("labels", "label"), ("reason", "")):
                 v = item.get(k)

@@ -157,7 +157,8 @@ def test_quarantine_read_only_for_auditors_with_inert_preview(site: dict[str, An
     browser.get(base + "/quarantine")
     row = browser.find_element(by("ID"), f"q-{qid}").text
     assert "Klassenlijst groep 7" in row and "leerlingenlijst.xlsx" in row
-    assert "pupil_rows 25" in row and "over 30" in row  # expires in 30 days
+    assert "25 rijen met naam en geboortedatum" in row
+    assert "0 uur" in row and "over 30 dagen" in row  # held just now, kept 30 days
     assert browser.find_elements(by("ID"), f"release-{qid}") == []
     shot(browser, "quarantine-auditor")
     browser.find_element(by("CSS_SELECTOR"), f"#q-{qid} a").click()
