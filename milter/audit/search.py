@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from milter.audit.sql import SELECT, decode
@@ -65,9 +66,14 @@ def _where(q: MessageQuery) -> tuple[str, list[Any]]:
         clauses.append("direction = ?")
         args.append(q.direction)
     if q.subject:  # the narrow lower-cased copy, not the wide rows
-        clauses.append("id IN (SELECT record_id FROM record_subjects WHERE subject LIKE ? "
-                       "ESCAPE '\\')")
-        args.append("%" + _like(q.subject.lower()) + "%")
+        pattern = "%" + _like(q.subject.lower()) + "%"
+        if _narrow(q):  # other conditions pick few rows: look up each one's subject
+            clauses.append("EXISTS (SELECT 1 FROM record_subjects s WHERE s.record_id = "
+                           "records.id AND s.subject LIKE ? ESCAPE '\\')")
+        else:           # the subject is the filter: scan the copies once
+            clauses.append("id IN (SELECT record_id FROM record_subjects WHERE subject "
+                           "LIKE ? ESCAPE '\\')")
+        args.append(pattern)
     span, span_args = "", []
     if q.since:
         span += " AND ts >= ?"
@@ -93,6 +99,20 @@ def _where(q: MessageQuery) -> tuple[str, list[Any]]:
                            f"({', '.join('?' * len(q.addresses))}))")
             args += q.addresses
     return " WHERE " + " AND ".join(clauses), args
+
+
+def _narrow(q: MessageQuery) -> bool:
+    """Whether conditions other than the subject leave few rows (a reference, people, or a
+    period of at most two months)."""
+    if q.ref or q.addresses is not None or q.violations_of:
+        return True
+    if q.since and q.until:
+        try:
+            span = datetime.fromisoformat(q.until[:19]) - datetime.fromisoformat(q.since[:19])
+        except ValueError:
+            return False
+        return span <= timedelta(days=62)
+    return False
 
 
 def _like(text: str) -> str:
