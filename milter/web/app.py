@@ -1,4 +1,4 @@
-"""The auditors' web view: stdlib HTTP server, Jinja2 templates, no JavaScript, no external
+"""The auditors' web view: Flask on waitress, Jinja2 templates, no JavaScript, no external
 assets.
 
 Every page needs a session (HttpOnly, SameSite=Strict, Secure cookies); every form carries a
@@ -9,7 +9,6 @@ no page is built by string concatenation of stored values.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import hmac
@@ -23,13 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from http import HTTPStatus
-from http.cookies import SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode
 
+import flask
 import jinja2
+import waitress
 
 from milter import directory as directory_mod
 from milter.audit import search
@@ -117,54 +116,47 @@ class Search:
     problems: list[str]
 
 
-class Handler(BaseHTTPRequestHandler):
-    app: WebApp
-    server_version = "skot-milter-web"
-    sys_version = ""
-    timeout = 60  # seconds a connection may sit idle: a slow client cannot hold a thread
+class Page:
+    """One request's view of the web app: the pages, written against the request and
+    answering with a response (the routes in ``create_wsgi`` pick the method)."""
+
+    def __init__(self, app: WebApp, request: flask.Request) -> None:
+        self.app = app
+        self.request = request
+        self.path = request.full_path.removesuffix("?")
+        self.headers = request.headers
+        self.response: flask.Response | None = None
 
     # -- plumbing --------------------------------------------------------------------------
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        return None  # access is audited in the store; no personal data in stderr
-
     def _lang(self) -> str:
-        q = parse_qs(urlsplit(self.path).query)
-        if q.get("lang", [""])[0] in T:
-            return q["lang"][0]
-        cookie = self._cookies().get("lang")
-        if cookie is not None and cookie.value in T:
-            return cookie.value
+        asked = self.request.args.get("lang", "")
+        if asked in T:
+            return asked
+        cookie = self.request.cookies.get("lang", "")
+        if cookie in T:
+            return cookie
         return "en" if self.headers.get("Accept-Language", "").lower().startswith("en") else "nl"
 
-    def _cookies(self) -> SimpleCookie:
-        c: SimpleCookie = SimpleCookie()
-        with contextlib.suppress(Exception):  # a malformed Cookie header is no session
-            c.load(self.headers.get("Cookie", ""))
-        return c
-
     def _session(self) -> Session | None:
-        morsel = self._cookies().get("skot_session")
-        if morsel is None:
+        token = self.request.cookies.get("skot_session")
+        if not token:
             return None
         with self.app.lock:
-            s = self.app.sessions.get(morsel.value)
+            s = self.app.sessions.get(token)
             if s is None or s.expires < time.time():
-                self.app.sessions.pop(morsel.value, None)
+                self.app.sessions.pop(token, None)
                 return None
             s.expires = time.time() + self.app.config.get("web", "session_minutes") * 60
             return s
 
     def _send(self, status: int, body: bytes, ctype: str = "text/html; charset=utf-8",
               extra: dict[str, str] | None = None, cookies: list[str] | None = None) -> None:
-        self.send_response(status)
-        for k, v in {**HEADERS, "Content-Type": ctype, **(extra or {})}.items():
-            self.send_header(k, v)
-        for c in cookies or []:
-            self.send_header("Set-Cookie", c)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        resp = flask.Response(body, status=status)
+        for k, v in {"Content-Type": ctype, **(extra or {})}.items():
+            resp.headers[k] = v
+        for c in cookies or []:  # written out by hand: the flags are what the tests pin
+            resp.headers.add("Set-Cookie", c)
+        self.response = resp
 
     def _cookie(self, name: str, value: str, max_age: int | None = None) -> str:
         secure = "; Secure" if self.app.config.get("web", "secure_cookies") else ""
@@ -175,96 +167,23 @@ class Handler(BaseHTTPRequestHandler):
                 cookies: list[str] | None = None, **context: Any) -> None:
         lang = self._lang()
         page = TEMPLATES.get_template(template).render(
-            t=T[lang], lang=lang, title=title, session=session, path=urlsplit(self.path).path,
+            t=T[lang], lang=lang, title=title, session=session, path=self.request.path,
             **context)
         lang_cookie = []
-        q = parse_qs(urlsplit(self.path).query)
-        if q.get("lang", [""])[0] in T:
-            lang_cookie = [self._cookie("lang", q["lang"][0], 86400 * 365)]
+        if self.request.args.get("lang", "") in T:
+            lang_cookie = [self._cookie("lang", self.request.args["lang"], 86400 * 365)]
         self._send(status, page.encode(), cookies=(cookies or []) + lang_cookie)
 
     def _message(self, session: Session | None, title: str, text: str, status: int,
                  css: str = "bad") -> None:
         self._render("message_box.html", title, session, status, text=text, css=css)
 
-    def _form(self) -> dict[str, str] | None:
-        """The posted form, or None after answering a body we will not read (400/413)."""
-        raw = (self.headers.get("Content-Length") or "0").strip()
-        if not raw.isdigit():  # "-1" would read until the client hangs up
-            self._send(HTTPStatus.BAD_REQUEST, b"bad Content-Length", "text/plain",
-                       extra={"Connection": "close"})
-            self.close_connection = True
-            return None
-        if int(raw) > MAX_FORM:
-            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"form too large", "text/plain",
-                       extra={"Connection": "close"})
-            self.close_connection = True
-            return None
-        data = self.rfile.read(int(raw)).decode("utf-8", "replace")
-        return {k: v[0] for k, v in parse_qs(data).items()}
-
-    # -- routes ------------------------------------------------------------------------------
-    def do_GET(self) -> None:  # noqa: N802
-        url = urlsplit(self.path)
-        q = {k: v[0] for k, v in parse_qs(url.query).items()}
-        if url.path == "/static/style.css":
-            self._send(200, (STATIC / "style.css").read_bytes(), "text/css; charset=utf-8")
-            return
-        if url.path == "/login":
-            self._login_form()
-            return
-        session = self._session()
-        if session is None:
-            # Unauthenticated requests get nothing but the way to the login page.
-            self._send(HTTPStatus.SEE_OTHER, b"", extra={"Location": "/login"})
-            return
-        routes: dict[str, Callable[[Session, dict[str, str]], None]] = {
-            "/": self._messages, "/messages": self._messages, "/records": self._records,
-            "/report": self._report, "/verify": self._verify, "/export": self._export,
-            "/quarantine": self._quarantine, "/dashboard": self._dashboard,
-            "/summary": self._summary}
-        parts = url.path.strip("/").split("/")
-        if len(parts) == 2 and parts[0] == "records" and parts[1].isdigit():
-            self._record(session, int(parts[1]))
-        elif len(parts) == 2 and parts[0] == "messages" and REF.match(parts[1]):
-            self._message_page(session, parts[1])
-        elif len(parts) == 2 and parts[0] == "quarantine":
-            self._quarantine_entry(session, parts[1])
-        elif len(parts) == 3 and parts[0] == "quarantine" and parts[2] in ("release",
-                                                                            "delete"):
-            self._quarantine_confirm(session, parts[1], parts[2])
-        elif url.path in routes:
-            routes[url.path](session, q)
-        else:
-            self._message(session, "404", T[self._lang()]["not_found"], 404)
-
-    def do_POST(self) -> None:  # noqa: N802
-        url = urlsplit(self.path)
-        form = self._form()
-        if form is None:
-            return
-        if url.path == "/login":
-            self._login(form)
-            return
-        session = self._session()
-        if session is None:
-            self._send(HTTPStatus.FORBIDDEN, b"forbidden", "text/plain")
-            return
-        if not secrets.compare_digest(form.get("csrf", ""), session.csrf):
-            self._send(HTTPStatus.FORBIDDEN, b"CSRF token missing or wrong", "text/plain")
-            return
-        if url.path == "/logout":
-            with self.app.lock:
-                self.app.sessions = {k: v for k, v in self.app.sessions.items() if v is not
-                                     session}
-            self._send(HTTPStatus.SEE_OTHER, b"", extra={"Location": "/login"},
-                       cookies=[self._cookie("skot_session", "", 0)])
-            return
-        parts = url.path.strip("/").split("/")
-        if len(parts) == 3 and parts[0] == "quarantine" and parts[2] in ("release", "delete"):
-            self._quarantine_act(session, parts[1], parts[2], form)
-            return
-        self._send(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
+    def _logout(self, session: Session) -> None:
+        with self.app.lock:
+            self.app.sessions = {k: v for k, v in self.app.sessions.items() if v is not
+                                 session}
+        self._send(HTTPStatus.SEE_OTHER, b"", extra={"Location": "/login"},
+                   cookies=[self._cookie("skot_session", "", 0)])
 
     # -- sign-in -----------------------------------------------------------------------------
     def _login_form(self, error: str = "", status: int = 200) -> None:
@@ -775,8 +694,145 @@ def _show(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, sort_keys=True)
 
 
-def make_server(app: WebApp, host: str, port: int) -> ThreadingHTTPServer:
-    handler = type("BoundHandler", (Handler,), {"app": app})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+def create_wsgi(app: WebApp) -> flask.Flask:
+    """The WSGI application: routes, the session and CSRF guard, the security headers."""
+    wsgi = flask.Flask(__name__, static_folder=None)
+    wsgi.config["MAX_CONTENT_LENGTH"] = MAX_FORM
+
+    def page() -> Page:
+        current: Page = flask.g.page
+        return current
+
+    def answer(p: Page) -> flask.Response:
+        assert p.response is not None
+        return p.response
+
+    @wsgi.before_request
+    def guard() -> flask.Response | None:
+        """Nothing but the login page and the stylesheet without a session; no POST
+        without the session's CSRF token."""
+        p = flask.g.page = Page(app, flask.request)
+        if flask.request.path in ("/login", "/static/style.css"):
+            return None
+        session = p._session()
+        if session is None:
+            if flask.request.method in ("GET", "HEAD"):
+                return flask.Response(b"", HTTPStatus.SEE_OTHER, {"Location": "/login"})
+            return flask.Response(b"forbidden", HTTPStatus.FORBIDDEN, mimetype="text/plain")
+        if flask.request.method == "POST" and not secrets.compare_digest(
+                flask.request.form.get("csrf", ""), session.csrf):
+            return flask.Response(b"CSRF token missing or wrong", HTTPStatus.FORBIDDEN,
+                                  mimetype="text/plain")
+        flask.g.session = session
+        return None
+
+    @wsgi.after_request
+    def secure(resp: flask.Response) -> flask.Response:
+        for k, v in HEADERS.items():
+            resp.headers[k] = v
+        return resp
+
+    @wsgi.errorhandler(HTTPStatus.NOT_FOUND)
+    def not_found(_: Exception) -> flask.Response:
+        p = page()
+        p._message(flask.g.get("session"), "404", T[p._lang()]["not_found"], 404)
+        return answer(p)
+
+    @wsgi.get("/static/style.css")
+    def style() -> flask.Response:
+        return flask.Response((STATIC / "style.css").read_bytes(),
+                              mimetype="text/css", content_type="text/css; charset=utf-8")
+
+    @wsgi.get("/login")
+    def login_form() -> flask.Response:
+        p = page()
+        p._login_form()
+        return answer(p)
+
+    @wsgi.post("/login")
+    def login() -> flask.Response:
+        p = page()
+        p._login({k: v for k, v in flask.request.form.items()})
+        return answer(p)
+
+    @wsgi.post("/logout")
+    def logout() -> flask.Response:
+        p = page()
+        p._logout(flask.g.session)
+        return answer(p)
+
+    def view(method: Callable[[Page, Session, dict[str, str]], None]
+             ) -> Callable[[], flask.Response]:
+        def run() -> flask.Response:
+            p = page()
+            method(p, flask.g.session, {k: v for k, v in flask.request.args.items()})
+            return answer(p)
+        return run
+
+    for rule, method in (("/", Page._messages), ("/messages", Page._messages),
+                         ("/records", Page._records), ("/report", Page._report),
+                         ("/verify", Page._verify), ("/export", Page._export),
+                         ("/quarantine", Page._quarantine), ("/dashboard", Page._dashboard),
+                         ("/summary", Page._summary)):
+        wsgi.add_url_rule(rule, f"page{rule}", view(method), methods=["GET"])
+
+    @wsgi.get("/records/<int:record_id>")
+    def record(record_id: int) -> flask.Response:
+        p = page()
+        p._record(flask.g.session, record_id)
+        return answer(p)
+
+    @wsgi.get("/messages/<ref>")
+    def message(ref: str) -> flask.Response:
+        if not REF.match(ref):
+            flask.abort(HTTPStatus.NOT_FOUND)
+        p = page()
+        p._message_page(flask.g.session, ref)
+        return answer(p)
+
+    @wsgi.get("/quarantine/<qid>")
+    def held(qid: str) -> flask.Response:
+        p = page()
+        p._quarantine_entry(flask.g.session, qid)
+        return answer(p)
+
+    @wsgi.get("/quarantine/<qid>/<any(release, delete):act>")
+    def confirm(qid: str, act: str) -> flask.Response:
+        p = page()
+        p._quarantine_confirm(flask.g.session, qid, act)
+        return answer(p)
+
+    @wsgi.post("/quarantine/<qid>/<any(release, delete):act>")
+    def act(qid: str, act: str) -> flask.Response:
+        p = page()
+        p._quarantine_act(flask.g.session, qid, act,
+                          {k: v for k, v in flask.request.form.items()})
+        return answer(p)
+
+    return wsgi
+
+
+class WebServer:
+    """waitress serving the WSGI application: a maintained production server with bounded
+    request sizes, idle time-outs and a fixed pool of worker threads."""
+
+    def __init__(self, app: WebApp, host: str, port: int, threads: int = 8) -> None:
+        self._server = waitress.create_server(
+            create_wsgi(app), host=host, port=port, threads=threads, ident="skot-milter-web",
+            max_request_body_size=MAX_FORM, max_request_header_size=65536,
+            channel_timeout=60, clear_untrusted_proxy_headers=True)
+        self.server_address = (host, int(getattr(self._server, "effective_port", port)))
+
+    def serve_forever(self) -> None:
+        self._server.run()
+
+    def shutdown(self) -> None:
+        self._server.close()
+        self._server.task_dispatcher.shutdown(timeout=5)
+
+    def server_close(self) -> None:
+        self._server.close()
+
+
+def make_server(app: WebApp, host: str, port: int) -> WebServer:
+    return WebServer(app, host, port)
