@@ -164,8 +164,8 @@ def by_refs(store: Searchable, refs: Sequence[str]) -> dict[str, list[AuditRecor
 
 
 def addresses_like(store: Searchable, part: str, limit: int = 500) -> list[str]:
-    """Stored addresses containing ``part`` (a scan of the distinct-address index)."""
-    rows = store.select("SELECT DISTINCT address FROM record_people WHERE address LIKE ? "
+    """Stored addresses containing ``part`` (a scan of the distinct addresses only)."""
+    rows = store.select("SELECT address FROM record_addresses WHERE address LIKE ? "
                         f"ESCAPE '\\' LIMIT {int(limit)}", ["%" + _like(part.lower()) + "%"])
     return [str(r[0]) for r in rows]
 

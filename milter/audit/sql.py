@@ -70,11 +70,13 @@ DECISIONS = "(" + ", ".join(f"'{o}'" for o in OUTCOMES) + ")"  # the events that
 
 # Search indexes for the web view (schema version 2). Rules and people live in JSON columns
 # that no index reaches, so each record's rules and the addresses it concerns are copied, by a
-# trigger on insert, into two narrow tables; a purge deletes the copies with the personal
-# fields they repeat (as does a narrow copy of the decisions' subjects, lower-cased, for free
-# text search without reading every wide row). Another counts records per UTC hour and event
-# (no personal data; the dashboard reads a year of it without walking a million rows). All
-# are derived data outside the hash chain: rebuilt from the records, never trusted over them.
+# trigger on insert, into narrow tables: record_rules, record_people, the distinct addresses
+# with how many records name each (a search by part of an address scans only those), and the
+# decisions' subjects lower-cased (free text without reading the wide rows). A purge deletes
+# the copies with the personal fields they repeat. record_hours counts records per UTC hour
+# and event (no personal data; the dashboard reads a year of it without walking a million
+# rows). All are derived data outside the hash chain: rebuilt from the records when an older
+# store opens, never trusted over them.
 INDEX_TABLES = """
 CREATE TABLE IF NOT EXISTS record_rules (
     record_id {integer} NOT NULL, ts TEXT NOT NULL, event TEXT NOT NULL,
@@ -87,6 +89,7 @@ CREATE INDEX IF NOT EXISTS record_rules_record ON record_rules (record_id);
 CREATE TABLE IF NOT EXISTS record_people (record_id {integer} NOT NULL, address TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS record_people_address ON record_people (address, record_id);
 CREATE INDEX IF NOT EXISTS record_people_record ON record_people (record_id);
+CREATE TABLE IF NOT EXISTS record_addresses (address TEXT PRIMARY KEY, n {integer} NOT NULL);
 CREATE TABLE IF NOT EXISTS record_subjects (
     record_id {integer} PRIMARY KEY, subject TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS record_hours (
@@ -131,6 +134,9 @@ def sqlite_index_schema() -> str:
 CREATE TRIGGER IF NOT EXISTS records_index AFTER INSERT ON records BEGIN
     INSERT INTO record_rules (record_id, ts, event, sender, rule, article) {new_rules};
     INSERT INTO record_people (record_id, address) {new_people};
+    INSERT INTO record_addresses (address, n)
+        SELECT address, 1 FROM record_people WHERE record_id = NEW.id
+        ON CONFLICT (address) DO UPDATE SET n = n + 1;
     INSERT INTO record_hours (hour, event, n) VALUES (substr(NEW.ts, 1, 13), NEW.event, 1)
         ON CONFLICT (hour, event) DO UPDATE SET n = n + 1;
     INSERT INTO record_subjects (record_id, subject) SELECT NEW.id, lower(NEW.subject)
@@ -139,6 +145,10 @@ END;
 CREATE TRIGGER IF NOT EXISTS records_unindex AFTER UPDATE OF purged ON records
 WHEN NEW.purged = 1 BEGIN
     DELETE FROM record_rules WHERE record_id = NEW.id;
+    UPDATE record_addresses SET n = n - 1
+        WHERE address IN (SELECT address FROM record_people WHERE record_id = NEW.id);
+    DELETE FROM record_addresses WHERE n <= 0
+        AND address IN (SELECT address FROM record_people WHERE record_id = NEW.id);
     DELETE FROM record_people WHERE record_id = NEW.id;
     DELETE FROM record_subjects WHERE record_id = NEW.id;
 END;
@@ -161,6 +171,9 @@ INSERT INTO record_people (record_id, address)
         UNION SELECT r.id, lower(json_extract(j.value, '$.evidence.staff_member'))
             FROM records r, json_each(r.rules) j WHERE r.purged = 0)
     WHERE a IS NOT NULL AND a <> '';
+DELETE FROM record_addresses;
+INSERT INTO record_addresses (address, n)
+    SELECT address, count(*) FROM record_people GROUP BY address;
 """
 
 
@@ -188,6 +201,9 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO record_rules (record_id, ts, event, sender, rule, article) {new_rules};
         INSERT INTO record_people (record_id, address) {people("NEW")};
+        INSERT INTO record_addresses (address, n)
+            SELECT address, 1 FROM record_people WHERE record_id = NEW.id
+            ON CONFLICT (address) DO UPDATE SET n = record_addresses.n + 1;
         INSERT INTO record_hours (hour, event, n) VALUES (substr(NEW.ts, 1, 13), NEW.event, 1)
             ON CONFLICT (hour, event) DO UPDATE SET n = record_hours.n + 1;
         IF NEW.subject <> '' AND NEW.event IN {DECISIONS} THEN
@@ -195,6 +211,10 @@ BEGIN
         END IF;
     ELSIF NEW.purged = 1 AND OLD.purged = 0 THEN
         DELETE FROM record_rules WHERE record_id = NEW.id;
+        UPDATE record_addresses SET n = n - 1
+            WHERE address IN (SELECT address FROM record_people WHERE record_id = NEW.id);
+        DELETE FROM record_addresses WHERE n <= 0
+            AND address IN (SELECT address FROM record_people WHERE record_id = NEW.id);
         DELETE FROM record_people WHERE record_id = NEW.id;
         DELETE FROM record_subjects WHERE record_id = NEW.id;
     END IF;
@@ -218,6 +238,9 @@ INSERT INTO record_people (record_id, address)
     SELECT r.id, p.a FROM records r, LATERAL ({people("r").replace("SELECT DISTINCT r.id, a",
                                                                     "SELECT a")}) p
     WHERE r.purged = 0;
+DELETE FROM record_addresses;
+INSERT INTO record_addresses (address, n)
+    SELECT address, count(*) FROM record_people GROUP BY address;
 ANALYZE records;
 """
 

@@ -108,3 +108,13 @@ def test_subject_copies_follow_decisions_and_purges(tmp_path: Path) -> None:
     store.purge("2999-01-01", set(), set(), "retention")
     assert refs(store, subject="lijst") == []
     assert store.select("SELECT count(*) FROM record_subjects")[0][0] == 0
+
+
+def test_distinct_addresses_count_their_records_and_go_with_the_last(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "a.sqlite3", "n")
+    fill(store)
+    counts = dict(store.select("SELECT address, n FROM record_addresses"))
+    assert counts["sam@school.example"] == 3 and counts["teacher@school.example"] == 1
+    store.append(AuditEvent(event="purge-test", sender="new@x.example"))
+    store.purge("2999-01-01", {"new@x.example"}, set(), "retention")  # held: kept
+    assert search.addresses_like(store, "@") == ["new@x.example"]
