@@ -822,16 +822,29 @@ class WebServer:
             max_request_body_size=MAX_FORM, max_request_header_size=65536,
             channel_timeout=60, clear_untrusted_proxy_headers=True)
         self.server_address = (host, int(getattr(self._server, "effective_port", port)))
+        self._closed = False
 
     def serve_forever(self) -> None:
         self._server.run()
 
     def shutdown(self) -> None:
-        self._server.close()
+        """Stop listening. The sockets are closed by the serving thread itself (through
+        waitress's trigger): closing them under its select() would fail there."""
+        closed = threading.Event()
+
+        def close() -> None:
+            self.server_close()
+            closed.set()
+
+        self._server.trigger.pull_trigger(close)
+        closed.wait(5)
         self._server.task_dispatcher.shutdown(timeout=5)
 
     def server_close(self) -> None:
-        self._server.close()
+        """Close the listening socket (from the serving thread, or after it returned)."""
+        if not self._closed:
+            self._closed = True
+            self._server.close()
 
 
 def make_server(app: WebApp, host: str, port: int) -> WebServer:
