@@ -127,7 +127,7 @@ def fill(store: Any, n: int) -> None:
     for i, (stamp, ev) in enumerate(events(n)):
         stamps.append(stamp)
         chunk.append(ev)
-        if len(chunk) == 5000:
+        if len(chunk) == 2000:  # PostgreSQL takes at most 65 535 parameters a statement
             flush()
             if (i + 1) % 100000 == 0:
                 print(f"  {i + 1:,} records ({time.perf_counter() - started:.0f} s)",
