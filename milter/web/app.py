@@ -477,6 +477,11 @@ class Page:
             self._send(200, buf.getvalue().encode(), "text/csv; charset=utf-8",
                        extra={"Content-Disposition": 'attachment; filename="report.csv"'})
             return
+        lang = self._lang()
+        for row in rows:  # the CLI's words (English, UTC) said in the page's language
+            row["state"] = terms.report_state(row["state"], lang)
+            if row["notified"] == "no":
+                row["notified"] = t["no"]
         self._render("report.html", f"{t['report']}: {who.name if who and who.name else person}",
                      session, q=q, person=person, who=who, rows=rows, problems=problems,
                      fields=REPORT_FIELDS)

@@ -246,3 +246,18 @@ def final_state(outcome: AuditRecord, related: Sequence[AuditRecord], lang: str)
 def notified(after: Iterable[AuditRecord]) -> list[AuditRecord]:
     return [r for r in after if r.event in ("notice-sent", "notice-failed",
                                             "notice-suppressed")]
+
+
+def report_state(state: str, lang: str) -> str:
+    """A report row's state ("rejected", "released by web:bert at 2026-11-27 15:04:00")
+    in words and local time."""
+    if state in OUTCOME_WORDS:
+        return word(OUTCOME_WORDS, state, lang)
+    for prefix, nl, en in (("released by ", "vrijgegeven door", "released by"),
+                           ("deleted by ", "verwijderd door", "deleted by")):
+        if state.startswith(prefix):
+            who, _, when = state.removeprefix(prefix).rpartition(" at ")
+            who = who.removeprefix("web:").removeprefix("cli:")
+            return (f"{nl} {who} op {local_time(when)}" if lang == "nl"
+                    else f"{en} {who} on {local_time(when)}")
+    return state

@@ -71,7 +71,7 @@ T: dict[str, dict[str, str]] = {
         "csv": "CSV", "print": "Afdrukken via het menu van de browser",
         "name": "Naam", "private": "Privé-adressen", "notified": "Ingelicht",
         "no_violations": "Geen overtredingen gevonden voor deze persoon in deze periode.",
-        "view_records": "registraties",
+        "view_records": "registraties", "no": "nee",
         "rows_intact": "Audit-keten intact voor de registraties in dit rapport (hashes en "
                        "schakels naar de vorige en volgende registratie kloppen).",
     },
@@ -143,7 +143,7 @@ T: dict[str, dict[str, str]] = {
         "csv": "CSV", "print": "Print from the browser's menu",
         "name": "Name", "private": "Private addresses", "notified": "Notified",
         "no_violations": "No violations found for this person in this period.",
-        "view_records": "records",
+        "view_records": "records", "no": "no",
         "rows_intact": "Audit chain intact for the records in this report (their hashes and "
                        "links to the records before and after them hold).",
     },
