@@ -255,6 +255,8 @@ def main() -> None:
                 pg = PostgresStore(url, "bench")
                 fill(pg, args.records)
                 pg.close()
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute("VACUUM ANALYZE")  # what autovacuum does after a big load
                 measure(config(tmp, url), args.rounds)
             finally:
                 with psycopg.connect(ADMIN, autocommit=True) as admin:

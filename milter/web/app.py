@@ -835,6 +835,7 @@ class WebServer:
     def shutdown(self) -> None:
         """Stop listening. The sockets are closed by the serving thread itself (through
         waitress's trigger): closing them under its select() would fail there."""
+        self._server.task_dispatcher.shutdown(timeout=5)  # requests under way finish first
         closed = threading.Event()
 
         def close() -> None:
@@ -843,7 +844,6 @@ class WebServer:
 
         self._server.trigger.pull_trigger(close)
         closed.wait(5)
-        self._server.task_dispatcher.shutdown(timeout=5)
 
     def server_close(self) -> None:
         """Close the listening socket (from the serving thread, or after it returned)."""
