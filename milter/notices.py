@@ -1039,7 +1039,7 @@ class Notifier:
                                   f"more than {self.limiter.per_hour} notices in an hour; "
                                   "a summary follows when the hour is over",
                                   {"kind": notice.kind, "lang": notice.lang,
-                                   "rules": list(notice.rule_ids)})
+                                   "rules": list(notice.rule_ids), "reason": "rate limit"})
                 self._ensure_flusher()
                 continue
             try:

@@ -301,17 +301,19 @@ def _claim(store: Quarantine, entry: Entry, actor: str) -> Entry:
     return claimed
 
 
-def release(cfg: Config, store: Quarantine, entry: Entry, actor: str) -> str:
+def release(cfg: Config, store: Quarantine, entry: Entry, actor: str, reason: str = "",
+            notify: bool = True) -> str:
     """Relay the original bytes with the original envelope, record it, remove the entry.
 
     The entry is claimed first, so of two concurrent releases (two admins, two nodes) only
     one sends; a failed send puts it back. Returns the next hop's reply; raises ActionFailed
     (AlreadyTaken when someone else had it) when nothing was delivered."""
-    return asyncio.run(release_async(cfg, store, entry, actor))
+    return asyncio.run(release_async(cfg, store, entry, actor,
+                                     {"reason": reason} if reason else None, notify))
 
 
 async def release_async(cfg: Config, store: Quarantine, entry: Entry, actor: str,
-                        extra: dict[str, Any] | None = None) -> str:
+                        extra: dict[str, Any] | None = None, notify: bool = True) -> str:
     """``release`` for a caller on an event loop (the sender's own release by reply)."""
     claimed = await asyncio.to_thread(_claim, store, entry, actor)
     env = claimed.meta.get("envelope", {})
@@ -340,7 +342,7 @@ async def release_async(cfg: Config, store: Quarantine, entry: Entry, actor: str
         raise ActionFailed(f"released ({reply.line}), but the audit record failed: "
                            f"{exc}") from None
     await asyncio.to_thread(store.finish, claimed)
-    if not actor.startswith("self:"):  # the sender released it: no news to tell them
+    if notify and not actor.startswith("self:"):  # the sender released it: no news for them
         await asyncio.to_thread(tell_sender, cfg, claimed, "released", subject)
     return reply.line
 
@@ -359,7 +361,8 @@ def delete(cfg: Config, store: Quarantine, entry: Entry, actor: str,
     sender is told (unless ``notify`` is off)."""
     claimed = _claim(store, entry, actor)
     try:
-        record_action(cfg, "quarantine-delete", claimed, actor, reply=reason)
+        record_action(cfg, "quarantine-delete", claimed, actor, reply=reason,
+                      extra={"reason": reason} if reason else None)
     except BaseException:
         store.unclaim(claimed)
         raise

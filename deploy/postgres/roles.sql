@@ -32,6 +32,9 @@ CREATE ROLE skot_reader LOGIN;   -- read only: `audit verify`, reports, exports 
 GRANT USAGE ON SCHEMA public TO skot_node1, skot_node2, skot_web, skot_reader;
 GRANT SELECT ON schema_version, records, chain_heads, checkpoints
     TO skot_node1, skot_node2, skot_web, skot_reader;
+-- The web view's search indexes (filled by a trigger that runs as the owner).
+GRANT SELECT ON record_rules, record_people, record_addresses, record_subjects, record_hours
+    TO skot_node1, skot_node2, skot_web, skot_reader;
 
 -- Writers of a chain: INSERT on records (never UPDATE or DELETE), their own chain head.
 GRANT INSERT ON records TO skot_node1, skot_node2, skot_web;

@@ -26,6 +26,7 @@ from milter.audit.sql import (
     SQLStore,
     encode,
     fetched,
+    postgres_index_schema,
     records_table,
     seal_after,
 )
@@ -79,6 +80,8 @@ MIGRATIONS = [
         stored_at TIMESTAMPTZ NOT NULL DEFAULT now(),
         PRIMARY KEY (chain, seq, head));
     """,
+    # 3: the web view's search indexes (rules and people copied out of the JSON columns)
+    postgres_index_schema(),
 ]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from milter.audit.store import (
     EMPTY_PERSONAL,
     GENESIS,
+    OUTCOMES,
     AuditEvent,
     AuditRecord,
     Filters,
@@ -61,6 +62,189 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
 CREATE INDEX IF NOT EXISTS records_txid ON records (txid);
 CREATE INDEX IF NOT EXISTS records_sender ON records (sender);
+"""
+
+
+DECISIONS = "(" + ", ".join(f"'{o}'" for o in OUTCOMES) + ")"  # the events that end a message
+
+
+# Search indexes for the web view (schema version 2). Rules and people live in JSON columns
+# that no index reaches, so each record's rules and the addresses it concerns are copied, by a
+# trigger on insert, into narrow tables: record_rules, record_people, the distinct addresses
+# with how many records name each (a search by part of an address scans only those), and the
+# decisions' subjects lower-cased (free text without reading the wide rows). A purge deletes
+# the copies with the personal fields they repeat. record_hours counts records per UTC hour
+# and event (no personal data; the dashboard reads a year of it without walking a million
+# rows). All are derived data outside the hash chain: rebuilt from the records when an older
+# store opens, never trusted over them.
+INDEX_TABLES = """
+CREATE TABLE IF NOT EXISTS record_rules (
+    record_id {integer} NOT NULL, ts TEXT NOT NULL, event TEXT NOT NULL,
+    sender TEXT NOT NULL, rule TEXT NOT NULL, article TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS record_rules_rule ON record_rules (rule, ts, event, record_id);
+CREATE INDEX IF NOT EXISTS record_rules_article ON record_rules (article, ts, event, record_id);
+CREATE INDEX IF NOT EXISTS record_rules_ts ON record_rules (ts, event, rule, article, sender,
+    record_id);
+CREATE INDEX IF NOT EXISTS record_rules_record ON record_rules (record_id);
+CREATE TABLE IF NOT EXISTS record_people (record_id {integer} NOT NULL, address TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS record_people_address ON record_people (address, record_id);
+CREATE INDEX IF NOT EXISTS record_people_record ON record_people (record_id);
+CREATE TABLE IF NOT EXISTS record_addresses (address TEXT PRIMARY KEY, n {integer} NOT NULL);
+CREATE TABLE IF NOT EXISTS record_subjects (
+    record_id {integer} PRIMARY KEY, subject TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS record_hours (
+    hour TEXT NOT NULL, event TEXT NOT NULL, n {integer} NOT NULL, PRIMARY KEY (hour, event));
+CREATE INDEX IF NOT EXISTS records_event_id ON records (event, id);
+CREATE INDEX IF NOT EXISTS records_facets ON records (event, action, direction, ts);
+CREATE INDEX IF NOT EXISTS records_ts_event ON records (ts, event);
+"""
+
+
+def _rules_rows(row: str, each: str, get: str) -> str:
+    """SELECT of one record's (id, ts, event, sender, rule, article) rows."""
+    return (f"SELECT {row}.id, {row}.ts, {row}.event, lower({row}.sender), "
+            f"coalesce({get.format(v='j', k='id')}, ''), "
+            f"coalesce({get.format(v='j', k='article')}, '') FROM {each.format(c='rules')} j")
+
+
+def _people_rows(row: str, each: str, text: str, staff: str) -> str:
+    """SELECT of one record's distinct (id, address) rows: sender, login, recipients and
+    the staff member a rule names (mail from a private address)."""
+    return (f"SELECT DISTINCT {row}.id, a FROM (SELECT lower({row}.sender) AS a "
+            f"UNION SELECT lower({row}.auth_user) "
+            f"UNION SELECT lower({text}) FROM {each.format(c='recipients')} x "
+            f"UNION SELECT lower({staff}) FROM {each.format(c='rules')} j) AS p "
+            f"WHERE a IS NOT NULL AND a <> ''")
+
+
+_SQLITE_EACH = "json_each({{row}}.{c})"
+_SQLITE_GET = "json_extract({v}.value, '$.{k}')"
+
+
+def sqlite_index_schema() -> str:
+    """The version-2 tables, their triggers and a backfill of records already stored."""
+    def parts(row: str) -> tuple[str, str]:
+        each = _SQLITE_EACH.replace("{{row}}", row)
+        return (_rules_rows(row, each, _SQLITE_GET),
+                _people_rows(row, each, "x.value",
+                             "json_extract(j.value, '$.evidence.staff_member')"))
+    new_rules, new_people = parts("NEW")
+    old_rules, _ = parts("r")
+    return INDEX_TABLES.format(integer="INTEGER") + f"""
+CREATE TRIGGER IF NOT EXISTS records_index AFTER INSERT ON records BEGIN
+    INSERT INTO record_rules (record_id, ts, event, sender, rule, article) {new_rules};
+    INSERT INTO record_people (record_id, address) {new_people};
+    INSERT INTO record_addresses (address, n)
+        SELECT address, 1 FROM record_people WHERE record_id = NEW.id
+        ON CONFLICT (address) DO UPDATE SET n = n + 1;
+    INSERT INTO record_hours (hour, event, n) VALUES (substr(NEW.ts, 1, 13), NEW.event, 1)
+        ON CONFLICT (hour, event) DO UPDATE SET n = n + 1;
+    INSERT INTO record_subjects (record_id, subject) SELECT NEW.id, lower(NEW.subject)
+        WHERE NEW.subject <> '' AND NEW.event IN {DECISIONS};
+END;
+CREATE TRIGGER IF NOT EXISTS records_unindex AFTER UPDATE OF purged ON records
+WHEN NEW.purged = 1 BEGIN
+    DELETE FROM record_rules WHERE record_id = NEW.id;
+    UPDATE record_addresses SET n = n - 1
+        WHERE address IN (SELECT address FROM record_people WHERE record_id = NEW.id);
+    DELETE FROM record_addresses WHERE n <= 0
+        AND address IN (SELECT address FROM record_people WHERE record_id = NEW.id);
+    DELETE FROM record_people WHERE record_id = NEW.id;
+    DELETE FROM record_subjects WHERE record_id = NEW.id;
+END;
+DELETE FROM record_rules;
+DELETE FROM record_people;
+DELETE FROM record_hours;
+DELETE FROM record_subjects;
+INSERT INTO record_subjects (record_id, subject) SELECT id, lower(subject) FROM records
+    WHERE subject <> '' AND purged = 0 AND event IN {DECISIONS};
+INSERT INTO record_hours (hour, event, n)
+    SELECT substr(ts, 1, 13), event, count(*) FROM records GROUP BY substr(ts, 1, 13), event;
+INSERT INTO record_rules (record_id, ts, event, sender, rule, article)
+    {old_rules.replace("FROM json_each", "FROM records r, json_each")} WHERE r.purged = 0;
+INSERT INTO record_people (record_id, address)
+    SELECT id, a FROM (
+        SELECT id, lower(sender) AS a FROM records WHERE purged = 0
+        UNION SELECT id, lower(auth_user) FROM records WHERE purged = 0
+        UNION SELECT r.id, lower(x.value) FROM records r, json_each(r.recipients) x
+            WHERE r.purged = 0
+        UNION SELECT r.id, lower(json_extract(j.value, '$.evidence.staff_member'))
+            FROM records r, json_each(r.rules) j WHERE r.purged = 0)
+    WHERE a IS NOT NULL AND a <> '';
+DELETE FROM record_addresses;
+INSERT INTO record_addresses (address, n)
+    SELECT address, count(*) FROM record_people GROUP BY address;
+"""
+
+
+def postgres_index_schema() -> str:
+    """The version-2 migration for PostgreSQL: tables, trigger function, backfill."""
+    each = "jsonb_array_elements(CASE WHEN jsonb_typeof({{row}}.{c}::jsonb) = 'array' " \
+           "THEN {{row}}.{c}::jsonb ELSE '[]'::jsonb END)"
+    text_each = each.replace("jsonb_array_elements(", "jsonb_array_elements_text(")
+    get = "({v}.value ->> '{k}')"
+
+    def people(row: str) -> str:
+        e = each.replace("{{row}}", row)
+        t = text_each.replace("{{row}}", row)
+        return (f"SELECT DISTINCT {row}.id, a FROM (SELECT lower({row}.sender) AS a "
+                f"UNION SELECT lower({row}.auth_user) "
+                f"UNION SELECT lower(x.value) FROM {t.format(c='recipients')} x "
+                f"UNION SELECT lower(j.value -> 'evidence' ->> 'staff_member') "
+                f"FROM {e.format(c='rules')} j) AS p WHERE a IS NOT NULL AND a <> ''")
+
+    new_rules = _rules_rows("NEW", each.replace("{{row}}", "NEW"), get)
+    old_rules = _rules_rows("r", each.replace("{{row}}", "r"), get)
+    return INDEX_TABLES.format(integer="BIGINT") + f"""
+CREATE OR REPLACE FUNCTION records_index() RETURNS trigger AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO record_rules (record_id, ts, event, sender, rule, article) {new_rules};
+        INSERT INTO record_people (record_id, address) {people("NEW")};
+        INSERT INTO record_addresses (address, n)
+            SELECT address, 1 FROM record_people WHERE record_id = NEW.id
+            ON CONFLICT (address) DO UPDATE SET n = record_addresses.n + 1;
+        INSERT INTO record_hours (hour, event, n) VALUES (substr(NEW.ts, 1, 13), NEW.event, 1)
+            ON CONFLICT (hour, event) DO UPDATE SET n = record_hours.n + 1;
+        IF NEW.subject <> '' AND NEW.event IN {DECISIONS} THEN
+            INSERT INTO record_subjects (record_id, subject) VALUES (NEW.id, lower(NEW.subject));
+        END IF;
+    ELSIF NEW.purged = 1 AND OLD.purged = 0 THEN
+        DELETE FROM record_rules WHERE record_id = NEW.id;
+        UPDATE record_addresses SET n = n - 1
+            WHERE address IN (SELECT address FROM record_people WHERE record_id = NEW.id);
+        DELETE FROM record_addresses WHERE n <= 0
+            AND address IN (SELECT address FROM record_people WHERE record_id = NEW.id);
+        DELETE FROM record_people WHERE record_id = NEW.id;
+        DELETE FROM record_subjects WHERE record_id = NEW.id;
+    END IF;
+    RETURN NULL;
+END $$ LANGUAGE plpgsql
+-- as its owner: a node role with INSERT on records only (deploy/postgres/roles.sql) needs no
+-- rights on these derived tables
+SECURITY DEFINER SET search_path = public;
+DROP TRIGGER IF EXISTS records_index ON records;
+CREATE TRIGGER records_index AFTER INSERT OR UPDATE ON records
+    FOR EACH ROW EXECUTE FUNCTION records_index();
+DELETE FROM record_rules;
+DELETE FROM record_people;
+DELETE FROM record_hours;
+DELETE FROM record_subjects;
+INSERT INTO record_subjects (record_id, subject) SELECT id, lower(subject) FROM records
+    WHERE subject <> '' AND purged = 0 AND event IN {DECISIONS};
+INSERT INTO record_hours (hour, event, n)
+    SELECT substr(ts, 1, 13), event, count(*) FROM records GROUP BY substr(ts, 1, 13), event;
+INSERT INTO record_rules (record_id, ts, event, sender, rule, article)
+    {old_rules.replace("FROM jsonb_array_elements", "FROM records r, jsonb_array_elements")}
+    WHERE r.purged = 0;
+INSERT INTO record_people (record_id, address)
+    SELECT r.id, p.a FROM records r, LATERAL ({people("r").replace("SELECT DISTINCT r.id, a",
+                                                                    "SELECT a")}) p
+    WHERE r.purged = 0;
+DELETE FROM record_addresses;
+INSERT INTO record_addresses (address, n)
+    SELECT address, count(*) FROM record_people GROUP BY address;
+ANALYZE records;
 """
 
 
@@ -140,17 +324,15 @@ def where(filters: Filters) -> tuple[str, list[Any]]:
     if filters.until:
         clauses.append("ts < ?")
         args.append(filters.until)
-    if filters.rule:
-        clauses.append("rules LIKE ?")
-        args.append(f'%"id": "{filters.rule}"%')
+    if filters.rule:  # the search indexes of schema version 2, not a scan of JSON text
+        clauses.append("id IN (SELECT record_id FROM record_rules WHERE rule = ?)")
+        args.append(filters.rule)
     if filters.sender:
         clauses.append("lower(sender) = lower(?)")
         args.append(filters.sender)
     if filters.person:
-        clauses.append("(lower(sender) = lower(?) OR lower(auth_user) = lower(?) "
-                       "OR lower(recipients) LIKE lower(?) OR lower(rules) LIKE lower(?))")
-        args += [filters.person, filters.person, f'%"{filters.person}"%',
-                 f'%"{filters.person}"%']
+        clauses.append("id IN (SELECT record_id FROM record_people WHERE address = ?)")
+        args.append(filters.person.strip().lower())
     if filters.event:
         clauses.append("event = ?")
         args.append(filters.event)
@@ -158,8 +340,8 @@ def where(filters: Filters) -> tuple[str, list[Any]]:
         clauses.append("txid = ?")
         args.append(filters.txid)
     if filters.article:
-        clauses.append("rules LIKE ?")
-        args.append(f'%"article": "{filters.article}"%')
+        clauses.append("id IN (SELECT record_id FROM record_rules WHERE article = ?)")
+        args.append(filters.article)
     if filters.action:
         clauses.append("action = ?")
         args.append(filters.action)
@@ -227,6 +409,10 @@ class SQLStore:
     def records(self, filters: Filters | None = None) -> Iterator[AuditRecord]:
         sql, args = where(filters or Filters())
         return (decode(r) for r in self._query(self._sql(SELECT + sql), args))
+
+    def select(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        """A read-only query written with ``?`` placeholders (the web view's searches)."""
+        return self._query(self._sql(sql), args)
 
     def get(self, record_id: int) -> AuditRecord | None:
         rows = self._query(self._sql(SELECT + " WHERE id = ?"), (record_id,))

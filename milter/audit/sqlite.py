@@ -21,7 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from milter.audit.sql import GENESIS, PURGE_SHAPE, SQLStore, fetched, records_table
+from milter.audit.sql import (
+    GENESIS,
+    PURGE_SHAPE,
+    SQLStore,
+    fetched,
+    records_table,
+    sqlite_index_schema,
+)
 from milter.audit.store import AuditUnavailable
 
 SCHEMA = records_table("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER") + f"""
@@ -47,6 +54,20 @@ def _set_wal(db: sqlite3.Connection, deadline: float) -> None:
             time.sleep(0.01)
 
 
+VERSION = 2  # 1: records and guards; 2: the web view's search indexes
+
+
+def _statements(script: str) -> list[str]:
+    """``script`` split into statements (executescript would commit our transaction)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    return [s for s in out if s]
+
+
 class SQLiteStore(SQLStore):
     def __init__(self, path: str | Path, chain: str) -> None:
         self.path = Path(path)
@@ -59,6 +80,7 @@ class SQLiteStore(SQLStore):
             # A reader without write permission maps -shm read-only: no SIGBUS to fear,
             # and its reads must not be refused.
             self._guard_reads = os.access(self.path, os.W_OK)
+            self.version = self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise AuditUnavailable(f"cannot open audit store {self.path}: {exc}") from exc
 
@@ -77,6 +99,26 @@ class SQLiteStore(SQLStore):
             name = f"{self.path}{suffix}"
             if not os.access(name, os.W_OK) and os.path.exists(name):
                 raise AuditUnavailable(f"audit store file {name} is not writable")
+
+    def _migrate(self) -> int:
+        """Bring an older file up to VERSION (``PRAGMA user_version``), in one transaction:
+        several processes opening the same file at once migrate it once."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version >= VERSION:
+            return version
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            if version < 2:
+                for statement in _statements(sqlite_index_schema()):
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("ANALYZE")
+        return VERSION
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
         with self._lock:

@@ -36,6 +36,14 @@ class Verification:
     def problems(self) -> list[str]:
         return self.chains.problems + self.checkpoint_problems
 
+    @property
+    def records(self) -> int:
+        return self.chains.records
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.chains.warnings
+
     def to_json(self) -> dict[str, Any]:
         return {**self.chains.to_json(), "ok": self.ok, "checkpoints": self.checkpoints,
                 "checkpoint_problems": self.checkpoint_problems}

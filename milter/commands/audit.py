@@ -357,7 +357,9 @@ def run_report(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     store = open_from_args(args)
-    lines = violations(store, args.person, args.since, args.until)
+    person = load_runtime(args).directory.lookup(args.person)
+    lines = violations(store, args.person, args.since, args.until,
+                       person.private_addresses if person is not None else ())
     result = _verify(store, cfg, [])
     audit_view(store, args, "exported", {"command": "report", "person": args.person,
                                          "format": args.format, "records": len(lines)})

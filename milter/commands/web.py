@@ -46,27 +46,25 @@ def run_adduser(args: argparse.Namespace) -> int:
 
 
 def build_app(cfg: config_mod.Config) -> Any:
-    from milter import quarantine as quarantine_mod
+    from milter import directory_source, policy
     from milter.audit.store import AuditUnavailable, open_store
+    from milter.directory import DirectoryError
     from milter.quarantine import open_quarantine
+    from milter.web.actions import QuarantineActions
     from milter.web.app import WebApp
 
     try:
         store = open_store(cfg.audit_url, cfg.gateway.node)
     except AuditUnavailable as exc:
         raise CommandError(str(exc)) from None
+    try:
+        people = directory_source.DirectorySource(cfg).initial()
+    except DirectoryError as exc:
+        raise CommandError(str(exc)) from None
+    rule_ids = tuple(sorted(policy.load(cfg.policy_path).rules))
     quarantine = open_quarantine(cfg)
-
-    def release(qid: str, actor: str) -> str:
-        entry = quarantine.get(qid)
-        if entry is None:
-            raise CommandError(f"no quarantined message {qid}")
-        try:
-            return quarantine_mod.release(cfg, quarantine, entry, actor)
-        except quarantine_mod.ActionFailed as exc:
-            raise CommandError(str(exc)) from None
-
-    return WebApp(cfg, store, quarantine, cfg.resolve(cfg.web.users), release)
+    return WebApp(cfg, store, quarantine, cfg.resolve(cfg.web.users),
+                  QuarantineActions(cfg, quarantine), rule_ids=rule_ids, directory=people)
 
 
 def run_web(args: argparse.Namespace) -> int:

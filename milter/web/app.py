@@ -1,74 +1,53 @@
-"""The auditors' web view: stdlib HTTP server, no JavaScript, no external assets.
+"""The auditors' web view: Flask on waitress, Jinja2 templates, no JavaScript, no external
+assets.
 
 Every page needs a session (HttpOnly, SameSite=Strict, Secure cookies); every form carries a
 per-session CSRF token; every response carries strict security headers; every page view and
-export is itself an audit record (who looked at whose records, when).
+export is itself an audit record (who looked at whose records, when). Templates autoescape:
+no page is built by string concatenation of stored values.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import hmac
-import html
 import io
 import json
+import re
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from http import HTTPStatus
-from http.cookies import SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode
 
-from milter import quarantine
-from milter.audit.report import REPORT_FIELDS, violations
+import flask
+import jinja2
+import waitress
+
+from milter import directory as directory_mod
+from milter.audit import search
+from milter.audit.report import REPORT_FIELDS, check_records, violations
 from milter.audit.sql import COLUMNS
-from milter.audit.store import AuditEvent, AuditStore, Filters
+from milter.audit.store import OUTCOMES, AuditEvent, AuditStore, Filters
 from milter.audit.verify import UnusableKeys, Verification, verify
 from milter.config import Config
 from milter.quarantine import Quarantine
-from milter.web import users
+from milter.web import charts, preview, terms, users
+from milter.web.actions import ActionError, QuarantineActions
+from milter.web.texts import T
 
-e = html.escape
 PAGE = 50
 MAX_FORM = 65536            # bytes of a posted form; ours are a few hundred
 LOGIN_FORM_SECONDS = 900    # how long a login form stays valid
-
-T = {
-    "nl": {"records": "Registraties", "report": "Rapport per persoon", "verify": "Controle",
-           "quarantine": "Quarantaine", "logout": "Afmelden", "login": "Aanmelden",
-           "user": "Gebruiker", "password": "Wachtwoord", "filter": "Filteren",
-           "since": "Vanaf", "until": "Tot", "rule": "Regel", "article": "Artikel",
-           "person": "Persoon", "action": "Actie", "direction": "Richting", "export": "Exporteren",
-           "time": "Tijd", "event": "Gebeurtenis", "sender": "Afzender",
-           "recipients": "Ontvangers", "ref": "Referentie", "intact": "Audit-keten intact",
-           "broken": "Audit-keten GEBROKEN", "release": "Vrijgeven", "delete": "Verwijderen",
-           "bad_login": "Onbekende gebruiker of onjuist wachtwoord.",
-           "no_access": "Alleen beheerders mogen berichten vrijgeven of verwijderen.",
-           "done": "Gedaan", "next": "Volgende", "subject": "Onderwerp", "evidence": "Bewijs"},
-    "en": {"records": "Records", "report": "Per-person report", "verify": "Verification",
-           "quarantine": "Quarantine", "logout": "Log out", "login": "Log in",
-           "user": "User", "password": "Password", "filter": "Filter",
-           "since": "Since", "until": "Until", "rule": "Rule", "article": "Article",
-           "person": "Person", "action": "Action", "direction": "Direction", "export": "Export",
-           "time": "Time", "event": "Event", "sender": "Sender", "recipients": "Recipients",
-           "ref": "Reference", "intact": "Audit chain intact", "broken": "Audit chain BROKEN",
-           "release": "Release", "delete": "Delete",
-           "bad_login": "Unknown user or wrong password.",
-           "no_access": "Only admins may release or delete messages.",
-           "done": "Done", "next": "Next", "subject": "Subject", "evidence": "Evidence"},
-}
-
-CSS = """body{font-family:sans-serif;margin:1em 2em;max-width:80em}
-nav a{margin-right:1em}table{border-collapse:collapse}td,th{border:1px solid #bbb;
-padding:2px 6px;text-align:left;vertical-align:top}.ok{color:#060}.bad{color:#a00}
-form.inline{display:inline}pre{white-space:pre-wrap}"""
+MAX_REASON = 500            # characters of a release/delete reason
+REF = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
+STATIC = Path(__file__).parent / "static"
 
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; form-action 'self'; "
@@ -80,6 +59,13 @@ HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
+
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+TEMPLATES.filters["local"] = terms.local_time
+TEMPLATES.filters["age"] = terms.age_words
+TEMPLATES.filters["urlq"] = lambda d: urlencode({k: v for k, v in d.items() if v})
 
 
 @dataclass
@@ -96,7 +82,9 @@ class WebApp:
     store: AuditStore
     quarantine: Quarantine
     users_file: Path
-    release: Callable[[str, str], str]     # (quarantine id, actor) -> next hop reply
+    actions: QuarantineActions
+    rule_ids: tuple[str, ...] = ()
+    directory: directory_mod.Directory = directory_mod.EMPTY
     sessions: dict[str, Session] = field(default_factory=dict)
     # Login-form CSRF tokens are signed, not stored: requests without a session must not be
     # able to fill the server's memory.
@@ -115,176 +103,94 @@ class WebApp:
         return (hmac.compare_digest(mac, want) and issued.isdigit()
                 and 0 <= time.time() - int(issued) <= max_age)
 
-    def verify(self) -> Verification:
-        """Chains and signed checkpoints, exactly as ``skot-milter audit verify`` checks."""
-        try:
-            return verify(self.store, self.config)
-        except UnusableKeys as exc:
-            return Verification(self.store.verify(), [str(exc)])
-
     def audit(self, session: Session, event: str, what: dict[str, Any]) -> None:
         self.store.append(AuditEvent(event=event, action=event, actor=f"web:{session.user}",
                                      evidence={k: v for k, v in what.items() if v}))
 
 
-class Handler(BaseHTTPRequestHandler):
-    app: WebApp
-    server_version = "skot-milter-web"
-    sys_version = ""
+@dataclass
+class Search:
+    """A search form understood: the store query, what it means in words, what was wrong."""
+
+    query: search.MessageQuery
+    meaning: list[str]
+    problems: list[str]
+
+
+class Page:
+    """One request's view of the web app: the pages, written against the request and
+    answering with a response (the routes in ``create_wsgi`` pick the method)."""
+
+    def __init__(self, app: WebApp, request: flask.Request) -> None:
+        self.app = app
+        self.request = request
+        self.path = request.full_path.removesuffix("?")
+        self.headers = request.headers
+        self.response: flask.Response | None = None
 
     # -- plumbing --------------------------------------------------------------------------
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        return None  # access is audited in the store; no personal data in stderr
-
     def _lang(self) -> str:
-        q = parse_qs(urlsplit(self.path).query)
-        if q.get("lang", [""])[0] in T:
-            return q["lang"][0]
-        cookie = self._cookies().get("lang")
-        if cookie is not None and cookie.value in T:
-            return cookie.value
+        asked = self.request.args.get("lang", "")
+        if asked in T:
+            return asked
+        cookie = self.request.cookies.get("lang", "")
+        if cookie in T:
+            return cookie
         return "en" if self.headers.get("Accept-Language", "").lower().startswith("en") else "nl"
 
-    def _cookies(self) -> SimpleCookie:
-        c: SimpleCookie = SimpleCookie()
-        with contextlib.suppress(Exception):  # a malformed Cookie header is no session
-            c.load(self.headers.get("Cookie", ""))
-        return c
-
     def _session(self) -> Session | None:
-        morsel = self._cookies().get("skot_session")
-        if morsel is None:
+        token = self.request.cookies.get("skot_session")
+        if not token:
             return None
         with self.app.lock:
-            s = self.app.sessions.get(morsel.value)
+            s = self.app.sessions.get(token)
             if s is None or s.expires < time.time():
-                self.app.sessions.pop(morsel.value, None)
+                self.app.sessions.pop(token, None)
                 return None
             s.expires = time.time() + self.app.config.web.session_minutes * 60
             return s
 
     def _send(self, status: int, body: bytes, ctype: str = "text/html; charset=utf-8",
               extra: dict[str, str] | None = None, cookies: list[str] | None = None) -> None:
-        self.send_response(status)
-        for k, v in {**HEADERS, "Content-Type": ctype, **(extra or {})}.items():
-            self.send_header(k, v)
-        for c in cookies or []:
-            self.send_header("Set-Cookie", c)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        resp = flask.Response(body, status=status)
+        for k, v in {"Content-Type": ctype, **(extra or {})}.items():
+            resp.headers[k] = v
+        for c in cookies or []:  # written out by hand: the flags are what the tests pin
+            resp.headers.add("Set-Cookie", c)
+        self.response = resp
 
     def _cookie(self, name: str, value: str, max_age: int | None = None) -> str:
         secure = "; Secure" if self.app.config.web.secure_cookies else ""
         age = f"; Max-Age={max_age}" if max_age is not None else ""
         return f"{name}={value}; Path=/; HttpOnly; SameSite=Strict{secure}{age}"
 
-    def _page(self, title: str, body: str, session: Session | None, status: int = 200,
-              cookies: list[str] | None = None) -> None:
-        t = T[self._lang()]
-        nav = ""
-        if session is not None:
-            links = [("/records", t["records"]), ("/report", t["report"]),
-                     ("/verify", t["verify"])]
-            if session.role == "admin":
-                links.append(("/quarantine", t["quarantine"]))
-            nav = ("<nav>" + "".join(f'<a href="{h}">{e(n)}</a>' for h, n in links)
-                   + f'<form class="inline" method="post" action="/logout">'
-                   f'<input type="hidden" name="csrf" value="{e(session.csrf)}">'
-                   f'<button>{e(t["logout"])} ({e(session.user)})</button></form>'
-                   ' <a href="?lang=nl">nl</a> <a href="?lang=en">en</a></nav>')
-        page = (f'<!DOCTYPE html><html lang="{self._lang()}"><head><meta charset="utf-8">'
-                f'<title>{e(title)} - skot-milter</title>'
-                f'<link rel="stylesheet" href="/static/style.css"></head><body>{nav}'
-                f"<h1>{e(title)}</h1>{body}</body></html>")
+    def _render(self, template: str, title: str, session: Session | None, status: int = 200,
+                cookies: list[str] | None = None, **context: Any) -> None:
+        lang = self._lang()
+        page = TEMPLATES.get_template(template).render(
+            t=T[lang], lang=lang, title=title, session=session, path=self.request.path,
+            **context)
         lang_cookie = []
-        q = parse_qs(urlsplit(self.path).query)
-        if q.get("lang", [""])[0] in T:
-            lang_cookie = [self._cookie("lang", q["lang"][0], 86400 * 365)]
+        if self.request.args.get("lang", "") in T:
+            lang_cookie = [self._cookie("lang", self.request.args["lang"], 86400 * 365)]
         self._send(status, page.encode(), cookies=(cookies or []) + lang_cookie)
 
-    def _form(self) -> dict[str, str] | None:
-        """The posted form, or None after answering a body we will not read (400/413)."""
-        raw = (self.headers.get("Content-Length") or "0").strip()
-        if not raw.isdigit():  # "-1" would read until the client hangs up
-            self._send(HTTPStatus.BAD_REQUEST, b"bad Content-Length", "text/plain",
-                       extra={"Connection": "close"})
-            self.close_connection = True
-            return None
-        if int(raw) > MAX_FORM:
-            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"form too large", "text/plain",
-                       extra={"Connection": "close"})
-            self.close_connection = True
-            return None
-        data = self.rfile.read(int(raw)).decode("utf-8", "replace")
-        return {k: v[0] for k, v in parse_qs(data).items()}
+    def _message(self, session: Session | None, title: str, text: str, status: int,
+                 css: str = "bad") -> None:
+        self._render("message_box.html", title, session, status, text=text, css=css)
 
-    # -- routes ------------------------------------------------------------------------------
-    def do_GET(self) -> None:  # noqa: N802
-        url = urlsplit(self.path)
-        q = {k: v[0] for k, v in parse_qs(url.query).items()}
-        if url.path == "/static/style.css":
-            self._send(200, CSS.encode(), "text/css; charset=utf-8")
-            return
-        if url.path == "/login":
-            self._login_form()
-            return
-        session = self._session()
-        if session is None:
-            # Unauthenticated requests get nothing but the way to the login page.
-            self._send(HTTPStatus.SEE_OTHER, b"", extra={"Location": "/login"})
-            return
-        routes: dict[str, Callable[[Session, dict[str, str]], None]] = {
-            "/": self._records, "/records": self._records, "/report": self._report,
-            "/verify": self._verify, "/export": self._export, "/quarantine": self._quarantine}
-        if url.path.startswith("/records/") and url.path[9:].isdigit():
-            self._record(session, int(url.path[9:]))
-        elif url.path in routes:
-            routes[url.path](session, q)
-        else:
-            self._page("404", "", session, 404)
+    def _logout(self, session: Session) -> None:
+        with self.app.lock:
+            self.app.sessions = {k: v for k, v in self.app.sessions.items() if v is not
+                                 session}
+        self._send(HTTPStatus.SEE_OTHER, b"", extra={"Location": "/login"},
+                   cookies=[self._cookie("skot_session", "", 0)])
 
-    def do_POST(self) -> None:  # noqa: N802
-        url = urlsplit(self.path)
-        form = self._form()
-        if form is None:
-            return
-        if url.path == "/login":
-            self._login(form)
-            return
-        session = self._session()
-        if session is None:
-            self._send(HTTPStatus.FORBIDDEN, b"forbidden", "text/plain")
-            return
-        if not secrets.compare_digest(form.get("csrf", ""), session.csrf):
-            self._send(HTTPStatus.FORBIDDEN, b"CSRF token missing or wrong", "text/plain")
-            return
-        if url.path == "/logout":
-            with self.app.lock:
-                self.app.sessions = {k: v for k, v in self.app.sessions.items() if v is not
-                                     session}
-            self._send(HTTPStatus.SEE_OTHER, b"", extra={"Location": "/login"},
-                       cookies=[self._cookie("skot_session", "", 0)])
-            return
-        parts = url.path.strip("/").split("/")
-        if len(parts) == 3 and parts[0] == "quarantine" and parts[2] in ("release", "delete"):
-            self._quarantine_act(session, parts[1], parts[2])
-            return
-        self._send(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
-
-    # -- pages -------------------------------------------------------------------------------
+    # -- sign-in -----------------------------------------------------------------------------
     def _login_form(self, error: str = "", status: int = 200) -> None:
         t = T[self._lang()]
-        token = self.app.login_token()
-        body = (f'<p class="bad">{e(error)}</p>' if error else "") + (
-            f'<form method="post" action="/login"><input type="hidden" name="csrf" '
-            f'value="{token}"><p><label>{e(t["user"])} <input name="user" id="user" '
-            f'autocomplete="username" required></label></p><p><label>{e(t["password"])} '
-            f'<input type="password" name="password" id="password" '
-            f'autocomplete="current-password" required></label></p>'
-            f'<p><button id="login">{e(t["login"])}</button></p></form>')
-        self._page(t["login"], body, None, status)
+        self._render("login.html", t["login"], None, status, error=error,
+                     token=self.app.login_token())
 
     def _login(self, form: dict[str, str]) -> None:
         if not self.app.login_token_ok(form.get("csrf", "")):
@@ -302,96 +208,226 @@ class Handler(BaseHTTPRequestHandler):
         with self.app.lock:
             self.app.sessions[token] = session
         self.app.audit(session, "login", {"role": user.role})
-        self._send(HTTPStatus.SEE_OTHER, b"", extra={"Location": "/records"},
+        self._send(HTTPStatus.SEE_OTHER, b"", extra={"Location": "/messages"},
                    cookies=[self._cookie("skot_session", token)])
 
+    # -- messages ----------------------------------------------------------------------------
+    def _understand(self, q: dict[str, str]) -> Search:
+        """The search form in store terms; every value not understood is a problem."""
+        t = T[self._lang()]
+        lang = self._lang()
+        meaning: list[str] = []
+        problems: list[str] = []
+        since = until = ""
+        for key in ("since", "until"):
+            # typed (dd-mm-jjjj) or picked (the browser's date picker sends jjjj-mm-dd)
+            text = q.get(key, "").strip() or q.get(f"{key}_pick", "").strip()
+            if not text:
+                continue
+            moment = terms.parse_local(text, end=key == "until")
+            if moment is None:
+                problems.append(t["bad_date"].format(field=t[key], value=text))
+            elif key == "since":
+                since = terms.stored_ts(moment)
+                meaning.append(f"{t['since']} {text}")
+            else:
+                until = terms.stored_ts(moment)
+                meaning.append(f"{t['until']} {text}")
+        ref = q.get("ref", "").strip().removeprefix("ref=").strip()
+        if ref and not REF.match(ref):
+            problems.append(t["bad_ref"].format(value=ref))
+            ref = ""
+        elif ref:
+            meaning.append(f"{t['ref']} {ref}")
+        actions: tuple[str, ...] = ()
+        if q.get("action", "").strip():
+            action = terms.understand(terms.ACTIONS, q["action"])
+            if action is None:
+                problems.append(t["bad_value"].format(field=t["action"], value=q["action"],
+                                                      allowed=_allowed(terms.ACTIONS, lang)))
+            else:
+                actions = (action,)
+                meaning.append(f"{t['action']} {terms.word(terms.ACTIONS, action, lang)}")
+        direction = ""
+        if q.get("direction", "").strip():
+            d = terms.understand(terms.DIRECTIONS, q["direction"])
+            if d is None:
+                problems.append(t["bad_value"].format(
+                    field=t["direction"], value=q["direction"],
+                    allowed=_allowed(terms.DIRECTIONS, lang)))
+            else:
+                direction = d
+                meaning.append(f"{t['direction']} {terms.word(terms.DIRECTIONS, d, lang)}")
+        outcome = ""
+        if q.get("outcome", "").strip():
+            o = terms.understand(terms.OUTCOME_WORDS, q["outcome"])
+            if o is None:
+                problems.append(t["bad_value"].format(
+                    field=t["outcome"], value=q["outcome"],
+                    allowed=_allowed(terms.OUTCOME_WORDS, lang)))
+            else:
+                outcome = o
+                meaning.append(f"{t['outcome']} {terms.word(terms.OUTCOME_WORDS, o, lang)}")
+        rules: tuple[str, ...] = ()
+        if q.get("rule", "").strip():
+            text = q["rule"].strip().lower()
+            known = self.app.rule_ids
+            exact = [r for r in known if r.lower() == text]
+            rules = tuple(exact or [r for r in known if text in r.lower()])
+            if not rules:
+                problems.append(t["bad_value"].format(field=t["rule"], value=q["rule"],
+                                                      allowed=", ".join(known)))
+            else:
+                meaning.append(f"{t['rule']} {', '.join(rules)}")
+        article = q.get("article", "").strip().upper().removeprefix("ARTIKEL ").strip()
+        if article:
+            meaning.append(f"{t['article']} {article}")
+        addresses: tuple[str, ...] | None = None
+        person = q.get("person", "").strip()
+        if person:
+            found = self._people(person)
+            addresses = tuple(sorted(found))
+            if found:
+                shown = ", ".join(addresses[:10]) + (
+                    t["and_more"].format(n=len(addresses) - 10) if len(addresses) > 10 else "")
+                meaning.append(t["person_means"].format(value=person, addresses=shown))
+            else:
+                problems.append(t["no_person"].format(value=person))
+        sender = q.get("sender", "").strip().lower()
+        query = search.MessageQuery(since=since, until=until, ref=ref, addresses=addresses,
+                                    rules=rules, article=article, actions=actions,
+                                    direction=direction, outcome=outcome,
+                                    subject=q.get("subject", "").strip(),
+                                    violations_of=sender)
+        if query.subject:
+            meaning.append(f"{t['subject']} ~ {query.subject}")
+        if sender:
+            meaning.append(t["violations_of"].format(value=sender))
+        return Search(query, meaning, problems)
+
+    def _people(self, part: str) -> set[str]:
+        """Every address ``part`` may mean: directory names and addresses (with the private
+        addresses the directory links to a person), and addresses in the store."""
+        p = part.strip().lower()
+        found: set[str] = set()
+        for person in self.app.directory.people.values():
+            names = (person.name.lower(), person.address.lower(),
+                     *(a.lower() for a in person.private_addresses))
+            if any(p in n for n in names if n):
+                found |= {person.address.lower(), *(a.lower() for a in
+                                                    person.private_addresses)}
+        found |= set(search.addresses_like(self._searchable(), p))
+        return found
+
+    def _searchable(self) -> search.Searchable:
+        store = self.app.store
+        assert hasattr(store, "select"), "the web view needs an SQL audit store"
+        return store  # type: ignore[return-value]
+
+    def _messages(self, session: Session, q: dict[str, str]) -> None:
+        t = T[self._lang()]
+        lang = self._lang()
+        s = self._understand(q)
+        keep = {k: v for k, v in q.items() if k not in ("before", "after", "lang") and v}
+        rows: list[dict[str, Any]] = []
+        total = first = 0
+        newer = older = False
+        if not s.problems:
+            before = int(q["before"]) if q.get("before", "").isdigit() else 0
+            after = int(q["after"]) if q.get("after", "").isdigit() else 0
+            store = self._searchable()
+            found = search.messages(store, s.query, before=before, after=after, limit=PAGE)
+            if after and len(found) < PAGE:  # ran into the newest: show the first page
+                found = search.messages(store, s.query, limit=PAGE)
+            total = search.count(store, s.query)
+            if found:
+                newer = search.newer_exists(store, s.query, found[0].id)
+                first = (search.count(store, s.query, newer_than=found[0].id) + 1
+                         if newer else 1)
+                older = first + len(found) - 1 < total
+            related = search.by_refs(store, [r.txid for r in found])
+            for r in found:
+                state = terms.final_state(r, related.get(r.txid, []), lang)
+                rows.append({"rec": r, "state": state,
+                             "rules": ", ".join(f"{x.get('id', '')} ({x.get('article', '')})"
+                                                for x in r.rules),
+                             "notices": terms.notified(state.after)})
+        self.app.audit(session, "viewed", {"page": "messages", **{
+            k: q.get(k, "") for k in ("ref", "since", "until", "rule", "person", "article",
+                                      "action", "direction", "outcome", "subject",
+                                      "sender", "since_pick", "until_pick")},
+                                           "results": total})
+        self._render("messages.html", t["messages"], session, q=q, keep=keep, rows=rows,
+                     total=total, first=first, newer=newer, older=older, search=s,
+                     directions=terms.DIRECTIONS, actions=terms.ACTIONS,
+                     rule_ids=self.app.rule_ids, outcome_words=terms.OUTCOME_WORDS,
+                     dirword=lambda d: terms.word(terms.DIRECTIONS, d, lang))
+
+    def _message_page(self, session: Session, ref: str) -> None:
+        t = T[self._lang()]
+        lang = self._lang()
+        records = search.by_refs(self._searchable(), [ref]).get(ref, [])
+        if not records:
+            self._message(session, "404", t["no_message"].format(ref=ref), 404)
+            return
+        outcomes = [r for r in records if r.event in OUTCOMES]
+        main = outcomes[-1] if outcomes else records[-1]
+        state = terms.final_state(main, records, lang)
+        qid = str(main.evidence.get("quarantine_id", ""))
+        entry = self.app.quarantine.get(qid) if qid else None
+        self.app.audit(session, "viewed", {"page": "message", "ref": ref,
+                                           "ids": [r.id for r in records]})
+        self._render("message.html", f"{t['message']} {ref}", session, ref=ref, main=main,
+                     state=state, records=records, findings=terms.findings(main, lang),
+                     notices=terms.notified(records), qid=qid, held=entry is not None,
+                     acts=[r for r in records if r.event.startswith("quarantine-")],
+                     event_words=lambda e: terms.word(terms.EVENT_WORDS, e, lang),
+                     actword=lambda a: terms.word(terms.ACTIONS, a, lang),
+                     direction_word=terms.word(terms.DIRECTIONS, main.direction, lang))
+
+    # -- raw records -------------------------------------------------------------------------
     def _filters(self, q: dict[str, str]) -> Filters:
-        page = int(q["page"]) if q.get("page", "").isdigit() else 0
-        return Filters(since=q.get("since", ""), until=q.get("until", ""),
+        since = terms.parse_local(q["since"]) if q.get("since") else None
+        until = terms.parse_local(q["until"], end=True) if q.get("until") else None
+        return Filters(since=terms.stored_ts(since) if since else q.get("since", ""),
+                       until=terms.stored_ts(until) if until else q.get("until", ""),
                        rule=q.get("rule", ""), person=q.get("person", ""),
                        article=q.get("article", ""), action=q.get("action", ""),
-                       direction=q.get("direction", ""), limit=PAGE, offset=page * PAGE)
+                       direction=q.get("direction", ""), event=q.get("event", ""),
+                       txid=q.get("ref", ""))
 
     def _records(self, session: Session, q: dict[str, str]) -> None:
+        """Every audit record (events, views, acts) with the old filters: the expert's log."""
         t = T[self._lang()]
+        page = int(q["page"]) if q.get("page", "").isdigit() else 0
         f = self._filters(q)
-        rows = list(self.app.store.records(f))
+        rows = list(self.app.store.records(Filters(**{**f.__dict__, "limit": PAGE,
+                                                      "offset": page * PAGE})))
         self.app.audit(session, "viewed", {"page": "records", **{
             k: q.get(k, "") for k in ("since", "until", "rule", "person", "article", "action",
-                                      "direction")}})
-        inputs = "".join(
-            f'<label>{e(t[k])} <input name="{k}" id="f-{k}" value="{e(q.get(k, ""))}"></label> '
-            for k in ("since", "until", "rule", "article", "person", "action", "direction"))
-        keep = {k: v for k, v in q.items() if k != "page" and v}
-        table = "".join(
-            f'<tr><td><a href="/records/{r.id}">{r.id}</a></td><td>{e(r.ts[:19])}</td>'
-            f"<td>{e(r.event)}</td><td>{e(r.action)}</td><td>{e(r.direction)}</td>"
-            f"<td>{e(r.sender)}</td><td>{e(', '.join(r.recipients))}</td>"
-            f"<td>{e(', '.join(str(x.get('id', '')) for x in r.rules))}</td>"
-            f"<td>{e(r.txid)}</td></tr>" for r in rows)
-        nxt = (f'<p><a href="/records?{e(urlencode({**keep, "page": f.offset // PAGE + 1}))}">'
-               f'{e(t["next"])}</a></p>' if len(rows) == PAGE else "")
-        body = (f'<form method="get" action="/records">{inputs}<button id="filter">'
-                f'{e(t["filter"])}</button></form>'
-                f'<p><a id="export" href="/export?{e(urlencode({**keep, "format": "csv"}))}">'
-                f'{e(t["export"])} CSV</a> · <a href="/export?'
-                f'{e(urlencode({**keep, "format": "jsonl"}))}">JSON lines</a></p>'
-                f'<table id="records"><tr><th>id</th><th>{e(t["time"])}</th><th>'
-                f'{e(t["event"])}</th><th>{e(t["action"])}</th><th>{e(t["direction"])}</th>'
-                f'<th>{e(t["sender"])}</th><th>{e(t["recipients"])}</th><th>{e(t["rule"])}'
-                f'</th><th>{e(t["ref"])}</th></tr>{table}</table>{nxt}')
-        self._page(t["records"], body, session)
+                                      "direction", "event", "ref")}})
+        keep = {k: v for k, v in q.items() if k not in ("page", "lang") and v}
+        self._render("records.html", t["records"], session, q=q, rows=rows, keep=keep,
+                     page=page, more=len(rows) == PAGE, page_size=PAGE)
 
     def _record(self, session: Session, record_id: int) -> None:
         t = T[self._lang()]
         r = self.app.store.get(record_id)
         if r is None:
-            self._page("404", "", session, 404)
+            self._message(session, "404", t["not_found"], 404)
             return
         self.app.audit(session, "viewed", {"page": "record", "ids": [record_id]})
-        rows = "".join(f"<tr><th>{e(k)}</th><td><pre>{e(_show(v))}</pre></td></tr>"
-                       for k, v in r.to_json().items())
-        self._page(f"{t['records']} {record_id}", f'<table id="record">{rows}</table>', session)
-
-    def _report(self, session: Session, q: dict[str, str]) -> None:
-        t = T[self._lang()]
-        person = q.get("person", "")
-        form = (f'<form method="get" action="/report"><label>{e(t["person"])} <input '
-                f'name="person" id="r-person" value="{e(person)}"></label> <label>'
-                f'{e(t["since"])} <input name="since" value="{e(q.get("since", ""))}"></label> '
-                f'<label>{e(t["until"])} <input name="until" value="{e(q.get("until", ""))}">'
-                f'</label> <button id="report-go">{e(t["report"])}</button></form>')
-        if not person:
-            self._page(t["report"], form, session)
-            return
-        rows = violations(self.app.store, person, q.get("since", ""), q.get("until", ""))
-        result = self.app.verify()
-        self.app.audit(session, "viewed", {"page": "report", "person": person,
-                                           "records": len(rows)})
-        status = (f'<p class="ok">{e(t["intact"])}</p>' if result.ok else
-                  f'<p class="bad">{e(t["broken"])}: {e("; ".join(result.problems))}</p>')
-        table = "".join("<tr>" + "".join(f"<td>{e(row[k])}</td>" for k in REPORT_FIELDS)
-                        + "</tr>" for row in rows)
-        self._page(f"{t['report']}: {person}", form + status + '<table id="report"><tr>'
-                   + "".join(f"<th>{e(k)}</th>" for k in REPORT_FIELDS) + f"</tr>{table}"
-                   "</table>", session)
-
-    def _verify(self, session: Session, q: dict[str, str]) -> None:
-        t = T[self._lang()]
-        result = self.app.verify()
-        self.app.audit(session, "viewed", {"page": "verify"})
-        body = (f'<p id="chain" class="{"ok" if result.ok else "bad"}">'
-                f'{e(t["intact"] if result.ok else t["broken"])}: {result.chains.records} '
-                f'({e(json.dumps(result.chains.chains))})'
-                + (f"; {result.checkpoints} checkpoints" if result.checkpoints else "") + "</p>"
-                + "".join(f'<p class="bad">{e(p)}</p>' for p in result.problems)
-                + "".join(f"<p>{e(w)}</p>" for w in result.chains.warnings))
-        self._page(t["verify"], body, session)
+        lang = self._lang()
+        hashes = {k: v for k, v in r.to_json().items()
+                  if k in ("chain", "seq", "prev_hash", "personal_hash", "content_hash", "hash")}
+        self._render("record.html", f"{t['record']} {record_id}", session, r=r, hashes=hashes,
+                     raw={k: _show(v) for k, v in r.to_json().items() if k not in hashes},
+                     findings=terms.findings(r, lang),
+                     event_word=terms.word(terms.EVENT_WORDS, r.event, lang))
 
     def _export(self, session: Session, q: dict[str, str]) -> None:
         fmt = q.get("format", "csv")
         f = self._filters(q)
-        f = Filters(**{**f.__dict__, "limit": 0, "offset": 0})
         rows = list(self.app.store.records(f))
         self.app.audit(session, "exported", {"page": "export", "format": fmt,
                                              "records": len(rows), "person": f.person,
@@ -411,59 +447,416 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, body, ctype, extra={"Content-Disposition":
                                             f'attachment; filename="{name}"'})
 
+    # -- per person --------------------------------------------------------------------------
+    def _report(self, session: Session, q: dict[str, str]) -> None:
+        t = T[self._lang()]
+        person = q.get("person", "").strip()
+        if not person:
+            self._render("report.html", t["report"], session, q=q, person="", who=None,
+                         rows=[], problems=[], fields=REPORT_FIELDS)
+            return
+        who = self.app.directory.lookup(person)
+        since = terms.parse_local(q["since"]) if q.get("since") else None
+        until = terms.parse_local(q["until"], end=True) if q.get("until") else None
+        rows = violations(self.app.store, person, terms.stored_ts(since) if since else "",
+                          terms.stored_ts(until) if until else "",
+                          who.private_addresses if who is not None else ())
+        problems = check_records(self.app.store, [int(r["record"]) for r in rows])
+        fmt = q.get("format", "html")
+        self.app.audit(session, "exported" if fmt == "csv" else "viewed",
+                       {"page": "report", "person": person, "records": len(rows),
+                        "format": fmt})
+        if fmt == "csv":
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=["name", *REPORT_FIELDS])
+            w.writeheader()
+            for row in rows:
+                w.writerow({"name": who.name if who else "", **row})
+            buf.write(f"# {len(rows)} rows: their records "
+                      + (f"BROKEN: {'; '.join(problems)}" if problems else
+                         "and their links in the audit chain are intact") + "\n")
+            self._send(200, buf.getvalue().encode(), "text/csv; charset=utf-8",
+                       extra={"Content-Disposition": 'attachment; filename="report.csv"'})
+            return
+        lang = self._lang()
+        for row in rows:  # the CLI's words (English, UTC) said in the page's language
+            row["state"] = terms.report_state(row["state"], lang)
+            if row["notified"] == "no":
+                row["notified"] = t["no"]
+        self._render("report.html", f"{t['report']}: {who.name if who and who.name else person}",
+                     session, q=q, person=person, who=who, rows=rows, problems=problems,
+                     fields=REPORT_FIELDS)
+
+    def _verify(self, session: Session, q: dict[str, str]) -> None:
+        t = T[self._lang()]
+        # the same answer as `skot-milter audit verify`: the chains and the signed checkpoints
+        try:
+            result = verify(self.app.store, self.app.config)
+        except UnusableKeys as exc:
+            result = Verification(self.app.store.verify(), [str(exc)])
+        self.app.audit(session, "viewed", {"page": "verify"})
+        self._render("verify.html", t["verify"], session, result=result,
+                     chains=json.dumps(result.chains.chains)
+                     + (f"; {result.checkpoints} checkpoints" if result.checkpoints else ""))
+
+    # -- quarantine --------------------------------------------------------------------------
+    def _held(self) -> list[preview.Held]:
+        days = self.app.config.quarantine.retention_days
+        lang = self._lang()
+        return sorted((preview.summarise(e, days, lang=lang)
+                       for e in self.app.quarantine.entries()), key=lambda h: -h.stored_at)
+
     def _quarantine(self, session: Session, q: dict[str, str]) -> None:
         t = T[self._lang()]
-        if session.role != "admin":
-            self.app.audit(session, "denied", {"page": "quarantine"})
-            self._page(t["quarantine"], f'<p class="bad">{e(t["no_access"])}</p>', session, 403)
-            return
         self.app.audit(session, "viewed", {"page": "quarantine"})
-        rows = []
-        for entry in self.app.quarantine.entries():
-            env = entry.meta.get("envelope", {})
-            rules = ", ".join(r.get("id", "") for r in entry.meta.get("verdict", {}).get(
-                "rules", []))
-            forms = "".join(
-                f'<form class="inline" method="post" action="/quarantine/{e(entry.id)}/{act}">'
-                f'<input type="hidden" name="csrf" value="{e(session.csrf)}">'
-                f'<button id="{act}-{e(entry.id)}">{e(t[act])}</button></form> '
-                for act in ("release", "delete"))
-            rows.append(f"<tr><td>{e(entry.id)}</td><td>{e(env.get('mail_from', ''))}</td>"
-                        f"<td>{e(', '.join(env.get('rcpt_tos', [])))}</td><td>{e(rules)}</td>"
-                        f"<td>{forms}</td></tr>")
-        self._page(t["quarantine"], '<table id="quarantine">' + "".join(rows) + "</table>",
-                   session)
+        self._render("quarantine.html", t["quarantine"], session, held=self._held(),
+                     admin=session.role == "admin")
 
-    def _quarantine_act(self, session: Session, qid: str, act: str) -> None:
+    def _quarantine_entry(self, session: Session, qid: str) -> None:
+        t = T[self._lang()]
+        entry = self.app.quarantine.get(qid)
+        if entry is None:
+            self._message(session, "404", t["not_held"].format(id=qid), 404)
+            return
+        self.app.audit(session, "viewed", {"page": "quarantine-preview", "id": qid,
+                                           "ref": str(entry.meta.get("txid", ""))})
+        headers, text = preview.preview(entry)
+        self._render("quarantine_entry.html", f"{t['quarantine']}: {qid}", session,
+                     h=preview.summarise(entry, self.app.config.quarantine.retention_days,
+                                         lang=self._lang()),
+                     headers=headers, text=text, admin=session.role == "admin")
+
+    def _quarantine_confirm(self, session: Session, qid: str, act: str,
+                            error: str = "", status: int = 200) -> None:
         t = T[self._lang()]
         if session.role != "admin":
             self.app.audit(session, "denied", {"page": f"quarantine-{act}", "id": qid})
-            self._page(t["quarantine"], f'<p class="bad">{e(t["no_access"])}</p>', session, 403)
+            self._message(session, t["quarantine"], t["no_access"], 403)
             return
         entry = self.app.quarantine.get(qid)
         if entry is None:
-            self._page("404", "", session, 404)
+            self._message(session, "404", t["not_held"].format(id=qid), 404)
+            return
+        h = preview.summarise(entry, self.app.config.quarantine.retention_days,
+                              lang=self._lang())
+        self._render("quarantine_confirm.html", t[f"confirm_{act}"], session, status, h=h,
+                     act=act, error=error)
+
+    def _quarantine_act(self, session: Session, qid: str, act: str,
+                        form: dict[str, str]) -> None:
+        t = T[self._lang()]
+        if session.role != "admin":
+            self.app.audit(session, "denied", {"page": f"quarantine-{act}", "id": qid})
+            self._message(session, t["quarantine"], t["no_access"], 403)
+            return
+        entry = self.app.quarantine.get(qid)
+        if entry is None:
+            self._message(session, "404", t["not_held"].format(id=qid), 404)
+            return
+        reason = " ".join(form.get("reason", "").split())[:MAX_REASON]
+        if not reason:
+            self._quarantine_confirm(session, qid, act, t["reason_required"], 400)
             return
         actor = f"web:{session.user}"
         try:
             if act == "release":
-                result = self.app.release(qid, actor)
+                result = self.app.actions.release(entry, actor, reason,
+                                                  form.get("notify") == "1")
+                text = t["released"].format(id=qid, reply=result)
             else:
-                quarantine.delete(self.app.config, self.app.quarantine, entry, actor)
-                result = "deleted"
-        except Exception as exc:  # noqa: BLE001 - shown to the admin, nothing changed
-            self._page(t["quarantine"], f'<p class="bad">{e(str(exc))}</p>', session, 502)
+                self.app.actions.delete(entry, actor, reason)
+                text = t["deleted"].format(id=qid)
+        except ActionError as exc:
+            self._message(session, t["quarantine"], str(exc), 502)
             return
-        self._page(t["done"], f'<p id="result">{e(act)} {e(qid)}: {e(result)}</p>'
-                   f'<p><a href="/quarantine">{e(t["quarantine"])}</a></p>', session)
+        self._render("done.html", t["done"], session, text=text,
+                     ref=str(entry.meta.get("txid", "")))
+
+    # -- statistics --------------------------------------------------------------------------
+    def _dashboard(self, session: Session, q: dict[str, str]) -> None:
+        t = T[self._lang()]
+        lang = self._lang()
+        days = int(q["days"]) if q.get("days", "").isdigit() else 30
+        days = min(max(days, 1), 366)
+        today = datetime.now(UTC).astimezone(terms.LOCAL).date()
+        first = today - timedelta(days=days - 1)
+        since, until = terms.day_start(first), terms.day_start(today + timedelta(days=1))
+        store = self._searchable()
+        per_day: dict[date, dict[str, int]] = {}
+        days_of: dict[str, date] = {}  # a year has 8 760 hours but ten times as many rows
+        for hour, event, n in search.events_by_hour(store, terms.stored_ts(since),
+                                                    terms.stored_ts(until)):
+            day = days_of.get(hour)
+            if day is None:
+                day = days_of[hour] = terms.local_day(hour + ":00:00Z")
+            counts = per_day.setdefault(day, {})
+            counts[event] = counts.get(event, 0) + n
+        span = {"since": _nl(first), "until": _nl(today)}
+        colors = dict(zip(OUTCOMES, charts.PALETTE, strict=False))
+        daily = []
+        notices = []
+        for i in range(days):
+            day = first + timedelta(days=i)
+            counts = per_day.get(day, {})
+            one = {"since": _nl(day), "until": _nl(day)}
+            daily.append((day.strftime("%d-%m"), [
+                charts.Bar(terms.word(terms.OUTCOME_WORDS, o, lang), counts.get(o, 0),
+                           "/messages?" + urlencode({**one, "outcome": o}), colors[o],
+                           f"{day.isoformat()}:{o}") for o in OUTCOMES]))
+            notices.append((day.strftime("%d-%m"), [
+                charts.Bar(terms.word(terms.EVENT_WORDS, ev, lang), counts.get(ev, 0),
+                           "/records?" + urlencode({**one, "event": ev}), color,
+                           f"{day.isoformat()}:{ev}")
+                for ev, color in (("notice-sent", charts.PALETTE[3]),
+                                  ("notice-suppressed", charts.PALETTE[2]),
+                                  ("notice-failed", charts.PALETTE[1]))]))
+        s_ts, u_ts = terms.stored_ts(since), terms.stored_ts(until)
+        rules = [charts.Bar(f"{r} ({a})", n, "/messages?" + urlencode({**span, "rule": r}),
+                            key=r) for r, a, n in search.rules_between(store, s_ts, u_ts)]
+        senders = [charts.Bar(sender, n, "/messages?" + urlencode({**span, "sender": sender}),
+                              charts.PALETTE[1], key=sender)
+                   for sender, n in search.top_senders(store, s_ts, u_ts)]
+        months = []
+        month = date(today.year, today.month, 1)
+        starts = []
+        for _ in range(12):
+            starts.append(month)
+            month = (month - timedelta(days=1)).replace(day=1)
+        article_colors: dict[str, str] = {}
+        for m in reversed(starts):
+            nxt = (m + timedelta(days=32)).replace(day=1)
+            bars = []
+            for article, n in search.articles_between(store, terms.stored_ts(
+                    terms.day_start(m)), terms.stored_ts(terms.day_start(nxt))):
+                color = article_colors.setdefault(
+                    article, charts.PALETTE[len(article_colors) % len(charts.PALETTE)])
+                bars.append(charts.Bar(article, n, "/messages?" + urlencode(
+                    {"since": _nl(m), "until": _nl(nxt - timedelta(days=1)),
+                     "article": article}), color, f"{m:%Y-%m}:{article}"))
+            months.append((f"{m:%m-%Y}", bars))
+        held = self._held()
+        ages = [(t["age_1"], 0, 1), (t["age_7"], 1, 7), (t["age_30"], 7, 30),
+                (t["age_old"], 30, 10**6)]
+        q_bars = [charts.Bar(label, sum(1 for h in held if lo <= h.age_days < hi),
+                             "/quarantine", charts.PALETTE[2], f"age:{lo}")
+                  for label, lo, hi in ages]
+        self.app.audit(session, "viewed", {"page": "dashboard", "days": days})
+        self._render(
+            "dashboard.html", t["dashboard"], session, days=days, first=first, today=today,
+            daily=charts.columns("chart-daily", t["chart_daily"], daily),
+            notices=charts.columns("chart-notices", t["chart_notices"], notices),
+            rules=charts.hbars("chart-rules", t["chart_rules"], rules),
+            senders=charts.hbars("chart-senders", t["chart_senders"], senders),
+            articles=charts.columns("chart-articles", t["chart_articles"], months),
+            quarantine=charts.hbars("chart-quarantine", t["chart_quarantine"], q_bars),
+            held_count=len(held), held_bytes=sum(h.size for h in held),
+            legend=[(terms.word(terms.OUTCOME_WORDS, o, lang), colors[o]) for o in OUTCOMES],
+            article_legend=sorted(article_colors.items()),
+            this_month=f"{today:%Y-%m}")
+
+    def _summary(self, session: Session, q: dict[str, str]) -> None:
+        """The month's decisions per article, for the board (HTML and CSV)."""
+        t = T[self._lang()]
+        lang = self._lang()
+        m = re.match(r"^(\d{4})-(\d{1,2})$", q.get("month", ""))
+        today = datetime.now(UTC).astimezone(terms.LOCAL).date()
+        try:
+            start = date(int(m.group(1)), int(m.group(2)), 1) if m else today.replace(day=1)
+        except ValueError:
+            start = today.replace(day=1)
+        end = (start + timedelta(days=32)).replace(day=1)
+        rows = search.articles_by_outcome(self._searchable(),
+                                          terms.stored_ts(terms.day_start(start)),
+                                          terms.stored_ts(terms.day_start(end)))
+        fmt = q.get("format", "html")
+        self.app.audit(session, "exported" if fmt == "csv" else "viewed",
+                       {"page": "summary", "month": f"{start:%Y-%m}", "format": fmt})
+        header = [t["article"], *(terms.word(terms.OUTCOME_WORDS, o, lang) for o in OUTCOMES),
+                  t["total"]]
+        table = []
+        for article, counts in sorted(rows.items()):
+            table.append([article, *(counts.get(o, 0) for o in OUTCOMES),
+                          sum(counts.values())])
+        if fmt == "csv":
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(header)
+            w.writerows(table)
+            self._send(200, buf.getvalue().encode(), "text/csv; charset=utf-8",
+                       extra={"Content-Disposition": f'attachment; filename="summary-'
+                                                     f'{start:%Y-%m}.csv"'})
+            return
+        prev = (start - timedelta(days=1)).replace(day=1)
+        self._render("summary.html", f"{t['summary']} {start:%m-%Y}", session, header=header,
+                     table=table, month=f"{start:%Y-%m}", prev=f"{prev:%Y-%m}",
+                     next=f"{end:%Y-%m}", outcomes=OUTCOMES,
+                     span={"since": _nl(start), "until": _nl(end - timedelta(days=1))})
+
+
+def _nl(day: date) -> str:
+    return day.strftime("%d-%m-%Y")
+
+
+def _allowed(table: dict[str, tuple[str, str, tuple[str, ...]]], lang: str) -> str:
+    return ", ".join(f"{nl} / {en}" for nl, en, _ in table.values())
 
 
 def _show(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, sort_keys=True)
 
 
-def make_server(app: WebApp, host: str, port: int) -> ThreadingHTTPServer:
-    handler = type("BoundHandler", (Handler,), {"app": app})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+def create_wsgi(app: WebApp) -> flask.Flask:
+    """The WSGI application: routes, the session and CSRF guard, the security headers."""
+    wsgi = flask.Flask(__name__, static_folder=None)
+    wsgi.config["MAX_CONTENT_LENGTH"] = MAX_FORM
+
+    def page() -> Page:
+        current: Page = flask.g.page
+        return current
+
+    def answer(p: Page) -> flask.Response:
+        assert p.response is not None
+        return p.response
+
+    @wsgi.before_request
+    def guard() -> flask.Response | None:
+        """Nothing but the login page and the stylesheet without a session; no POST
+        without the session's CSRF token."""
+        p = flask.g.page = Page(app, flask.request)
+        if flask.request.path in ("/login", "/static/style.css"):
+            return None
+        session = p._session()
+        if session is None:
+            if flask.request.method in ("GET", "HEAD"):
+                return flask.Response(b"", HTTPStatus.SEE_OTHER, {"Location": "/login"})
+            return flask.Response(b"forbidden", HTTPStatus.FORBIDDEN, mimetype="text/plain")
+        if flask.request.method == "POST" and not secrets.compare_digest(
+                flask.request.form.get("csrf", ""), session.csrf):
+            return flask.Response(b"CSRF token missing or wrong", HTTPStatus.FORBIDDEN,
+                                  mimetype="text/plain")
+        flask.g.session = session
+        return None
+
+    @wsgi.after_request
+    def secure(resp: flask.Response) -> flask.Response:
+        for k, v in HEADERS.items():
+            resp.headers[k] = v
+        return resp
+
+    @wsgi.errorhandler(HTTPStatus.NOT_FOUND)
+    def not_found(_: Exception) -> flask.Response:
+        p = page()
+        p._message(flask.g.get("session"), "404", T[p._lang()]["not_found"], 404)
+        return answer(p)
+
+    @wsgi.get("/static/style.css")
+    def style() -> flask.Response:
+        return flask.Response((STATIC / "style.css").read_bytes(),
+                              mimetype="text/css", content_type="text/css; charset=utf-8")
+
+    @wsgi.get("/login")
+    def login_form() -> flask.Response:
+        p = page()
+        p._login_form()
+        return answer(p)
+
+    @wsgi.post("/login")
+    def login() -> flask.Response:
+        p = page()
+        p._login({k: v for k, v in flask.request.form.items()})
+        return answer(p)
+
+    @wsgi.post("/logout")
+    def logout() -> flask.Response:
+        p = page()
+        p._logout(flask.g.session)
+        return answer(p)
+
+    def view(method: Callable[[Page, Session, dict[str, str]], None]
+             ) -> Callable[[], flask.Response]:
+        def run() -> flask.Response:
+            p = page()
+            method(p, flask.g.session, {k: v for k, v in flask.request.args.items()})
+            return answer(p)
+        return run
+
+    for rule, method in (("/", Page._messages), ("/messages", Page._messages),
+                         ("/records", Page._records), ("/report", Page._report),
+                         ("/verify", Page._verify), ("/export", Page._export),
+                         ("/quarantine", Page._quarantine), ("/dashboard", Page._dashboard),
+                         ("/summary", Page._summary)):
+        wsgi.add_url_rule(rule, f"page{rule}", view(method), methods=["GET"])
+
+    @wsgi.get("/records/<int:record_id>")
+    def record(record_id: int) -> flask.Response:
+        p = page()
+        p._record(flask.g.session, record_id)
+        return answer(p)
+
+    @wsgi.get("/messages/<ref>")
+    def message(ref: str) -> flask.Response:
+        if not REF.match(ref):
+            flask.abort(HTTPStatus.NOT_FOUND)
+        p = page()
+        p._message_page(flask.g.session, ref)
+        return answer(p)
+
+    @wsgi.get("/quarantine/<qid>")
+    def held(qid: str) -> flask.Response:
+        p = page()
+        p._quarantine_entry(flask.g.session, qid)
+        return answer(p)
+
+    @wsgi.get("/quarantine/<qid>/<any(release, delete):act>")
+    def confirm(qid: str, act: str) -> flask.Response:
+        p = page()
+        p._quarantine_confirm(flask.g.session, qid, act)
+        return answer(p)
+
+    @wsgi.post("/quarantine/<qid>/<any(release, delete):act>")
+    def act(qid: str, act: str) -> flask.Response:
+        p = page()
+        p._quarantine_act(flask.g.session, qid, act,
+                          {k: v for k, v in flask.request.form.items()})
+        return answer(p)
+
+    return wsgi
+
+
+class WebServer:
+    """waitress serving the WSGI application: a maintained production server with bounded
+    request sizes, idle time-outs and a fixed pool of worker threads."""
+
+    def __init__(self, app: WebApp, host: str, port: int, threads: int = 8) -> None:
+        self._server = waitress.create_server(
+            create_wsgi(app), host=host, port=port, threads=threads, ident="skot-milter-web",
+            max_request_body_size=MAX_FORM, max_request_header_size=65536,
+            channel_timeout=60, clear_untrusted_proxy_headers=True)
+        self.server_address = (host, int(getattr(self._server, "effective_port", port)))
+        self._closed = False
+
+    def serve_forever(self) -> None:
+        self._server.run()
+
+    def shutdown(self) -> None:
+        """Stop listening. The sockets are closed by the serving thread itself (through
+        waitress's trigger): closing them under its select() would fail there."""
+        self._server.task_dispatcher.shutdown(timeout=5)  # requests under way finish first
+        closed = threading.Event()
+
+        def close() -> None:
+            self.server_close()
+            closed.set()
+
+        self._server.trigger.pull_trigger(close)
+        closed.wait(5)
+
+    def server_close(self) -> None:
+        """Close the listening socket (from the serving thread, or after it returned)."""
+        if not self._closed:
+            self._closed = True
+            self._server.close()
+
+
+def make_server(app: WebApp, host: str, port: int) -> WebServer:
+    return WebServer(app, host, port)

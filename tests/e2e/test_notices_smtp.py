@@ -82,13 +82,19 @@ def test_auto_submitted_violation_gets_no_notice(gw: Any, sink: Any) -> None:
     assert len(notices(sink[0])) == 1  # only for the second, human-sent message
 
 
-def test_rate_limit_holds_for_50_violations(gw: Any, sink: Any) -> None:
+def test_rate_limit_holds_for_50_violations(gw: Any, sink: Any, tmp_path: Path) -> None:
     with gw.client() as c:
         for i in range(50):
             c.sendmail("someone@school.example", ["ouder@example.org"], confidential(f"n{i}"))
     wait_for(lambda: len(notices(sink[0])) >= 5)
     time.sleep(0.5)
     assert len(notices(sink[0])) == 5
+    # the 45 held back are in the audit store, each with the reference of its message
+    store = SQLiteStore(tmp_path / "audit.sqlite3", "test")
+    wait_for(lambda: sum(r.event == "notice-suppressed" for r in store.records()) >= 45)
+    held = [r for r in store.records() if r.event == "notice-suppressed"]
+    assert len(held) == 45 and {r.recipients for r in held} == {("someone@school.example",)}
+    assert all(r.evidence["reason"] == "rate limit" and r.txid for r in held)
 
 
 def test_reject_gets_no_notice_unless_policy_asks(gw: Any, sink: Any) -> None:

@@ -212,3 +212,34 @@ def test_a_writer_whose_head_is_stale_seals_again(pg_url: str) -> None:
     assert [r.txid for r in a.records()] == ["a1", "b1", "a2"]
     a.close()
     b.close()
+
+
+def test_search_indexes_migrate_fill_and_purge(pg_url: str, monkeypatch: Any) -> None:
+    from milter.audit import postgres, search
+
+    monkeypatch.setattr(postgres, "MIGRATIONS", postgres.MIGRATIONS[:1])
+    old = PostgresStore(pg_url, "n1")  # a store of schema version 1, with records
+    private = {"id": "B1.private-address", "article": "B1", "action": "reject",
+               "mode": "enforce", "evidence": {"staff_member": "teacher@school.example"}}
+    old.append(AuditEvent(event="rejected", txid="p1", sender="theo@home.example",
+                          recipients=("x@school.example",), rules=(private,),
+                          action="reject"))
+    old.close()
+    monkeypatch.undo()
+    store = PostgresStore(pg_url, "n1")
+    assert store.version == len(postgres.MIGRATIONS)  # 3: the search indexes (after 2)
+    store.append(AuditEvent(event="quarantined", txid="q1", sender="Sam@school.example",
+                            recipients=("a@x.example",), action="quarantine",
+                            rules=({"id": "A1.confidential-attachment", "article": "A1"},)))
+
+    def refs(**q: Any) -> list[str]:
+        return [r.txid for r in search.messages(store, search.MessageQuery(**q))]
+
+    assert refs(addresses=("teacher@school.example",)) == ["p1"]  # backfilled
+    assert refs(addresses=("sam@school.example",)) == ["q1"]      # by the trigger
+    assert refs(article="A1") == ["q1"] and refs() == ["q1", "p1"]
+    assert search.addresses_like(store, "HOME") == ["theo@home.example"]
+    store.purge("2999-01-01", set(), set(), "retention")
+    assert search.addresses_like(store, "@") == [] and refs(article="A1") == []
+    assert store.verify().ok
+    store.close()

@@ -16,7 +16,8 @@ from milter.commands.notice import variants
 from milter.notices import Style
 from milter.policy import load
 from tests.conftest import POLICY
-from tests.web.test_web import browser  # noqa: F401  (a fixture, used by name)
+
+# the `browser` fixture comes from tests/web/conftest.py
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "notices"
 POL = load(POLICY)
