@@ -154,9 +154,11 @@ def report(config: Config, policy: Policy, web_users: dict[str, tuple[str, str]]
     for name, (role, _) in sorted(web_users.items()):
         who.table.append([name, role])
     who.lines.append("auditor: registraties, rapporten; admin: ook quarantaine vrijgeven/"
-                     "verwijderen. Elke inzage wordt zelf geregistreerd." if nl else
-                     "auditor: records, reports; admin: also releases/deletes held messages. "
-                     "Every view is itself recorded.")
+                     "verwijderen; statistics: alleen aantallen per regel, artikel en maand, "
+                     "zonder namen. Elke inzage wordt zelf geregistreerd." if nl else
+                     "auditor: records, reports; admin: also releases/deletes held messages; "
+                     "statistics: counts per rule, article and month only, no names. Every "
+                     "view is itself recorded.")
     parties = Section(t["parties"], lines=[
         ("Volgende mailserver (aflevering): " if nl else "Next hop (delivery): ")
         + config.next_hop.split("?")[0],

@@ -20,9 +20,10 @@ def register(sub: Any) -> None:
     add = wsub.add_parser("adduser", help="add or change a web user")
     add_config(add)
     add.add_argument("name", help="the login name (no ':')")
-    add.add_argument("--role", choices=("auditor", "admin"), required=True,
+    add.add_argument("--role", choices=("auditor", "admin", "statistics"), required=True,
                      help="auditor: reads the audit; admin: also releases and deletes "
-                          "quarantined mail")
+                          "quarantined mail; statistics: the dashboard and the monthly "
+                          "summary only, without names")
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from standard input instead of a prompt")
     add.set_defaults(func=run_adduser)

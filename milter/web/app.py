@@ -46,6 +46,8 @@ PAGE = 50
 MAX_FORM = 65536            # bytes of a posted form; ours are a few hundred
 LOGIN_FORM_SECONDS = 900    # how long a login form stays valid
 MAX_REASON = 500            # characters of a release/delete reason
+# What a "statistics" account may open: counts per rule, article and month, no persons.
+NAMELESS = ("/dashboard", "/summary", "/logout")
 REF = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
 STATIC = Path(__file__).parent / "static"
 
@@ -208,7 +210,8 @@ class Page:
         with self.app.lock:
             self.app.sessions[token] = session
         self.app.audit(session, "login", {"role": user.role})
-        self._send(HTTPStatus.SEE_OTHER, b"", extra={"Location": "/messages"},
+        home = "/dashboard" if user.role == "statistics" else "/messages"
+        self._send(HTTPStatus.SEE_OTHER, b"", extra={"Location": home},
                    cookies=[self._cookie("skot_session", token)])
 
     # -- messages ----------------------------------------------------------------------------
@@ -646,7 +649,8 @@ class Page:
             daily=charts.columns("chart-daily", t["chart_daily"], daily),
             notices=charts.columns("chart-notices", t["chart_notices"], notices),
             rules=charts.hbars("chart-rules", t["chart_rules"], rules),
-            senders=charts.hbars("chart-senders", t["chart_senders"], senders),
+            senders=(charts.hbars("chart-senders", t["chart_senders"], senders)
+                     if session.role != "statistics" else ""),
             articles=charts.columns("chart-articles", t["chart_articles"], months),
             quarantine=charts.hbars("chart-quarantine", t["chart_quarantine"], q_bars),
             held_count=len(held), held_bytes=sum(h.size for h in held),
@@ -735,6 +739,10 @@ def create_wsgi(app: WebApp) -> flask.Flask:
             return flask.Response(b"CSRF token missing or wrong", HTTPStatus.FORBIDDEN,
                                   mimetype="text/plain")
         flask.g.session = session
+        if session.role == "statistics" and flask.request.path not in NAMELESS:
+            p.app.audit(session, "denied", {"page": flask.request.path})
+            return flask.Response(b"forbidden: this account sees counts only",
+                                  HTTPStatus.FORBIDDEN, mimetype="text/plain")
         return None
 
     @wsgi.after_request

@@ -9,7 +9,9 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-ROLES = ("auditor", "admin")
+# statistics: the dashboard and the monthly summary only, without names (counts per rule,
+# article and month), for a board member or works council that may not see persons.
+ROLES = ("auditor", "admin", "statistics")
 _HASHER = PasswordHasher()
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from milter.audit.store import Filters
 from milter.quarantine import QuarantineStore
+from milter.web import users
 from tests.web.conftest import browser_login, login_cookie, request, shot
 
 PATHS = ["/records", "/records/1", "/report?person=x", "/export?format=csv", "/verify",
@@ -197,3 +198,22 @@ def test_stored_values_are_escaped_on_every_screen(site: dict[str, Any]) -> None
         assert "<script>" not in page and "<img src=x" not in page, path
     page = request(site, "GET", "/messages/evil1", cookie=cookie).read().decode()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_statistics_account_sees_counts_without_names(site: dict[str, Any]) -> None:
+    """Issue 23: the dashboard and the monthly summary for someone who may not see persons
+    (a board member, the works council): no sender names, every other page refused."""
+    users.add(site["cfg"].resolve(site["cfg"].web.users), "ora", "statistics", "stat-pass-123")
+    cookie = login_cookie(site, "ora", "stat-pass-123")
+    dash = request(site, "GET", "/dashboard", cookie=cookie)
+    body = dash.read().decode()
+    assert dash.status == 200 and 'id="chart-rules"' in body
+    assert "chart-senders" not in body and "someone@school.example" not in body
+    assert request(site, "GET", "/summary?month=2026-03", cookie=cookie).status == 200
+    for path in ("/messages", "/records", "/records/1", "/report?person=x", "/quarantine",
+                 "/verify", "/export?format=csv", "/messages/ref1"):
+        resp = request(site, "GET", path, cookie=cookie)
+        assert resp.status == 403, path
+        assert b"someone@school.example" not in resp.read()
+    denied = [r for r in site["store"].records() if r.event == "denied" and r.actor == "web:ora"]
+    assert len(denied) == 8
