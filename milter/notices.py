@@ -50,7 +50,7 @@ PLACEHOLDERS: Mapping[str, frozenset[str]] = {
                         "advice_heading",
                         "rules_html", "advice", "release_text", "summary_text", "rule_id",
                         "article", "rule_title", "supervisor_text", "delete_date",
-                        "retention_days"},
+                        "retention_days", "record_text"},
     "summary": COMMON | {"summary_intro", "held_text", "held_html", "supervisor_text",
                          "release_text"},
     "release": COMMON | {"outcome_text", "subject", "recipients", "time"},
@@ -182,6 +182,7 @@ class Style:
     timezone: str = "Europe/Amsterdam"
     register_nl: str = "je"
     retention_days: int = 30
+    record_days: int = 730  # audit.retention_days: how long the record of it is kept
     language: str = "nl"
 
     @classmethod
@@ -189,7 +190,8 @@ class Style:
         return cls(templates=cfg.notice_templates, postmaster=cfg.school.postmaster,
                    school=cfg.school.name, school_domains=tuple(cfg.school_domains),
                    timezone=cfg.notices.timezone, register_nl=cfg.notices.register_nl,
-                   retention_days=cfg.quarantine.retention_days, language=cfg.school.language)
+                   retention_days=cfg.quarantine.retention_days, language=cfg.school.language,
+                   record_days=cfg.audit.retention_days)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -388,6 +390,9 @@ def render(req: NoticeRequest, style: Style, *, lang: str, name: str, kind: str 
         "article": texts.articles(rule), "rule_title": texts.rule(rule, "title", internal),
         "supervisor_text": supervisor_text, "delete_date": delete_date,
         "retention_days": str(style.retention_days),
+        # the teacher is told that a record was kept, and for how long (AVG transparency)
+        "record_text": (texts.get("sentences", "record", days=style.record_days)
+                        if style.record_days else texts.get("sentences", "record_forever")),
         "advice_heading": texts.get("words", "advice_heading_supervisor" if kind == "supervisor"
                                     else "advice_heading", sender=sender_name),
     }

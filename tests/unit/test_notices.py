@@ -633,3 +633,18 @@ def test_a_summary_that_cannot_be_built_leaves_a_trace(tmp_path: Path) -> None:
     (event,) = audit.events
     assert event.event == "notice-failed" and event.evidence["held"] == ["01lost"]
     assert "could not be built" in event.reply
+
+
+def test_the_notice_says_a_record_was_kept_and_for_how_long() -> None:
+    """Issue 23: the teacher learns that the audit keeps a record, and for how long."""
+    style = Style(templates=TEMPLATES, postmaster="postmaster@school.example",
+                  record_days=730)
+    _, text, body_html = render(request("A1.confidential-attachment", "quarantine"), style,
+                                lang="nl", name="S")
+    assert ("Hiervan is een registratie gemaakt in het logboek van de mailcontrole. Die "
+            "registratie blijft 730 dagen staan") in text
+    assert "730 dagen" in body_html
+    forever = Style(templates=TEMPLATES, postmaster="postmaster@school.example", record_days=0)
+    _, text, _ = render(request("B1.private-address", "reject"), forever, lang="en", name="S")
+    assert "A record of this was kept in the mail check's log." in text
+    assert "days" not in text.split("A record of this")[1].split("\n")[0]
