@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from milter import config as config_mod
+from milter import csvcells
 from milter.audit.report import REPORT_FIELDS, violations
 from milter.audit.sql import COLUMNS
 from milter.audit.store import (
@@ -239,8 +240,9 @@ def _export(store: AuditStore, args: argparse.Namespace, out: Any) -> None:
         w.writeheader()
         for r in store.records(_filters(args)):
             row = r.to_json()
-            w.writerow({k: row[k] if isinstance(row[k], str | int)
-                        else json.dumps(row[k], ensure_ascii=False) for k in CSV_FIELDS})
+            w.writerow(csvcells.record({k: row[k] if isinstance(row[k], str | int)
+                                        else json.dumps(row[k], ensure_ascii=False)
+                                        for k in CSV_FIELDS}))
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -371,7 +373,7 @@ def run_report(args: argparse.Namespace) -> int:
         if args.format == "csv":
             w = csv.DictWriter(out, fieldnames=fields)
             w.writeheader()
-            w.writerows(lines)
+            w.writerows(csvcells.record(line) for line in lines)
             out.write(f"# chain verification at {_stamp()}: {status}\n")
         else:
             e = html_mod.escape

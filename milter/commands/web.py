@@ -27,6 +27,16 @@ def register(sub: Any) -> None:
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from standard input instead of a prompt")
     add.set_defaults(func=run_adduser)
+    rm = wsub.add_parser("deluser", help="remove a web user (their sessions end at once)")
+    add_config(rm)
+    rm.add_argument("name", help="the login name")
+    rm.set_defaults(func=run_deluser)
+    pw = wsub.add_parser("passwd", help="set a web user's password (their sessions end)")
+    add_config(pw)
+    pw.add_argument("name", help="the login name")
+    pw.add_argument("--password-stdin", action="store_true",
+                    help="read the password from standard input instead of a prompt")
+    pw.set_defaults(func=run_passwd)
 
 
 
@@ -42,8 +52,54 @@ def run_adduser(args: argparse.Namespace) -> int:
         hand_over(cfg.resolve(cfg.web.users))  # root writes it; the web view reads it
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    _audit_user_change(cfg, "web-user-saved", args.name, {"role": args.role})
     print(f"user {args.name} ({args.role}) saved")
     return 0
+
+
+def run_deluser(args: argparse.Namespace) -> int:
+    from milter.web import users
+
+    cfg = load_config(args)
+    try:
+        users.remove(cfg.resolve(cfg.web.users), args.name)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    _audit_user_change(cfg, "web-user-removed", args.name, {})
+    print(f"user {args.name} removed")
+    return 0
+
+
+def run_passwd(args: argparse.Namespace) -> int:
+    from milter.web import users
+
+    cfg = load_config(args)
+    password = (sys.stdin.readline().rstrip("\n") if args.password_stdin
+                else getpass.getpass("password: "))
+    try:
+        users.set_password(cfg.resolve(cfg.web.users), args.name, password)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    _audit_user_change(cfg, "web-user-password", args.name, {})
+    print(f"password of {args.name} set")
+    return 0
+
+
+def _audit_user_change(cfg: config_mod.Config, event: str, name: str,
+                       what: dict[str, str]) -> None:
+    """Who may see the audit is itself on record: every user change, with who made it."""
+    from milter.audit.store import AuditEvent, AuditUnavailable, open_store
+    from milter.commands.quarantine import actor_name
+
+    try:
+        store = open_store(cfg.audit_url, cfg.gateway.node)
+        try:
+            store.append(AuditEvent(event=event, action=event, actor=actor_name(""),
+                                    evidence={"user": name, **what}))
+        finally:
+            store.close()
+    except AuditUnavailable as exc:
+        print(f"warning: the change is made but not on record: {exc}", file=sys.stderr)
 
 
 def build_app(cfg: config_mod.Config) -> Any:

@@ -30,6 +30,7 @@ import flask
 import jinja2
 import waitress
 
+from milter import csvcells
 from milter import directory as directory_mod
 from milter.audit import search
 from milter.audit.report import REPORT_FIELDS, check_records, violations
@@ -41,6 +42,7 @@ from milter.quarantine import Quarantine
 from milter.web import charts, preview, terms, users
 from milter.web.actions import ActionError, QuarantineActions
 from milter.web.texts import T
+from milter.web.throttle import HashGate, LoginThrottle
 
 PAGE = 50
 MAX_FORM = 65536            # bytes of a posted form; ours are a few hundred
@@ -76,6 +78,7 @@ class Session:
     role: str
     csrf: str
     expires: float
+    stamp: str = ""  # role and password hash at login: a change ends the session
 
 
 @dataclass
@@ -91,6 +94,8 @@ class WebApp:
     # Login-form CSRF tokens are signed, not stored: requests without a session must not be
     # able to fill the server's memory.
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    hashing: HashGate = field(default_factory=HashGate)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def login_token(self, now: float | None = None) -> str:
@@ -149,6 +154,12 @@ class Page:
             if s is None or s.expires < time.time():
                 self.app.sessions.pop(token, None)
                 return None
+        # the users file is the truth: a removed user, a new role or password ends it
+        if s.stamp and users.stamp(self.app.users_file, s.user) != s.stamp:
+            with self.app.lock:
+                self.app.sessions.pop(token, None)
+            return None
+        with self.app.lock:
             s.expires = time.time() + self.app.config.web.session_minutes * 60
             return s
 
@@ -198,18 +209,41 @@ class Page:
         if not self.app.login_token_ok(form.get("csrf", "")):
             self._send(HTTPStatus.FORBIDDEN, b"CSRF token missing or wrong", "text/plain")
             return
-        user = users.authenticate(self.app.users_file, form.get("user", ""),
-                                  form.get("password", ""))
+        name = form.get("user", "")[:200]
+        address = self.request.remote_addr or ""
+        keys = (f"user:{name.lower()}", f"address:{address}")
+        wait = self.app.throttle.wait(keys)
+        if wait:
+            self.app.audit(Session(name, "", "", 0), "login-throttled",
+                           {"address": address, "retry_after": int(wait) + 1})
+            minutes = int(wait // 60) + 1
+            self._send(HTTPStatus.TOO_MANY_REQUESTS,
+                       (f"Te veel mislukte pogingen; probeer het over {minutes} minuten "
+                        f"opnieuw. / Too many failed attempts; try again in {minutes} "
+                        "minutes.").encode(), "text/plain; charset=utf-8",
+                       extra={"Retry-After": str(int(wait) + 1)})
+            return
+        if not self.app.hashing.acquire():  # argon2 is 64 MiB a check: a few at a time
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"busy, try again in a moment",
+                       "text/plain", extra={"Retry-After": "5"})
+            return
+        try:
+            user = users.authenticate(self.app.users_file, name, form.get("password", ""))
+        finally:
+            self.app.hashing.release()
         if user is None:
+            self.app.throttle.failed(keys)
+            self.app.audit(Session(name, "", "", 0), "login-failed", {"address": address})
             self._login_form(T[self._lang()]["bad_login"], 401)
             return
+        self.app.throttle.succeeded(keys[0])
         token = secrets.token_urlsafe(32)
         minutes = self.app.config.web.session_minutes
         session = Session(user.name, user.role, secrets.token_urlsafe(24),
-                          time.time() + minutes * 60)
+                          time.time() + minutes * 60, users.stamp(self.app.users_file, user.name))
         with self.app.lock:
             self.app.sessions[token] = session
-        self.app.audit(session, "login", {"role": user.role})
+        self.app.audit(session, "login", {"role": user.role, "address": address})
         home = "/dashboard" if user.role == "statistics" else "/messages"
         self._send(HTTPStatus.SEE_OTHER, b"", extra={"Location": home},
                    cookies=[self._cookie("skot_session", token)])
@@ -336,8 +370,8 @@ class Page:
         total = first = 0
         newer = older = False
         if not s.problems:
-            before = int(q["before"]) if q.get("before", "").isdigit() else 0
-            after = int(q["after"]) if q.get("after", "").isdigit() else 0
+            before = _bounded(q.get("before", ""))
+            after = _bounded(q.get("after", ""))
             store = self._searchable()
             found = search.messages(store, s.query, before=before, after=after, limit=PAGE)
             if after and len(found) < PAGE:  # ran into the newest: show the first page
@@ -402,7 +436,7 @@ class Page:
     def _records(self, session: Session, q: dict[str, str]) -> None:
         """Every audit record (events, views, acts) with the old filters: the expert's log."""
         t = T[self._lang()]
-        page = int(q["page"]) if q.get("page", "").isdigit() else 0
+        page = min(_bounded(q.get("page", "")), MAX_PAGE)
         f = self._filters(q)
         rows = list(self.app.store.records(Filters(**{**f.__dict__, "limit": PAGE,
                                                       "offset": page * PAGE})))
@@ -445,7 +479,7 @@ class Page:
             w.writerow(COLUMNS)  # the same columns as `skot-milter audit export`
             for r in rows:
                 row = r.to_json()
-                w.writerow([_show(row[k]) for k in COLUMNS])
+                w.writerow(csvcells.row(_show(row[k]) for k in COLUMNS))
             body, ctype, name = buf.getvalue().encode(), "text/csv; charset=utf-8", "audit.csv"
         self._send(200, body, ctype, extra={"Content-Disposition":
                                             f'attachment; filename="{name}"'})
@@ -474,7 +508,7 @@ class Page:
             w = csv.DictWriter(buf, fieldnames=["name", *REPORT_FIELDS])
             w.writeheader()
             for row in rows:
-                w.writerow({"name": who.name if who else "", **row})
+                w.writerow(csvcells.record({"name": who.name if who else "", **row}))
             buf.write(f"# {len(rows)} rows: their records "
                       + (f"BROKEN: {'; '.join(problems)}" if problems else
                          "and their links in the audit chain are intact") + "\n")
@@ -684,8 +718,8 @@ class Page:
         if fmt == "csv":
             buf = io.StringIO()
             w = csv.writer(buf)
-            w.writerow(header)
-            w.writerows(table)
+            w.writerow(csvcells.row(header))
+            w.writerows(csvcells.row(r) for r in table)
             self._send(200, buf.getvalue().encode(), "text/csv; charset=utf-8",
                        extra={"Content-Disposition": f'attachment; filename="summary-'
                                                      f'{start:%Y-%m}.csv"'})
@@ -703,6 +737,17 @@ def _nl(day: date) -> str:
 
 def _allowed(table: dict[str, tuple[str, str, tuple[str, ...]]], lang: str) -> str:
     return ", ".join(f"{nl} / {en}" for nl, en, _ in table.values())
+
+
+MAX_ID = 2**63 - 1   # the largest record id either database can hold
+MAX_PAGE = 10**6     # pages of the expert's log: beyond, an offset no store can serve
+
+
+def _bounded(text: str) -> int:
+    """A number from a query string, 0 when absent, capped at what the stores can hold: a
+    huge ``?page=`` or ``?before=`` is an empty page, never an overflow and a dropped
+    connection (issue 13 item 14)."""
+    return min(int(text), MAX_ID) if text.isdigit() else 0
 
 
 def _show(v: Any) -> str:
@@ -797,6 +842,8 @@ def create_wsgi(app: WebApp) -> flask.Flask:
 
     @wsgi.get("/records/<int:record_id>")
     def record(record_id: int) -> flask.Response:
+        if record_id > MAX_ID:  # no such record; a database integer would overflow
+            flask.abort(HTTPStatus.NOT_FOUND)
         p = page()
         p._record(flask.g.session, record_id)
         return answer(p)

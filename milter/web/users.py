@@ -40,6 +40,31 @@ def add(path: Path, name: str, role: str, password: str) -> None:
         raise ValueError("a name without ':' and a password of at least 10 characters")
     users = read(path)
     users[name] = (role, _HASHER.hash(password))
+    _write(path, users)
+
+
+def set_password(path: Path, name: str, password: str) -> None:
+    users = read(path)
+    if name not in users:
+        raise ValueError(f"no web user {name!r}")
+    add(path, name, users[name][0], password)
+
+
+def remove(path: Path, name: str) -> None:
+    users = read(path)
+    if users.pop(name, None) is None:
+        raise ValueError(f"no web user {name!r}")
+    _write(path, users)
+
+
+def stamp(path: Path, name: str) -> str:
+    """What a session was granted on: the role and the password hash. A session whose stamp
+    no longer matches (user removed, role or password changed) is over."""
+    entry = read(path).get(name)
+    return f"{entry[0]}:{entry[1]}" if entry is not None else ""
+
+
+def _write(path: Path, users: dict[str, tuple[str, str]]) -> None:
     text = "".join(f"{n}:{r}:{d}\n" for n, (r, d) in sorted(users.items()))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
