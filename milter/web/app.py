@@ -903,7 +903,11 @@ class WebServer:
             self.server_close()
             closed.set()
 
-        self._server.trigger.pull_trigger(close)
+        try:
+            self._server.trigger.pull_trigger(close)
+        except OSError:  # the serving loop has already closed its trigger: it is gone
+            self.server_close()
+            return
         closed.wait(5)
 
     def server_close(self) -> None:
