@@ -373,3 +373,44 @@ def test_a_reload_keeps_the_shared_limiter(nodes: tuple[GatewayThread, GatewayTh
 
 async def _async(fn: Any, *args: Any) -> Any:
     return fn(*args)
+
+
+def test_held_on_a_released_from_b_web_view_once(
+        nodes: tuple[GatewayThread, GatewayThread], sink: tuple[SinkHandler, int],
+        pg_url: str, capsys: Any) -> None:
+    """The admin uses node B's web view (its own config: node B) for a message node A held;
+    a second click (or node A's view) finds it gone and delivers nothing."""
+    import threading
+    import urllib.parse
+
+    from milter import config as config_mod
+    from milter.commands.web import build_app
+    from milter.web import users
+    from milter.web.app import make_server
+    from tests.e2e.conftest import free_port
+    from tests.web.conftest import csrf_of, login_cookie, request
+
+    a, b = nodes
+    raw = confidential()
+    assert send(a, raw)[0] == 250
+    (item,) = listed(b, capsys)
+    cfg_b = config_mod.load(b.config)
+    users.add(cfg_b.resolve(cfg_b.web.users), "bert", "admin", "admin-pass-12")
+    port = free_port()
+    server = make_server(build_app(cfg_b), "127.0.0.1", port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    site = {"port": port}
+    try:
+        cookie = login_cookie(site, "bert", "admin-pass-12")
+        body = urllib.parse.urlencode({"csrf": csrf_of(site, cookie), "reason": "akkoord"})
+        first = request(site, "POST", f"/quarantine/{item['id']}/release", body, cookie)
+        assert first.status == 200 and "vrijgegeven" in first.read().decode().lower()
+        again = request(site, "POST", f"/quarantine/{item['id']}/release", body, cookie)
+        assert again.status in (404, 409, 502)
+    finally:
+        server.shutdown()
+    (got,) = delivered(sink[0])
+    assert got.content == raw
+    released = [e for e in events(pg_url, "quarantine-release")]
+    assert released == [("node-b", "quarantine-release", "web:bert")]
