@@ -487,9 +487,20 @@ class Cell:
         return statistics.median(getattr(r, attr) for r in self.runs)
 
 
-def one_run(svc: Services, path: str, eml: Path, sessions: int, count: int) -> Run:
+def one_run(svc: Services, path: str, eml: Path, sessions: int, count: int,
+            profile: Path | None = None) -> Run:
     svc.drain()
     filt = tree(svc.filters[path]) if path in svc.filters else []
+    spy = None
+    if profile is not None and path in ("milter", "proxy"):
+        # py-spy (pip install py-spy) samples the supervisor and its workers; collapsed
+        # stacks, one line per stack with its sample count
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
+                                "--subprocesses", "--nonblocking", "-r", "200", "-f", "raw",
+                                "-o", str(profile / f"{path}-{eml.stem}.txt"),
+                                "-p", str(svc.filters[path])],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
     cpu0, sink0 = cpu_seconds(filt), cpu_seconds([svc.sink_pid])
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     idle0, all0 = machine_idle()
@@ -500,14 +511,18 @@ def one_run(svc: Services, path: str, eml: Path, sessions: int, count: int) -> R
     wall = time.monotonic() - start
     idle1, all1 = machine_idle()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    filt_cpu = cpu_seconds(filt) - cpu0 if filt else None
+    sink_cpu = cpu_seconds([svc.sink_pid]) - sink0
+    if spy is not None:
+        spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        spy.wait(timeout=60)
     if proc.returncode != 0:
         raise RuntimeError(f"smtp-source on {path} failed: {proc.stderr.decode()[-500:]}")
     src = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    filt_cpu = cpu_seconds(filt) - cpu0 if filt else None
     return Run(rate=count / wall,
                filter_ms=None if filt_cpu is None else filt_cpu * 1000 / count,
                source_pct=100 * src / wall,
-               sink_pct=100 * (cpu_seconds([svc.sink_pid]) - sink0) / wall,
+               sink_pct=100 * sink_cpu / wall,
                idle_pct=100 * (idle1 - idle0) / max(1, all1 - all0))
 
 
@@ -526,8 +541,12 @@ def main() -> None:
     ap.add_argument("--classes", default="2KB,50KB,docx")
     ap.add_argument("--paths", default="plain,rspamd,milter,proxy")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--profile", metavar="DIR", type=Path,
+                    help="py-spy the skot paths (collapsed stacks per path and class in DIR)")
     args = ap.parse_args()
     classes = args.classes.split(",")
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     paths = args.paths.split(",")
 
     ensure_packages()
@@ -560,7 +579,7 @@ def main() -> None:
             order = paths[rnd % len(paths):] + paths[:rnd % len(paths)]
             for c in classes:
                 for p in order:
-                    r = one_run(svc, p, emls[c], args.sessions, args.messages)
+                    r = one_run(svc, p, emls[c], args.sessions, args.messages, args.profile)
                     cells.setdefault((c, p), Cell()).runs.append(r)
                     print(f"  round {rnd + 1} {c:<5} {p:<7} {r.rate:7.1f} msg/s"
                           + (f"  filter {r.filter_ms:5.2f} ms/msg" if r.filter_ms is not None

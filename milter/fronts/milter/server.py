@@ -24,6 +24,16 @@ log = logging.getLogger("skot-milter.milter")
 
 ACTIONS = (codec.SMFIF_ADDHDRS | codec.SMFIF_CHGHDRS | codec.SMFIF_QUARANTINE
            | codec.SMFIF_CHGBODY)  # body: the banner of a tagging rule (milter.warning)
+# The steps we always answer with "continue". An MTA that offers it (milter protocol 6:
+# Postfix, Sendmail 8.14) is asked not to wait for those answers, so a message costs one
+# round trip (its end) instead of one per command, header and body chunk: the same decisions,
+# a fraction of the packets and wake-ups on both sides.
+NO_REPLY = {codec.Connect: codec.SMFIP_NR_CONN, codec.Helo: codec.SMFIP_NR_HELO,
+            codec.Mail: codec.SMFIP_NR_MAIL, codec.Rcpt: codec.SMFIP_NR_RCPT,
+            codec.Data: codec.SMFIP_NR_DATA, codec.Unknown: codec.SMFIP_NR_UNKN,
+            codec.Header: codec.SMFIP_NR_HDR, codec.EndOfHeaders: codec.SMFIP_NR_EOH,
+            codec.Body: codec.SMFIP_NR_BODY}
+NO_REPLY_ALL = sum(NO_REPLY.values())
 
 
 @dataclass
@@ -58,6 +68,7 @@ class MilterConnection:
         self.client_ip = ""
         self.helo = ""
         self.actions = ACTIONS  # what the MTA allowed us (option negotiation)
+        self.no_reply = 0       # the steps the MTA agreed not to wait for (NO_REPLY)
         self.tx: Transaction | None = None
         self.message = Message()
 
@@ -67,12 +78,20 @@ class MilterConnection:
         self.tx = None
 
     async def handle(self, event: codec.Event) -> bytes:
+        reply = await self._handle(event)
+        if self.no_reply & NO_REPLY.get(type(event), 0) and reply == codec.encode_continue():
+            return b""  # the MTA does not wait for it
+        return reply
+
+    async def _handle(self, event: codec.Event) -> bytes:
         if isinstance(event, codec.OptNeg):
             if event.version < 2:
                 raise codec.ProtocolError(f"milter version {event.version} too old")
-            # We take every step (protocol flags 0) and ask only for the actions we use.
+            # We take every step (no SMFIP_NO* flags) and ask only for the actions we use.
             self.actions = ACTIONS & event.actions
-            return codec.encode_optneg(min(event.version, codec.VERSION), self.actions, 0)
+            self.no_reply = NO_REPLY_ALL & event.protocol if event.version >= 6 else 0
+            return codec.encode_optneg(min(event.version, codec.VERSION), self.actions,
+                                       self.no_reply)
         if isinstance(event, codec.Macro):
             self.macros.update(event.macros)
             return b""
