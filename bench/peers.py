@@ -181,15 +181,16 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """user + system time of the processes (and of their reaped children)."""
+def cpu_seconds(pids: list[int], which: slice = slice(11, 15)) -> float:
+    """user + system time of the processes (and of their reaped children); ``which``
+    picks the /proc/PID/stat fields (default utime stime cutime cstime; 12:13 is stime)."""
     total = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        total += sum(int(x) for x in fields[which])
     return total / TICK
 
 
@@ -474,6 +475,7 @@ notify_classes =
 class Run:
     rate: float
     filter_ms: float | None
+    filter_sys_ms: float
     source_pct: float
     sink_pct: float
     idle_pct: float
@@ -493,15 +495,17 @@ def one_run(svc: Services, path: str, eml: Path, sessions: int, count: int,
     filt = tree(svc.filters[path]) if path in svc.filters else []
     spy = None
     if profile is not None and path in ("milter", "proxy"):
-        # py-spy (pip install py-spy) samples the supervisor and its workers; collapsed
-        # stacks, one line per stack with its sample count
+        # py-spy (pip install py-spy) samples the supervisor and its workers while they hold
+        # the GIL (Python CPU time); collapsed stacks, one line per stack with its count
         spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
-                                "--subprocesses", "--nonblocking", "-r", "200", "-f", "raw",
+                                "--subprocesses", "--nonblocking", "--gil", "-r", "1000",
+                                "-f", "raw",
                                 "-o", str(profile / f"{path}-{eml.stem}.txt"),
                                 "-p", str(svc.filters[path])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
     cpu0, sink0 = cpu_seconds(filt), cpu_seconds([svc.sink_pid])
+    sys0 = cpu_seconds(filt, slice(12, 13))
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     idle0, all0 = machine_idle()
     start = time.monotonic()
@@ -512,6 +516,7 @@ def one_run(svc: Services, path: str, eml: Path, sessions: int, count: int,
     idle1, all1 = machine_idle()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     filt_cpu = cpu_seconds(filt) - cpu0 if filt else None
+    filt_sys = cpu_seconds(filt, slice(12, 13)) - sys0
     sink_cpu = cpu_seconds([svc.sink_pid]) - sink0
     if spy is not None:
         spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
@@ -521,6 +526,7 @@ def one_run(svc: Services, path: str, eml: Path, sessions: int, count: int,
     src = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     return Run(rate=count / wall,
                filter_ms=None if filt_cpu is None else filt_cpu * 1000 / count,
+               filter_sys_ms=filt_sys * 1000 / count,
                source_pct=100 * src / wall,
                sink_pct=100 * sink_cpu / wall,
                idle_pct=100 * (idle1 - idle0) / max(1, all1 - all0))
@@ -582,8 +588,8 @@ def main() -> None:
                     r = one_run(svc, p, emls[c], args.sessions, args.messages, args.profile)
                     cells.setdefault((c, p), Cell()).runs.append(r)
                     print(f"  round {rnd + 1} {c:<5} {p:<7} {r.rate:7.1f} msg/s"
-                          + (f"  filter {r.filter_ms:5.2f} ms/msg" if r.filter_ms is not None
-                             else " " * 23)
+                          + (f"  filter {r.filter_ms:5.2f} ms/msg ({r.filter_sys_ms:4.2f} system)"
+                             if r.filter_ms is not None else " " * 37)
                           + f"  smtp-source {r.source_pct:4.0f}% smtp-sink {r.sink_pct:4.0f}%"
                             f" of a core, machine idle {r.idle_pct:3.0f}%", flush=True)
         svc.drain()
