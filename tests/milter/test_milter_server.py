@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from email.parser import BytesParser
 from pathlib import Path
@@ -297,6 +298,22 @@ def test_large_body_refused_or_tempfailed(tmp_path: Path, gateway_extra: str,
         # the connection carries on, and a small message passes
         assert mta.message(make_message(), "someone@school.example",
                            ["o@example.org"])[-1].cmd == b"c"
+        mta.close()
+    finally:
+        g.stop()
+
+
+def test_idle_connection_is_closed_after_idle_timeout(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, listen="", extra=f'[milter]\nlisten = "127.0.0.1:{free_port()}"'
+                                                  "\nidle_timeout = 1.0\n")
+    g = GatewayThread(cfg)
+    try:
+        mta = MTA(g.running.milter_port)
+        mta.negotiate()
+        mta.sock.settimeout(5)
+        started = time.monotonic()
+        assert mta.sock.recv(100) == b""  # closed by the filter, not by us
+        assert 0.9 < time.monotonic() - started < 4
         mta.close()
     finally:
         g.stop()

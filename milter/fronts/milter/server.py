@@ -243,7 +243,8 @@ async def serve_connection(gateway: Gateway, reader: asyncio.StreamReader,
     decoder = codec.Decoder()
     try:
         while True:
-            data = await asyncio.wait_for(reader.read(65536), timeout=idle_timeout)
+            async with asyncio.timeout(idle_timeout):  # no task per read (wait_for makes one)
+                data = await reader.read(65536)
             if not data:
                 return
             for event in decoder.feed(data):
