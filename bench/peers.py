@@ -338,7 +338,8 @@ worker "rspamd_proxy" {{
         self.filters["rspamd"] = p.pid
         return port
 
-    def skot(self, name: str, listen: str, milter: str, next_hop: str) -> int:
+    def skot(self, name: str, listen: str, milter: str, next_hop: str, root: Path = ROOT
+             ) -> int:
         d = self.tmp / name
         d.mkdir()
         shutil.copy(ROOT / "deploy" / "default" / "staff.csv", d / "staff.csv")
@@ -354,7 +355,7 @@ xforward_from = ["127.0.0.1/32"]
 max_message_size = 67108864
 max_connections_per_ip = 500
 workers = {self.workers}
-policy = "{ROOT / 'policies' / 'skot.toml'}"
+policy = "{root / 'policies' / 'skot.toml'}"
 [school]
 domains = ["school.example"]
 postmaster = "postmaster@school.example"
@@ -372,16 +373,16 @@ level = "warning"
 listen = "{milter}"
 """)
         port = int((milter or listen).rsplit(":", 1)[1])
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(root)}  # this tree's code, not the venv's
         p = self.spawn([sys.executable, "-m", "milter.cli", "serve", "--config", str(cfg)], port,
-                       env=env)
+                       env=env, cwd=root)
         self.filters[name] = p.pid
         # wait for every worker, not just the first one, to be up
         time.sleep(1.0)
         return port
 
-    def postfix(self, relay: int, rspamd: int | None, milter: int | None,
-                proxy: int | None, reinject: int) -> None:
+    def postfix(self, relay: int, filters: dict[str, str], reinject: int) -> None:
+        """One listener per path; ``filters``: path -> its smtpd option (milter or proxy)."""
         from tests.postfix.conftest import _no_chroot
 
         d = self.tmp / "postfix"
@@ -415,15 +416,7 @@ notify_classes =
 {(ROOT / "deploy" / "postfix" / "main.cf.proxy").read_text()}
 """)
         listeners = ""
-        opts = {"plain": "", "rspamd": f"-o smtpd_milters=inet:127.0.0.1:{rspamd}",
-                "milter": f"-o smtpd_milters=inet:127.0.0.1:{milter}",
-                "proxy": f"-o smtpd_proxy_filter=127.0.0.1:{proxy}"}
-        wanted = {"plain": True, "rspamd": rspamd, "milter": milter, "proxy": proxy}
-        for name, extra in opts.items():
-            if not wanted[name]:
-                extra = None
-            if extra is None:
-                continue
+        for name, extra in {"plain": "", **filters}.items():
             self.ports[name] = free_port()
             listeners += f"127.0.0.1:{self.ports[name]} inet n - n - - smtpd {extra}\n"
         # the re-injection listener of deploy/postfix/master.cf.proxy (no filtering again)
@@ -547,6 +540,8 @@ def main() -> None:
     ap.add_argument("--classes", default="2KB,50KB,docx")
     ap.add_argument("--paths", default="plain,rspamd,milter,proxy")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--before", metavar="REV",
+                    help="also skot at git revision REV (milter-before, proxy-before), same run")
     ap.add_argument("--profile", metavar="DIR", type=Path,
                     help="py-spy the skot paths (collapsed stacks per path and class in DIR)")
     args = ap.parse_args()
@@ -562,13 +557,27 @@ def main() -> None:
     try:
         emls = message_files(tmp)
         relay = svc.sink()
-        rsp = svc.rspamd() if "rspamd" in paths else None
-        mil = (svc.skot("milter", "", f"127.0.0.1:{free_port()}", f"smtp://127.0.0.1:{relay}")
-               if "milter" in paths else None)
-        reinject = free_port()
-        prx = (svc.skot("proxy", f"127.0.0.1:{free_port()}", "",
-                        f"smtp://127.0.0.1:{reinject}") if "proxy" in paths else None)
-        svc.postfix(relay, rsp, mil, prx, reinject)  # the proxy's next hop: re-injection
+        reinject = free_port()  # the proxies' next hop: Postfix's re-injection listener
+        filters: dict[str, str] = {}
+        if "rspamd" in paths:
+            filters["rspamd"] = f"-o smtpd_milters=inet:127.0.0.1:{svc.rspamd()}"
+        trees = {"": ROOT}
+        if args.before:
+            trees["-before"] = export(args.before, tmp / "before")
+            paths += [f"{p}-before" for p in ("milter", "proxy") if p in paths]
+        for suffix, root in trees.items():
+            if f"milter{suffix}" in paths:
+                port = svc.skot(f"milter{suffix}", "", f"127.0.0.1:{free_port()}",
+                                f"smtp://127.0.0.1:{relay}", root)
+                filters[f"milter{suffix}"] = f"-o smtpd_milters=inet:127.0.0.1:{port}"
+            if f"proxy{suffix}" in paths:
+                port = svc.skot(f"proxy{suffix}", f"127.0.0.1:{free_port()}", "",
+                                f"smtp://127.0.0.1:{reinject}", root)
+                filters[f"proxy{suffix}"] = f"-o smtpd_proxy_filter=127.0.0.1:{port}"
+        svc.postfix(relay, filters, reinject)
+        if args.before:
+            PATH_TITLES["milter-before"] = f"Postfix + skot milter, before ({args.before})"
+            PATH_TITLES["proxy-before"] = f"Postfix → skot proxy → Postfix, before ({args.before})"
         print(f"peers benchmark: {args.rounds} interleaved rounds, {args.messages} messages per "
               f"run, smtp-source -s {args.sessions} -d, {os.cpu_count()} cores, "
               f"{args.workers} filter workers; rspamd {rspamd_version()}, Postfix "
@@ -587,7 +596,7 @@ def main() -> None:
                 for p in order:
                     r = one_run(svc, p, emls[c], args.sessions, args.messages, args.profile)
                     cells.setdefault((c, p), Cell()).runs.append(r)
-                    print(f"  round {rnd + 1} {c:<5} {p:<7} {r.rate:7.1f} msg/s"
+                    print(f"  round {rnd + 1} {c:<5} {p:<13} {r.rate:7.1f} msg/s"
                           + (f"  filter {r.filter_ms:5.2f} ms/msg ({r.filter_sys_ms:4.2f} system)"
                              if r.filter_ms is not None else " " * 37)
                           + f"  smtp-source {r.source_pct:4.0f}% smtp-sink {r.sink_pct:4.0f}%"
@@ -601,6 +610,15 @@ def main() -> None:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export(rev: str, into: Path) -> Path:
+    """The tree of git revision ``rev`` of this repository, to run skot as it was then."""
+    into.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 def rspamd_version() -> str:
@@ -630,6 +648,10 @@ def print_table(cells: dict[tuple[str, str], Cell], classes: list[str], paths: l
         print(f"| {PATH_TITLES[p]} | " + " | ".join(row) + " |")
     print()
     ratios = [("skot milter / rspamd milter", "milter", "rspamd"),
+              ("skot milter / the same before", "milter", "milter-before"),
+              ("skot proxy / the same before", "proxy", "proxy-before"),
+              ("skot milter before / rspamd", "milter-before", "rspamd"),
+              ("skot proxy before / Postfix", "proxy-before", "plain"),
               ("skot proxy / Postfix alone", "proxy", "plain"),
               ("skot milter / Postfix alone", "milter", "plain"),
               ("rspamd milter / Postfix alone", "rspamd", "plain")]
@@ -644,7 +666,7 @@ def print_table(cells: dict[tuple[str, str], Cell], classes: list[str], paths: l
             if ca.runs[0].filter_ms is not None and cb.runs[0].filter_ms is not None:
                 s += f" (CPU {ca.med('filter_ms') / cb.med('filter_ms'):.2f}x)"
             parts.append(f"{c} {s}")
-        print(f"  {title:<30} " + ", ".join(parts))
+        print(f"  {title:<31} " + ", ".join(parts))
     print()
     print("bottleneck check (medians over all runs): smtp-source "
           f"{statistics.median(r.source_pct for c in cells.values() for r in c.runs):.0f}% and "
