@@ -627,7 +627,7 @@ def rspamd_version() -> str:
 
 
 def postfix_version() -> str:
-    out = subprocess.run(["/usr/sbin/postconf", "-h", "mail_version"], capture_output=True,
+    out = subprocess.run(["/usr/sbin/postconf", "-d", "-h", "mail_version"], capture_output=True,
                          text=True).stdout
     return out.strip() or "?"
 

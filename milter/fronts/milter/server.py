@@ -34,6 +34,7 @@ NO_REPLY = {codec.Connect: codec.SMFIP_NR_CONN, codec.Helo: codec.SMFIP_NR_HELO,
             codec.Header: codec.SMFIP_NR_HDR, codec.EndOfHeaders: codec.SMFIP_NR_EOH,
             codec.Body: codec.SMFIP_NR_BODY}
 NO_REPLY_ALL = sum(NO_REPLY.values())
+CONTINUE = codec.encode_continue()
 
 
 @dataclass
@@ -79,7 +80,7 @@ class MilterConnection:
 
     async def handle(self, event: codec.Event) -> bytes:
         reply = await self._handle(event)
-        if self.no_reply & NO_REPLY.get(type(event), 0) and reply == codec.encode_continue():
+        if self.no_reply & NO_REPLY.get(type(event), 0) and reply == CONTINUE:
             return b""  # the MTA does not wait for it
         return reply
 
