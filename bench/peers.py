@@ -248,6 +248,7 @@ class Services:
         self.filters: dict[str, int] = {}  # path -> pid of the filter's top process
         self.ports: dict[str, int] = {}
         self.sink_pid = 0
+        self.rspamd_log_level = "warning"  # "info" logs every scan with its symbols
 
     def spawn(self, cmd: list[str], port: int, **kw: object) -> subprocess.Popen[bytes]:
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
@@ -306,7 +307,7 @@ options {{
 logging {{
   type = "file";
   filename = "$LOGDIR/rspamd.log";
-  level = "warning";
+  level = "{self.rspamd_log_level}";
 }}
 worker "controller" {{  # as in a default install: maps, stats, periodic scripts
   bind_socket = "127.0.0.1:{free_port()}";
@@ -540,6 +541,8 @@ def main() -> None:
     ap.add_argument("--classes", default="2KB,50KB,docx")
     ap.add_argument("--paths", default="plain,rspamd,milter,proxy")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--rspamd-log", default="warning",
+                    help="rspamd's log level (info: every scan and its symbols, with --keep)")
     ap.add_argument("--before", metavar="REV",
                     help="also skot at git revision REV (milter-before, proxy-before), same run")
     ap.add_argument("--profile", metavar="DIR", type=Path,
@@ -554,6 +557,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="skot-peers-", dir="/tmp"))
     tmp.chmod(0o755)  # the postfix and _rspamd users must reach their directories
     svc = Services(tmp, args.workers)
+    svc.rspamd_log_level = args.rspamd_log
     try:
         emls = message_files(tmp)
         relay = svc.sink()
