@@ -2,6 +2,9 @@
 
 Same before-queue semantics as the gateway: it answers 250 only after the sink said 250 for
 the same bytes (one next-hop session per transaction, as the gateway opens one per MAIL).
+The port is bound with SO_REUSEPORT, so bench/run.py can start as many baseline processes on
+one port as the gateway has workers (the kernel spreads the connections over them, as it does
+over the gateway's workers).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ async def main(port: int, next_port: int) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(PassThrough(next_port), data_size_limit=64 * 2**20, hostname="base",
-                     ident="baseline"), "127.0.0.1", port)
+                     ident="baseline"), "127.0.0.1", port, reuse_port=True)
     print("ready", flush=True)
     async with server:
         await server.serve_forever()

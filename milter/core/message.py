@@ -17,6 +17,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
 from email.message import Message as StdMessage
 from email.parser import BytesParser
@@ -41,8 +42,24 @@ class _Policy(EmailPolicy):
         return compat32.header_fetch_parse(name, value)
 
 
+class _Registry(HeaderRegistry):
+    """The stdlib's registry makes a new class with type() for every header it parses; here
+    one per kind of header, made once (the same classes, built and looked up again)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[type, type] = {}
+
+    def __getitem__(self, name: str) -> type:
+        kind = self.registry.get(name.lower(), self.default_class)
+        made = self._made.get(kind)
+        if made is None:
+            made = self._made[kind] = super().__getitem__(name)
+        return made
+
+
 _SURROGATE = re.compile("[\udc80-\udcff]")
-POLICY = _Policy()
+POLICY = _Policy(header_factory=_Registry())
 _CTL = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_ADDRESS = re.compile(r"[\x00-\x20\x7f<>()\[\],;:\"\\]")
 

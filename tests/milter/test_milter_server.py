@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from email.parser import BytesParser
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from milter.audit.sqlite import SQLiteStore
 from milter.fronts.milter import codec
+from milter.fronts.milter.server import NO_REPLY, NO_REPLY_ALL
 from tests.conftest import make_message, write_config
 from tests.e2e.conftest import GatewayThread, free_port
 from tests.fixtures import files
@@ -27,13 +29,20 @@ class MTA:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.decoder_buf = b""
         self.connected = False  # a client's session is open (CONNECT was sent)
+        self.no_reply = 0  # the SMFIP_NR_* steps the filter asked us not to wait for
+        self.awaiting = True
 
     def send(self, *events: codec.Event) -> None:
         self.sock.sendall(b"".join(codec.encode_command(e) for e in events))
+        # as Postfix: no reply to wait for after a step the filter said it will not answer
+        self.awaiting = any(not isinstance(e, codec.Macro)
+                            and not self.no_reply & NO_REPLY.get(type(e), 0) for e in events)
 
     def replies(self, final: bool = True) -> list[codec.Response]:
         """Read replies up to (and including) one that ends the step."""
         out: list[codec.Response] = []
+        if not self.awaiting:
+            return out
         while True:
             while len(self.decoder_buf) < 4 or len(self.decoder_buf) < 4 + struct.unpack(
                     ">I", self.decoder_buf[:4])[0]:
@@ -45,6 +54,8 @@ class MTA:
             reply = codec.Response(self.decoder_buf[4:5], self.decoder_buf[5:4 + n])
             self.decoder_buf = self.decoder_buf[4 + n:]
             out.append(reply)
+            if reply.cmd == b"O":
+                self.no_reply = struct.unpack(">III", reply.data)[2] & NO_REPLY_ALL
             if reply.cmd in (b"c", b"a", b"r", b"t", b"y", b"O", b"d"):
                 return out
 
@@ -102,8 +113,43 @@ def test_negotiation(gw: GatewayThread) -> None:
     mta = MTA(gw.running.milter_port)
     reply = mta.negotiate()
     version, actions, protocol = struct.unpack(">III", reply.data)
-    assert reply.cmd == b"O" and version == 6 and protocol == 0
+    assert reply.cmd == b"O" and version == 6
+    # every step is taken (no SMFIP_NO* flag); the MTA need not wait for our "continue"
+    assert protocol & 0x7F == 0 and protocol & codec.SMFIP_NR_HDR
+    assert protocol & codec.SMFIP_NR_BODY and protocol & codec.SMFIP_NR_CONN
+    # but MAIL and RCPT are answered: an address that is not valid UTF-8 is refused there
+    assert not protocol & (codec.SMFIP_NR_MAIL | codec.SMFIP_NR_RCPT)
     assert actions & codec.SMFIF_ADDHDRS and actions & codec.SMFIF_QUARANTINE
+    mta.close()
+
+
+@pytest.mark.parametrize("offered", [0x1FFFFF, 0x7F], ids=["no-reply-steps", "reply-each-step"])
+def test_one_answer_per_message_when_the_mta_allows(gw: GatewayThread, tmp_path: Path,
+                                                     offered: int) -> None:
+    """With the no-reply steps negotiated the filter answers only MAIL, RCPT (where an
+    invalid address is refused) and the end of the message; an MTA that does not offer them
+    hears "continue" after every step, as before."""
+    mta = MTA(gw.running.milter_port)
+    mta.send(codec.OptNeg(6, 0x1FF, offered))
+    mta.replies()
+    mta.no_reply = 0  # read every packet the filter sends
+    raw = make_message()
+    events: list[codec.Event] = [codec.Connect("c.example", "4", 4000, "127.0.0.1"),
+                                 codec.Helo("c.example"), codec.Mail(("<someone@school.example>",)),
+                                 codec.Rcpt(("<ouder@example.org>",))]
+    events += [codec.Header(n, str(v).encode()) for n, v in BytesParser().parsebytes(raw).items()]
+    events += [codec.EndOfHeaders(), codec.Body(raw.partition(b"\r\n\r\n")[2]),
+               codec.EndOfMessage(b"")]
+    mta.send(*events)
+    got: list[codec.Response] = []
+    answered = 3 if offered & 0x80 else len(events)  # MAIL, RCPT, end of message
+    while not got or got[-1].cmd != b"c" or len(got) < answered:
+        got += mta.replies()
+    assert [r.cmd for r in got] == [b"c"] * answered
+    assert records(tmp_path)[0].event == "delivered"  # so the last "c" answered the end
+    mta.sock.settimeout(0.3)
+    with pytest.raises(TimeoutError):  # and nothing else follows
+        mta.sock.recv(1)
     mta.close()
 
 
@@ -262,6 +308,22 @@ def test_large_body_refused_or_tempfailed(tmp_path: Path, gateway_extra: str,
         # the connection carries on, and a small message passes
         assert mta.message(make_message(), "someone@school.example",
                            ["o@example.org"])[-1].cmd == b"c"
+        mta.close()
+    finally:
+        g.stop()
+
+
+def test_idle_connection_is_closed_after_idle_timeout(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, listen="", extra=f'[milter]\nlisten = "127.0.0.1:{free_port()}"'
+                                                  "\nidle_timeout = 1.0\n")
+    g = GatewayThread(cfg)
+    try:
+        mta = MTA(g.running.milter_port)
+        mta.negotiate()
+        mta.sock.settimeout(5)
+        started = time.monotonic()
+        assert mta.sock.recv(100) == b""  # closed by the filter, not by us
+        assert 0.9 < time.monotonic() - started < 4
         mta.close()
     finally:
         g.stop()

@@ -43,6 +43,19 @@ def valid_utf8(text: str) -> bool:
     return True
 
 
+# The steps we always answer with "continue". An MTA that offers it (milter protocol 6:
+# Postfix, Sendmail 8.14) is asked not to wait for those answers, so a message costs one
+# round trip (its end) instead of one per command, header and body chunk: the same decisions,
+# a fraction of the packets and wake-ups on both sides.
+# Not MAIL and RCPT: an address that is not valid UTF-8 is refused there (553).
+NO_REPLY = {codec.Connect: codec.SMFIP_NR_CONN, codec.Helo: codec.SMFIP_NR_HELO,
+            codec.Data: codec.SMFIP_NR_DATA, codec.Unknown: codec.SMFIP_NR_UNKN,
+            codec.Header: codec.SMFIP_NR_HDR, codec.EndOfHeaders: codec.SMFIP_NR_EOH,
+            codec.Body: codec.SMFIP_NR_BODY}
+NO_REPLY_ALL = sum(NO_REPLY.values())
+CONTINUE = codec.encode_continue()
+
+
 @dataclass
 class Message:
     """The message of the transaction in progress, as the MTA sends it."""
@@ -76,6 +89,7 @@ class MilterConnection:
         self.client_ip = ""
         self.helo = ""
         self.actions = ACTIONS  # what the MTA allowed us (option negotiation)
+        self.no_reply = 0       # the steps the MTA agreed not to wait for (NO_REPLY)
         self.tx: Transaction | None = None
         self.message = Message()
         self.order = codec.ProtocolOrder()
@@ -95,15 +109,19 @@ class MilterConnection:
             return b""
         reply = await self._handle(event)
         self.order.replied(event, reply)
+        if self.no_reply & NO_REPLY.get(type(event), 0) and reply == CONTINUE:
+            return b""  # the MTA does not wait for it
         return reply
 
     async def _handle(self, event: codec.Event) -> bytes:
         if isinstance(event, codec.OptNeg):
             if event.version < 2:
                 raise codec.ProtocolError(f"milter version {event.version} too old")
-            # We take every step (protocol flags 0) and ask only for the actions we use.
+            # We take every step (no SMFIP_NO* flags) and ask only for the actions we use.
             self.actions = ACTIONS & event.actions
-            return codec.encode_optneg(min(event.version, codec.VERSION), self.actions, 0)
+            self.no_reply = NO_REPLY_ALL & event.protocol if event.version >= 6 else 0
+            return codec.encode_optneg(min(event.version, codec.VERSION), self.actions,
+                                       self.no_reply)
         if isinstance(event, codec.Macro):
             self.macros.update(event.macros)
             return b""
@@ -276,7 +294,8 @@ async def serve_connection(gateway: Gateway, reader: asyncio.StreamReader,
     decoder = codec.Decoder()
     try:
         while True:
-            data = await asyncio.wait_for(reader.read(65536), timeout=idle_timeout)
+            async with asyncio.timeout(idle_timeout):  # no task per read (wait_for makes one)
+                data = await reader.read(65536)
             if not data:
                 return
             for event in decoder.feed(data):
