@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -21,6 +22,18 @@ log = logging.getLogger("skot-milter")
 CONFIG_EXIT = 2
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: a worker gets SIGTERM when the supervisor dies (killed with SIGKILL, say), so
+    no orphan keeps serving the port with nobody to stop it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the service manager's cgroup does it
+        pass
+    if os.getppid() != parent:  # the supervisor died between fork and prctl
+        os._exit(0)
+
+
 def supervise(config: Config) -> int:
     """Fork ``workers`` processes that share the ports; forward signals; replace a worker that
     dies unexpectedly; exit when all have stopped after SIGTERM."""
@@ -32,10 +45,12 @@ def supervise(config: Config) -> int:
         # handler in the child (and the child would live on, unstopped): hold them until then.
         held = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             for sig in held:
                 signal.signal(sig, signal.SIG_DFL)
+            _die_with_parent(parent)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
             code = 1
             try:

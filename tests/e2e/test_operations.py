@@ -215,3 +215,25 @@ def test_sigterm_while_a_worker_is_replaced_leaves_no_worker_behind(served: Any)
     proc.signal(signal.SIGTERM)
     assert proc.proc.wait(timeout=30) == 0
     assert proc.log.read_text().count("ready") == 2  # no third worker was started
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(served: Any) -> None:
+    """The supervisor killed outright (SIGKILL, an OOM kill): its workers stop too, instead
+    of serving the port with nobody left to stop or replace them."""
+    proc, port = served(gateway_extra="workers = 2")
+    proc.wait_log_count("ready", 2)
+    pid = proc.proc.pid
+    workers = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    assert len(workers) == 2
+    proc.proc.kill()
+    proc.proc.wait()
+    def alive(worker: int) -> bool:
+        try:
+            return "zombie" not in Path(f"/proc/{worker}/status").read_text().lower()
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while any(alive(w) for w in workers):
+        assert time.monotonic() < deadline, "a worker outlived its supervisor"
+        time.sleep(0.1)
