@@ -171,7 +171,7 @@ def chromium() -> Iterator[Any]:
                  "--window-size=1280,900"):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(20)
+    driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
@@ -197,7 +197,7 @@ def browser_login(driver: Any, base: str, user: str, password: str, lang: str = 
     driver.find_element(By.ID, "user").send_keys(user)
     driver.find_element(By.ID, "password").send_keys(password)
     driver.find_element(By.ID, "login").click()
-    WebDriverWait(driver, 10).until(ec.url_contains("/messages"))
+    WebDriverWait(driver, 30).until(ec.url_contains("/messages"))
 
 
 def shot(driver: Any, name: str) -> None:

@@ -31,7 +31,7 @@ def search(driver: Any, base: str, **fields: str) -> None:
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, 10).until(ec.staleness_of(button))
+    WebDriverWait(driver, 30).until(ec.staleness_of(button))
 
 
 def refs_shown(driver: Any) -> list[str]:
@@ -201,7 +201,7 @@ def test_admin_release_needs_confirmation_and_a_reason(site: dict[str, Any],
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    result = WebDriverWait(browser, 15).until(ec.presence_of_element_located((by("ID"),
+    result = WebDriverWait(browser, 30).until(ec.presence_of_element_located((by("ID"),
                                                                                "result")))
     shot(browser, "quarantine-released")
     assert "vrijgegeven" in result.text
@@ -232,7 +232,7 @@ def test_admin_delete_with_reason(site: dict[str, Any], browser: Any) -> None:
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    result = WebDriverWait(browser, 15).until(ec.presence_of_element_located((by("ID"),
+    result = WebDriverWait(browser, 30).until(ec.presence_of_element_located((by("ID"),
                                                                                "result")))
     assert "deleted" in result.text
     shot(browser, "quarantine-deleted")

@@ -111,7 +111,7 @@ def test_auditor_filters_opens_record_exports_cannot_release(site: dict[str, Any
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(browser, 10).until(ec.url_contains("person="))
+    WebDriverWait(browser, 30).until(ec.url_contains("person="))
     shot(browser, "records-person")
     rows = browser.find_elements(By.CSS_SELECTOR, "#records tr")[1:]
     refs = sorted(r.find_elements(By.TAG_NAME, "td")[8].text for r in rows)
