@@ -165,3 +165,22 @@ def test_release_by_reply_through_the_milter_front(tmp_path: Path,
         assert len(to_parent(sink[0])) == 1
     finally:
         gw.stop()
+
+
+def test_a_reply_that_loses_a_release_race_is_refused_not_tempfailed(
+        gateway: GatewayThread, sink: tuple[SinkHandler, int], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An admin (on any node) claims the message between the lookup and the release: the
+    quarantine's claim decides, and the teacher hears 550 "already released", not a 451
+    that would make their client retry."""
+    from milter import quarantine as quarantine_mod
+
+    address = hold(gateway, sink[0])
+    store = gateway.running.gateway.quarantine
+    (entry,) = store.entries()
+    monkeypatch.setattr(quarantine_mod, "find_by_token", lambda _store, _hash: entry)
+    assert store.claim(entry.id, "web:bert") is not None  # the admin got there first
+    with gateway.client() as c, pytest.raises(smtplib.SMTPDataError) as err:
+        c.sendmail("someone@school.example", [address], reply(address, "Het mag."))
+    assert err.value.smtp_code == 550 and b"already released" in err.value.smtp_error
+    assert to_parent(sink[0]) == []
