@@ -198,6 +198,9 @@ def browser_login(driver: Any, base: str, user: str, password: str, lang: str = 
     driver.find_element(By.ID, "password").send_keys(password)
     driver.find_element(By.ID, "login").click()
     WebDriverWait(driver, 30).until(ec.url_contains("/messages"))
+    # and the page has finished loading: the next navigation must not race this one
+    WebDriverWait(driver, 30).until(
+        lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def shot(driver: Any, name: str) -> None:

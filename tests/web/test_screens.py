@@ -20,18 +20,28 @@ def by(kind: str) -> Any:
 
 
 def search(driver: Any, base: str, **fields: str) -> None:
-    """Fill the search form as a user does and submit it."""
-    driver.get(base + "/messages")
-    for name, value in fields.items():
-        box = driver.find_element(by("ID"), f"f-{name}")
-        box.clear()
-        box.send_keys(value)
-    button = driver.find_element(by("ID"), "filter")
-    button.click()
+    """Fill the search form as a user does and submit it. A page still settling from the
+    previous navigation can swap its document under the driver ("Node ... does not belong
+    to the document", seen in CI): the form is then filled again on the new page."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, 30).until(ec.staleness_of(button))
+    for attempt in range(3):
+        driver.get(base + "/messages")
+        try:
+            for name, value in fields.items():
+                box = driver.find_element(by("ID"), f"f-{name}")
+                box.clear()
+                box.send_keys(value)
+            button = driver.find_element(by("ID"), "filter")
+            button.click()
+        except (StaleElementReferenceException, WebDriverException):
+            if attempt == 2:
+                raise
+            continue
+        WebDriverWait(driver, 30).until(ec.staleness_of(button))
+        return
 
 
 def refs_shown(driver: Any) -> list[str]:
