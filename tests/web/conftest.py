@@ -131,8 +131,8 @@ def site(tmp_path: Path, sink: Any) -> Iterator[dict[str, Any]]:  # noqa: F811
 
 
 def request(site: dict[str, Any], method: str, path: str, body: str = "",
-            cookie: str = "") -> http.client.HTTPResponse:
-    conn = http.client.HTTPConnection("127.0.0.1", site["port"], timeout=10)
+            cookie: str = "", timeout: float = 10) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", site["port"], timeout=timeout)
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     if cookie:
         headers["Cookie"] = cookie
