@@ -248,27 +248,25 @@ def access_export(store: AuditStore, quarantine: Quarantine, person: str,
             records[r.id] = r
     views: list[AuditRecord] = []
     holds: list[AuditRecord] = []
+    # One pass in record order: a view or a hold always comes after the record it names
+    # (the store is append-only), so the set of the person's records is complete for it.
     for r in store.records(Filters()):
         if r.id in records:
             continue
         if r.event in HOLD_EVENTS:
-            if str(r.evidence.get("person", "")).lower() in who:
+            if (str(r.evidence.get("person", "")).lower() in who
+                    or int(r.evidence.get("record", 0) or 0) in records):
                 holds.append(r)
             continue
         if r.event in ("viewed", "exported"):
+            seen = {int(x) for x in r.evidence.get("ids", []) if str(x).isdigit()}
+            one = str(r.evidence.get("id", ""))
+            if (any(i in records for i in seen) or str(r.evidence.get("person", "")).lower()
+                    in who or (one.isdigit() and int(one) in records)):
+                views.append(r)
             continue
         if r.rules and _names(r, who):  # named as the staff member behind a private address
             records[r.id] = r
-    ids = set(records)
-    for r in store.records(Filters()):
-        if r.event in HOLD_EVENTS and int(r.evidence.get("record", 0) or 0) in ids:
-            holds.append(r)
-        if r.event not in ("viewed", "exported"):
-            continue
-        seen = {int(x) for x in r.evidence.get("ids", []) if str(x).isdigit()}
-        if (seen & ids or str(r.evidence.get("person", "")).lower() in who
-                or str(r.evidence.get("id", "")) in {str(i) for i in ids}):
-            views.append(r)
     held = [{"id": e.id, "stored_at": datetime.fromtimestamp(
                  float(e.meta.get("stored_at", 0)), UTC).isoformat(),
              "txid": e.meta.get("txid", ""),

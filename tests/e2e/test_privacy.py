@@ -78,6 +78,11 @@ def test_access_export_finds_private_address_records_and_who_viewed_them(
     gw.call(gw.running.gateway.notifier.drain())  # type: ignore[union-attr]
     # An auditor looks at that record.
     assert main(["audit", "show", str(rec.id), "--config", cfg]) == 0
+    # Legal holds on that one record and on his private address are part of what is kept.
+    assert main(["audit", "hold", "--record", str(rec.id), "--reason", "klacht 12",
+                 "--config", cfg]) == 0
+    assert main(["audit", "hold", "--person", "theo@home.example", "--reason", "klacht 12",
+                 "--config", cfg]) == 0
     capsys.readouterr()
     out = tmp_path / "export.json"
     assert main(["privacy", "export", "--person", "teacher@school.example", "--format",
@@ -92,6 +97,7 @@ def test_access_export_finds_private_address_records_and_who_viewed_them(
     assert events["rejected"]["rules"][0]["id"] == "B1.private-address"
     assert events["notice-sent"]["recipients"] == ["teacher@school.example"]
     (view,) = data["views"]
+    assert len(data["legal_holds"]) == 2  # each once: the record's and the person's
     assert view["event"] == "viewed" and view["what"]["ids"] == [rec.id]
     # The export is on record itself, and the HTML page is printable.
     exported = [r for r in SQLiteStore(tmp_path / "audit.sqlite3", "test").records()
