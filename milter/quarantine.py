@@ -274,6 +274,8 @@ def record_action(cfg: Config, event: str, entry: Entry, actor: str, reply: str 
     """The audit record of what an admin (or the retention, or the sender) did to a held
     message."""
     env = entry.meta.get("envelope", {})
+    token = env.get("release_token_sha256")  # a later self-release link says "done already"
+    extra = {**({"release_token_sha256": token} if token else {}), **(extra or {})}
     try:
         store = open_store(cfg.audit_url, cfg.gateway.node)
         try:
@@ -282,7 +284,7 @@ def record_action(cfg: Config, event: str, entry: Entry, actor: str, reply: str 
                                     recipients=tuple(env.get("rcpt_tos", [])),
                                     direction=entry.meta.get("verdict", {}).get("direction", ""),
                                     action=event, reply=reply, actor=actor,
-                                    evidence={"quarantine_id": entry.id, **(extra or {})}))
+                                    evidence={"quarantine_id": entry.id, **extra}))
         finally:
             store.close()
     except AuditUnavailable as exc:

@@ -68,6 +68,18 @@ def released_today(store: _Records, sender: str, now: datetime | None = None) ->
     return sum(1 for r in rows if r.actor.lower() == who)
 
 
+def handled(store: _Records, token_sha256: str, days: int) -> str:
+    """The held message of this token was released or deleted (in the last ``days``):
+    ``quarantine-release`` or ``quarantine-delete``, else "". Only the token's hash is in
+    the record, as with the held message."""
+    since = (datetime.now(UTC) - timedelta(days=days)).isoformat().replace("+00:00", "Z")
+    for event in ("quarantine-release", "quarantine-delete"):
+        rows: list[AuditRecord] = list(store.records(Filters(event=event, since=since)))
+        if any(r.evidence.get("release_token_sha256") == token_sha256 for r in rows):
+            return event
+    return ""
+
+
 def verdict_of(meta: Mapping[str, Any]) -> Verdict:
     """The verdict kept with a held message (``Verdict.to_json``), as a Verdict again."""
     v = meta.get("verdict", {})

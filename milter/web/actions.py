@@ -68,8 +68,11 @@ class QuarantineActions:
         if selfrelease.valid_token(token):
             entry = quarantine_mod.find_by_token(self.quarantine,
                                                  selfrelease.token_hash(token))
+        if entry is None and selfrelease.valid_token(token) and selfrelease.handled(
+                audit, selfrelease.token_hash(token), self.config.quarantine.retention_days + 1):
+            raise SelfReleaseRefused("sr_already", "already released or deleted")
         if entry is None:
-            raise SelfReleaseRefused("sr_unknown", "unknown link or already released")
+            raise SelfReleaseRefused("sr_unknown", "unknown link")
         sender = str(entry.meta.get("envelope", {}).get("mail_from", "")).lower()
         if not sender or sender != user.lower():
             raise SelfReleaseRefused("sr_not_sender", "only the original sender may release it",

@@ -527,6 +527,9 @@ class Page:
         lang = self._lang()
         for row in rows:  # the CLI's words (English, UTC) said in the page's language
             row["state"] = terms.report_state(row["state"], lang)
+            # the reason given with a release (the sender's own, or an admin's)
+            _, said, why = row.get("afterwards", "").partition(": ")
+            row["reason"] = why if said and row["outcome"] == "quarantined" else ""
             if row["notified"] == "no":
                 row["notified"] = t["no"]
         self._render("report.html", f"{t['report']}: {who.name if who and who.name else person}",
@@ -646,7 +649,7 @@ class Page:
         try:
             return self.app.actions.own_held(token, session.user, self.app.store)
         except SelfReleaseRefused as exc:
-            status = {"sr_unknown": 404, "sr_limit": 429}.get(exc.key, 403)
+            status = {"sr_unknown": 404, "sr_limit": 429, "sr_already": 409}.get(exc.key, 403)
             per_day = str(self.app.actions.policy.self_release.per_day
                           if self.app.actions.policy is not None else 0)
             self._self_refused(session, exc.key, exc.why, status, exc.entry, n=per_day)
