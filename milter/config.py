@@ -272,6 +272,10 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "proxy_protocol_from": (_networks, ()),  # HAProxy PROXY v1/v2 from these only
         # Postfix's smtp_tls_policy_maps source: config check requires TLS to every partner.
         "tls_policy_map": (_opt_str, ""),
+        # Postfix's config directory: config check asks it (postconf, postmap) which next
+        # hop mail to each partner goes to, the key its TLS policy lookup uses. Skipped
+        # when there is no main.cf there.
+        "postfix_config": (_opt_str, "/etc/postfix"),
     },
     "logging": {
         "format": (_choice("text", "json"), "text"),
@@ -410,6 +414,7 @@ class GatewaySettings:
     xforward_from: tuple[Network, ...]
     proxy_protocol_from: tuple[Network, ...]
     tls_policy_map: str
+    postfix_config: str
 
 
 @dataclass(frozen=True)
