@@ -380,16 +380,18 @@ def render(req: NoticeRequest, style: Style, *, lang: str, name: str, kind: str 
     link = req.release_link if held == "held_self" else ""
     if link and "held_self_link" in texts.data.get("sentences", {}):
         held = "held_self_link"  # (a site's own texts without the sentence: reply only)
-    release_text = texts.get("sentences", held, days=style.retention_days,
-                             postmaster=style.postmaster, delete_date=delete_date,
-                             address=req.release_address, link=_LINK) \
+    sentence = texts.get("sentences", held, days=style.retention_days,
+                         postmaster=style.postmaster, delete_date=delete_date,
+                         address=req.release_address, link=_LINK) \
         if action == "quarantine" else ""
-    if req.intro:
-        release_text = req.intro + ("\n\n" + release_text if release_text else "")
     # the link is a real link in the HTML part; the text part shows the address as it is
-    release_html = html.escape(release_text).replace(
+    release_html = html.escape(sentence).replace(
         _LINK, f'<a href="{html.escape(link)}">{html.escape(link)}</a>')
-    release_text = release_text.replace(_LINK, link)
+    release_text = sentence.replace(_LINK, link)
+    if req.intro:  # the sender's own words (a reason): text, never markup
+        release_text = req.intro + ("\n\n" + release_text if release_text else "")
+        release_html = html.escape(req.intro) + ("\n\n" + release_html if release_html
+                                                 else "")
     values = {
         "name": name, "action_text": action_text, "subject": req.subject or no_subject,
         "recipients": recipients, "time": texts.when(req.received, zone),
