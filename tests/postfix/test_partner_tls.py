@@ -43,30 +43,42 @@ domains = ["jeugdzorg.example"]
 TO = "intake@jeugdzorg.example"
 
 
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    """A certificate for the partner's MX, made here (no verification at level encrypt)."""
+def certificates(tmp: Path, name: str) -> tuple[Path, Path, Path]:
+    """A test CA and the partner MX's certificate for ``name`` signed by it, made here:
+    (CA certificate, certificate, key). Level encrypt verifies nothing; level secure checks
+    the name against the next hop with the CA as smtp_tls_CAfile."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.jeugdzorg.example")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("mx.jeugdzorg.example"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    crt, pem = tmp / "mx.crt", tmp / "mx.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
-    return crt, pem
+
+    def build(subject: str, key: Any, issuer: str, signer: Any, ca: bool) -> Any:
+        b = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            b = b.add_extension(x509.SubjectAlternativeName([
+                x509.DNSName(subject), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca = build("SKOT test CA", ca_key, "SKOT test CA", ca_key, True)
+    cert = build(name, key, "SKOT test CA", ca_key, False)
+    paths = tmp / "ca.crt", tmp / "mx.crt", tmp / "mx.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
 
 
 @dataclass
@@ -82,38 +94,42 @@ class PartnerMX(SinkHandler):
 
 @pytest.fixture
 def partner_mx(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[PartnerMX, int]]:
-    """The MX, offering STARTTLS unless the test says ``starttls=False``."""
-    starttls = getattr(request, "param", True)
+    """The MX, offering STARTTLS with a certificate for mx.jeugdzorg.example, unless the
+    test says otherwise (``(starttls, certificate name)``)."""
+    starttls, name = getattr(request, "param", (True, "mx.jeugdzorg.example"))
     handler, port = PartnerMX(), free_port()
     context = None
     if starttls:
-        crt, pem = self_signed(tmp_path)
+        _, crt, pem = certificates(tmp_path, name)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(crt, pem)
     controller = Controller(handler, hostname="127.0.0.1", port=port, tls_context=context,
-                            require_starttls=False, server_hostname="mx.jeugdzorg.example")
+                            require_starttls=False, server_hostname=name)
     controller.start()
     yield handler, port
     controller.stop()
 
 
 def setup(tmp: Path, mx_port: int, sink_port: int, pf: list[PrivatePostfix],
-          tls_lines: str | None = None) -> tuple[GatewayThread, PrivatePostfix, Path]:
-    """Gateway -> private Postfix (the recipe's TLS settings, the partner routed to the MX)
-    -> partner MX; everything else to the sink (relayhost). The TLS map is what `partners
-    tls-map --level encrypt` prints for this Postfix, unless ``tls_lines`` says otherwise."""
+          tls_lines: str | None = None, host: str = "[127.0.0.1]", level: str = "encrypt",
+          main_extra: str = "") -> tuple[GatewayThread, PrivatePostfix, Path]:
+    """Gateway -> private Postfix (the recipe's TLS settings, the partner routed to the MX
+    at ``host``) -> partner MX; everything else to the sink (relayhost). The TLS map is what
+    `partners tls-map --level LEVEL` prints for this Postfix, unless ``tls_lines`` says
+    otherwise."""
     port = free_port()
     recipe = (DEPLOY / "main.cf.partners").read_text()
     postfix = PrivatePostfix("", f"127.0.0.1:{port} inet n - n - - smtpd\n", sink_port)
     pf.append(postfix)
     tls_map = postfix.dir / "tls_policy"
     transport = postfix.dir / "transport"
-    transport.write_text(f"jeugdzorg.example smtp:[127.0.0.1]:{mx_port}\n")
+    transport.write_text(f"jeugdzorg.example smtp:{host}:{mx_port}\n")
     main_cf = postfix.conf / "main.cf"
     main_cf.write_text(main_cf.read_text() + recipe.replace(
         "/etc/postfix/tls_policy", str(tls_map)) + f"""
 transport_maps = hash:{transport}
 smtp_tls_loglevel = 1
+{main_extra}
 """)
     postmap = ["postmap", "-c", str(postfix.conf)]
     subprocess.run([*postmap, f"hash:{transport}"], check=True)
@@ -125,17 +141,17 @@ smtp_tls_loglevel = 1
                        gateway_extra=f'tls_policy_map = "{tls_map}"\n'
                                      f'postfix_config = "{postfix.conf}"',
                        extra="[notices]\nenabled = false\n")
-    tls_map.write_text(tls_map_of(cfg) if tls_lines is None else tls_lines)
+    tls_map.write_text(tls_map_of(cfg, level) if tls_lines is None else tls_lines)
     subprocess.run([*postmap, f"hash:{tls_map}"], check=True)
     postfix.start(port)
     return GatewayThread(cfg), postfix, cfg
 
 
-def tls_map_of(cfg: Path) -> str:
-    """What `skot-milter partners tls-map --level encrypt` prints for this site."""
+def tls_map_of(cfg: Path, level: str) -> str:
+    """What `skot-milter partners tls-map --level LEVEL` prints for this site."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert main(["partners", "tls-map", "--config", str(cfg), "--level", "encrypt"]) == 0
+        assert main(["partners", "tls-map", "--config", str(cfg), "--level", level]) == 0
     return buf.getvalue()
 
 
@@ -184,7 +200,7 @@ def test_the_opp_reaches_the_partner_over_tls_tagged_and_audited(
         gw.stop()
 
 
-@pytest.mark.parametrize("partner_mx", [False], indirect=True, ids=["no-starttls"])
+@pytest.mark.parametrize("partner_mx", [(False, "")], indirect=True, ids=["no-starttls"])
 def test_without_starttls_postfix_keeps_it_in_the_queue(
         tmp_path: Path, sink: tuple[SinkHandler, int], partner_mx: tuple[PartnerMX, int],
         private_postfix: list[PrivatePostfix]) -> None:
@@ -203,7 +219,7 @@ def test_without_starttls_postfix_keeps_it_in_the_queue(
         gw.stop()
 
 
-@pytest.mark.parametrize("partner_mx", [False], indirect=True, ids=["no-starttls"])
+@pytest.mark.parametrize("partner_mx", [(False, "")], indirect=True, ids=["no-starttls"])
 def test_a_line_for_the_domain_alone_does_not_apply_to_a_transport_next_hop(
         tmp_path: Path, sink: tuple[SinkHandler, int], partner_mx: tuple[PartnerMX, int],
         private_postfix: list[PrivatePostfix], capsys: Any) -> None:
@@ -250,3 +266,33 @@ def test_config_check_warns_when_partner_mail_goes_through_a_relayhost(
                    check=True)
     (postfix.dir / "tls_policy").write_text("jeugdzorg.example secure\n")
     assert main(["config", "check", "--config", str(cfg)]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("partner_mx", [(True, "localhost"), (True, "mx.elders.example")],
+                         indirect=True, ids=["right-name", "wrong-name"])
+def test_level_secure_verifies_the_partners_certificate(
+        tmp_path: Path, sink: tuple[SinkHandler, int], partner_mx: tuple[PartnerMX, int],
+        private_postfix: list[PrivatePostfix], request: pytest.FixtureRequest) -> None:
+    """The recipe's default level, secure: the certificate must be signed by a CA Postfix
+    trusts (smtp_tls_CAfile, here the test CA) and name the next hop ("localhost", found
+    through /etc/hosts: tests have no DNS). A certificate for another name: not sent."""
+    mx, mx_port = partner_mx
+    right = request.node.callspec.id == "right-name"
+    ca = tmp_path / "ca.crt"
+    gw, postfix, _ = setup(tmp_path, mx_port, sink[1], private_postfix, host="[localhost]",
+                           level="secure", main_extra=f"smtp_host_lookup = native\n"
+                                                      f"smtp_tls_CAfile = {ca}\n")
+    try:
+        assert f"[localhost]:{mx_port} secure" in (postfix.dir / "tls_policy").read_text()
+        send_opp(gw)
+        if right:
+            assert wait(lambda: len(mx.messages) == 1, 30), postfix.maillog()
+            assert mx.over_tls == [True]
+            assert "Verified TLS connection established to localhost" in postfix.maillog()
+        else:
+            assert wait(lambda: "certificate verification failed" in postfix.maillog()
+                        or "Server certificate not verified" in postfix.maillog(), 30), \
+                postfix.maillog()
+            assert mx.messages == [] and TO in queue(postfix)
+    finally:
+        gw.stop()
