@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -122,6 +123,20 @@ def _hostport(v: Any) -> str:
 
 def _opt_hostport(v: Any) -> str:
     return "" if v == "" else _hostport(v)
+
+
+def _public_url(v: Any) -> str:
+    """The web view's address as the staff's browsers reach it (in notices' release
+    links): https, or http only for loopback tests; no path, query or fragment."""
+    if v == "":
+        return ""
+    s = _str(v).rstrip("/")
+    m = re.fullmatch(r"(https?)://([A-Za-z0-9.:\[\]-]+)", s)
+    if m is None:
+        raise ValueError("expected \"https://HOST\" (or \"https://HOST:PORT\"), no path")
+    if m.group(1) == "http" and not m.group(2).startswith(("127.", "localhost", "[::1]")):
+        raise ValueError("expected https (http only for a loopback address)")
+    return s
 
 
 def _next_hop(v: Any) -> str:
@@ -257,6 +272,10 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "proxy_protocol_from": (_networks, ()),  # HAProxy PROXY v1/v2 from these only
         # Postfix's smtp_tls_policy_maps source: config check requires TLS to every partner.
         "tls_policy_map": (_opt_str, ""),
+        # Postfix's config directory: config check asks it (postconf, postmap) which next
+        # hop mail to each partner goes to, the key its TLS policy lookup uses. Skipped
+        # when there is no main.cf there.
+        "postfix_config": (_opt_str, "/etc/postfix"),
     },
     "logging": {
         "format": (_choice("text", "json"), "text"),
@@ -344,6 +363,9 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         "users": (_opt_str, "web-users.txt"),   # managed with `skot-milter web adduser`
         "secure_cookies": (_bool, True),
         "session_minutes": (_int(1), 60),
+        # Where staff reach the web view ("https://mailcontrole.school.nl"): notices then
+        # offer a release link next to the reply address; "" = reply only.
+        "public_url": (_public_url, ""),
     },
     "quarantine": {
         "directory": (_opt_str, ""),
@@ -392,6 +414,7 @@ class GatewaySettings:
     xforward_from: tuple[Network, ...]
     proxy_protocol_from: tuple[Network, ...]
     tls_policy_map: str
+    postfix_config: str
 
 
 @dataclass(frozen=True)
@@ -477,6 +500,7 @@ class WebSettings:
     users: str
     secure_cookies: bool
     session_minutes: int
+    public_url: str
 
 
 @dataclass(frozen=True)

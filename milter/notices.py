@@ -302,6 +302,7 @@ class NoticeRequest:
     received: datetime
     rules: tuple[RulePolicy, ...]
     release_address: str = ""  # the sender may release it by replying here, with a reason
+    release_link: str = ""     # or on this page of the web view, signed in (web.public_url)
     intro: str = ""            # a first paragraph (the supervisor's copy of a self-release)
 
     def fired(self, rule_id: str) -> FiredRule | None:
@@ -314,6 +315,9 @@ class NoticeRequest:
             if r.mode == "enforce" and isinstance(box, str) and box:
                 return box.lower()
         return ""
+
+
+_LINK = "\x00link\x00"  # where the release link goes, until it is written as text or HTML
 
 
 def _fill(template: str, values: Mapping[str, str], *, is_html: bool,
@@ -373,12 +377,21 @@ def render(req: NoticeRequest, style: Style, *, lang: str, name: str, kind: str 
     delete_date = texts.when(delete_on, zone, key="date")
     held = ("held_supervisor" if kind == "supervisor" else
             "held_self" if req.release_address else "held")
-    release_text = texts.get("sentences", held, days=style.retention_days,
-                             postmaster=style.postmaster, delete_date=delete_date,
-                             address=req.release_address) \
+    link = req.release_link if held == "held_self" else ""
+    if link and "held_self_link" in texts.data.get("sentences", {}):
+        held = "held_self_link"  # (a site's own texts without the sentence: reply only)
+    sentence = texts.get("sentences", held, days=style.retention_days,
+                         postmaster=style.postmaster, delete_date=delete_date,
+                         address=req.release_address, link=_LINK) \
         if action == "quarantine" else ""
-    if req.intro:
+    # the link is a real link in the HTML part; the text part shows the address as it is
+    release_html = html.escape(sentence).replace(
+        _LINK, f'<a href="{html.escape(link)}">{html.escape(link)}</a>')
+    release_text = sentence.replace(_LINK, link)
+    if req.intro:  # the sender's own words (a reason): text, never markup
         release_text = req.intro + ("\n\n" + release_text if release_text else "")
+        release_html = html.escape(req.intro) + ("\n\n" + release_html if release_html
+                                                 else "")
     values = {
         "name": name, "action_text": action_text, "subject": req.subject or no_subject,
         "recipients": recipients, "time": texts.when(req.received, zone),
@@ -398,8 +411,9 @@ def render(req: NoticeRequest, style: Style, *, lang: str, name: str, kind: str 
     }
     txt_t, html_t = texts.template("notice", rule.id)
     text = _fill(txt_t, values, is_html=False)
-    html_values = dict(values, advice=_paragraphs_html(advice))
-    body_html = _fill(html_t, html_values, is_html=True, raw=("rules_html", "advice"))
+    html_values = dict(values, advice=_paragraphs_html(advice), release_text=release_html)
+    body_html = _fill(html_t, html_values, is_html=True,
+                      raw=("rules_html", "advice", "release_text"))
     key = "supervisor" if kind == "supervisor" else "forward" if kind == "forward" else action
     subject = texts.get("subject", key, subject=(req.subject or no_subject)[:120],
                         sender=sender_name)
@@ -910,15 +924,8 @@ class Notifier:
 
     def _notice(self, req: NoticeRequest, to: str, kind: str, lang: str, name: str,
                 held: int, *, sender_name: str = "", supervisor: str = "") -> Notice:
-        subject, text, body_html = render(req, self.style, lang=lang, name=name, kind=kind,
-                                          sender_name=sender_name, supervisor=supervisor,
-                                          also_held=held)
-        ids = tuple(rp.id for rp in req.rules)
-        raw = build_mail(postmaster=self.style.postmaster, to=to, subject=subject, text=text,
-                         body_html=body_html, txid=req.txid, in_reply_to=req.message_id,
-                         hostname=self.hostname, rule_ids=ids,
-                         reply_to=req.release_address if kind == "sender" else "")
-        return Notice(to, kind, lang, raw, req.txid, ids)
+        return build_notice(self.style, self.hostname, req, to, kind, lang, name, held,
+                            sender_name=sender_name, supervisor=supervisor)
 
     def summaries(self, now: float | None = None) -> list[Notice]:
         """The summaries whose hour is over (claimed: no other process sends them)."""
@@ -990,38 +997,21 @@ class Notifier:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def release_copy(self, meta: Mapping[str, Any], sender: str, reason: str,
+                     subject: str) -> Notice | None:
+        return release_copy(self.policy, self.style, self.directory, self.hostname, meta,
+                            sender, reason, subject)
+
     async def _release_copy(self, meta: Mapping[str, Any], sender: str, reason: str,
                             subject: str) -> None:
-        v = meta.get("verdict", {})
-        verdict = Verdict(str(v.get("action", "quarantine")), str(v.get("direction", "")),
-                          str(v.get("smtp_reply", "")), tuple(
-                              FiredRule(str(r.get("id", "")), str(r.get("article", "")),
-                                        str(r.get("action", "")), str(r.get("mode", "")),
-                                        str(r.get("reason", "")), dict(r.get("evidence") or {}))
-                              for r in v.get("rules", [])), str(v.get("ref", "")))
-        rules = tuple(rp for r in verdict.rules if (rp := self.policy.rules.get(r.id)))
-        person = self.directory.lookup(sender)
-        supervisor = person.supervisor if person is not None else ""
-        if not rules or not supervisor:
-            return
-        sup = self.directory.lookup(supervisor)
-        lang = sup.language if sup is not None and sup.language else self.style.language
-        who = person.name if person is not None and person.name else sender
-        texts = self.style.texts(lang)
-        env = meta.get("envelope", {})
-        req = NoticeRequest(txid=str(meta.get("txid", "")), verdict=verdict, mail_from=sender,
-                            rcpt_tos=tuple(env.get("rcpt_tos", [])),
-                            subject=subject, message_id="",
-                            received=datetime.fromtimestamp(float(meta.get("stored_at", 0)), UTC),
-                            rules=rules, intro=texts.get("sentences", "self_released",
-                                                         sender=who, reason=texts.quote(reason)))
         try:
-            await self.send(self._notice(req, supervisor, "supervisor", lang,
-                                         self._name(supervisor), 0, sender_name=who))
+            notice = self.release_copy(meta, sender, reason, subject)
+            if notice is not None:
+                await self.send(notice)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - a notice must never take the gateway down
-            log.exception("tx=%s release copy to the supervisor failed", req.txid)
+            log.exception("tx=%s release copy to the supervisor failed", meta.get("txid", ""))
 
     def schedule(self, req: NoticeRequest) -> None:
         """Plan and send in the background: never delays or changes the client's answer."""
@@ -1122,6 +1112,52 @@ class Notifier:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+
+def build_notice(style: Style, hostname: str, req: NoticeRequest, to: str, kind: str,
+                 lang: str, name: str, held: int, *, sender_name: str = "",
+                 supervisor: str = "") -> Notice:
+    """One notice, rendered and wrapped as a mail (a reply to the sender's own notice goes
+    to the release address)."""
+    subject, text, body_html = render(req, style, lang=lang, name=name, kind=kind,
+                                      sender_name=sender_name, supervisor=supervisor,
+                                      also_held=held)
+    ids = tuple(rp.id for rp in req.rules)
+    raw = build_mail(postmaster=style.postmaster, to=to, subject=subject, text=text,
+                     body_html=body_html, txid=req.txid, in_reply_to=req.message_id,
+                     hostname=hostname, rule_ids=ids,
+                     reply_to=req.release_address if kind == "sender" else "")
+    return Notice(to, kind, lang, raw, req.txid, ids)
+
+
+def release_copy(policy: Policy, style: Style, directory: Any, hostname: str,
+                 meta: Mapping[str, Any], sender: str, reason: str,
+                 subject: str) -> Notice | None:
+    """The supervisor's copy of a self-released message's notice, opening with the sender's
+    reason (by reply or by the web view's link); None when the sender has no supervisor in
+    the directory."""
+    from milter.selfrelease import verdict_of
+
+    verdict = verdict_of(meta)
+    rules = tuple(rp for r in verdict.rules if (rp := policy.rules.get(r.id)))
+    person = directory.lookup(sender)
+    supervisor = person.supervisor if person is not None else ""
+    if not rules or not supervisor:
+        return None
+    sup = directory.lookup(supervisor)
+    lang = sup.language if sup is not None and sup.language else style.language
+    who = person.name if person is not None and person.name else sender
+    texts = style.texts(lang)
+    env = meta.get("envelope", {})
+    req = NoticeRequest(txid=str(meta.get("txid", "")), verdict=verdict, mail_from=sender,
+                        rcpt_tos=tuple(env.get("rcpt_tos", [])), subject=subject,
+                        message_id="",
+                        received=datetime.fromtimestamp(float(meta.get("stored_at", 0)), UTC),
+                        rules=rules, intro=texts.get("sentences", "self_released",
+                                                     sender=who, reason=texts.quote(reason)))
+    sup_name = sup.name if sup is not None and sup.name else supervisor.partition("@")[0]
+    return build_notice(style, hostname, req, supervisor, "supervisor", lang, sup_name, 0,
+                        sender_name=who)
+
 
 
 def request_for(txid: str, verdict: Verdict, policy: Policy, message: Message | None,

@@ -274,6 +274,8 @@ def record_action(cfg: Config, event: str, entry: Entry, actor: str, reply: str 
     """The audit record of what an admin (or the retention, or the sender) did to a held
     message."""
     env = entry.meta.get("envelope", {})
+    token = env.get("release_token_sha256")  # a later self-release link says "done already"
+    extra = {**({"release_token_sha256": token} if token else {}), **(extra or {})}
     try:
         store = open_store(cfg.audit_url, cfg.gateway.node)
         try:
@@ -282,7 +284,7 @@ def record_action(cfg: Config, event: str, entry: Entry, actor: str, reply: str 
                                     recipients=tuple(env.get("rcpt_tos", [])),
                                     direction=entry.meta.get("verdict", {}).get("direction", ""),
                                     action=event, reply=reply, actor=actor,
-                                    evidence={"quarantine_id": entry.id, **(extra or {})}))
+                                    evidence={"quarantine_id": entry.id, **extra}))
         finally:
             store.close()
     except AuditUnavailable as exc:
@@ -391,7 +393,6 @@ def tell_sender(cfg: Config, entry: Entry, outcome: str, subject: str) -> bool:
     if not cfg.notices.enabled or not sender or not style.internal(sender):
         return False
     txid = str(entry.meta.get("txid", ""))
-    error = ""
     try:
         lang, name = cfg.school.language, sender.partition("@")[0]
         try:
@@ -410,30 +411,61 @@ def tell_sender(cfg: Config, entry: Entry, outcome: str, subject: str) -> bool:
         raw = build_mail(postmaster=style.postmaster, to=sender, subject=subject, text=text,
                          body_html=body_html, txid=txid, in_reply_to="",
                          hostname=cfg.gateway.hostname)
-        reply = asyncio.run(send_message(cfg.next_hop, cfg.gateway.hostname,
-                                         cfg.gateway.next_hop_timeout, style.postmaster,
-                                         [sender], raw))
-        error = "" if reply.ok else reply.line
-    except NextHopError as exc:
-        error = str(exc)
     except Exception as exc:  # noqa: BLE001 - a template or I/O fault: on record, not raised
         log.exception("tx=%s %s notice could not be built", txid, outcome)
-        error = f"notice could not be built: {type(exc).__name__}: {exc}"
+        return _send_recorded(cfg, sender, b"", txid, {"kind": outcome,
+                                                       "quarantine_id": entry.id},
+                              f"notice could not be built: {type(exc).__name__}: {exc}")
+    return _send_recorded(cfg, sender, raw, txid, {"kind": outcome, "quarantine_id": entry.id})
+
+
+def tell_supervisor(cfg: Config, policy: Any, directory: Any, entry: Entry, sender: str,
+                    reason: str, subject: str) -> bool:
+    """The sender released ``entry`` themselves (through the web view): their supervisor
+    gets the notice with the reason, as after a release by reply. On record; never raises."""
+    from milter.notices import Style, release_copy
+
+    txid = str(entry.meta.get("txid", ""))
+    try:
+        notice = release_copy(policy, Style.from_config(cfg), directory, cfg.gateway.hostname,
+                              entry.meta, sender, reason, subject)
+    except Exception as exc:  # noqa: BLE001 - the release is done either way
+        log.exception("tx=%s supervisor's copy could not be built", txid)
+        return _send_recorded(cfg, "", b"", txid, {"kind": "supervisor",
+                                                       "quarantine_id": entry.id},
+                              f"notice could not be built: {type(exc).__name__}: {exc}")
+    if notice is None or not cfg.notices.enabled:
+        return False
+    return _send_recorded(cfg, notice.to, notice.rendered, txid, {
+        "kind": "supervisor", "lang": notice.lang, "rules": list(notice.rule_ids),
+        "quarantine_id": entry.id})
+
+
+def _send_recorded(cfg: Config, to: str, raw: bytes, txid: str, evidence: dict[str, Any],
+                   error: str = "") -> bool:
+    """Send one notice from the postmaster (unless ``error`` says it could not be built)
+    and put ``notice-sent`` or ``notice-failed`` on record."""
+    if not error:
+        try:
+            reply = asyncio.run(send_message(cfg.next_hop, cfg.gateway.hostname,
+                                             cfg.gateway.next_hop_timeout,
+                                             cfg.school.postmaster, [to], raw))
+            error = "" if reply.ok else reply.line
+        except NextHopError as exc:
+            error = str(exc)
     try:
         store = open_store(cfg.audit_url, cfg.gateway.node)
         try:
             store.append(AuditEvent(event="notice-failed" if error else "notice-sent",
-                                    txid=txid, recipients=(sender,),
+                                    txid=txid, recipients=(to,) if to else (),
                                     sender=cfg.school.postmaster,
                                     action="notice-failed" if error else "notice-sent",
-                                    reply=error, evidence={"kind": outcome,
-                                                           "quarantine_id": entry.id}))
+                                    reply=error, evidence=evidence))
         finally:
             store.close()
     except AuditUnavailable as exc:
-        log.error("tx=%s %s notice not on record: %s", txid, outcome, exc)
+        log.error("tx=%s %s notice not on record: %s", txid, evidence.get("kind"), exc)
     return not error
-
 
 def purge(cfg: Config, store: Quarantine, now: float | None = None) -> int:
     """Delete held messages past ``quarantine.retention_days``, each on record. Several

@@ -20,12 +20,11 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from milter import metrics, selfrelease, warning
 from milter import quarantine as quarantine_mod
-from milter.audit.store import AuditEvent, AuditRecord, AuditUnavailable, Filters
+from milter.audit.store import AuditEvent, AuditRecord, AuditUnavailable
 from milter.audit.writer import AuditWriter
 from milter.config import DEFAULT_MESSAGE_MEMORY
 from milter.core.context import Envelope
@@ -190,6 +189,7 @@ class Transaction:
     recipients: list[str] = field(default_factory=list)
     evaluation: Evaluation | None = None
     release_address: str = ""  # offered in the notice when the sender may release it
+    release_link: str = ""     # and the web view's page for it, when the site has one
 
     def envelope(self) -> Envelope:
         return Envelope(mail_from=self.sender, rcpt_tos=tuple(self.recipients),
@@ -241,6 +241,8 @@ class Transaction:
                 token = selfrelease.new_token()
                 envelope["release_token_sha256"] = selfrelease.token_hash(token)
                 self.release_address = selfrelease.address(policy, domains[0], token)
+                self.release_link = selfrelease.link(self.runtime.config.web.public_url,
+                                                     token)
             try:
                 qid = await asyncio.to_thread(
                     self.gateway.quarantine.put, self.txid, evaluation.raw, envelope,
@@ -384,7 +386,8 @@ class Transaction:
         req = request_for(self.txid, evaluation.verdict, self.runtime.policy,
                           evaluation.message, self.sender, self.recipients, evaluation.summary)
         if req is not None:
-            notifier.schedule(replace(req, release_address=self.release_address))
+            notifier.schedule(replace(req, release_address=self.release_address,
+                                      release_link=self.release_link))
 
     # -- the sender releases a held message, with a reason ------------------------------------
 
@@ -431,7 +434,8 @@ class Transaction:
             subject = ""
         try:
             line = await quarantine_mod.release_async(
-                self.runtime.config, self.gateway.quarantine, entry, f"self:{self.sender}",
+                self.runtime.config, self.gateway.quarantine, entry,
+                selfrelease.actor(self.sender),
                 {"reason": reason, "self_release": True})
         except quarantine_mod.AlreadyTaken:
             answer = reply_line("550 5.7.1", "Vrijgeven geweigerd / release refused: "
@@ -452,15 +456,8 @@ class Transaction:
         return Decision(None, False, answer, consumed=True)
 
     async def _released_today(self, sender: str) -> int:
-        since = (datetime.now(UTC) - timedelta(days=1)).isoformat().replace("+00:00", "Z")
-        store = self.gateway.audit.store
-
-        def count() -> int:
-            return sum(1 for r in store.records(Filters(event="quarantine-release",
-                                                        since=since))
-                       if r.actor == f"self:{sender}")
-
-        return await asyncio.to_thread(count)
+        return await asyncio.to_thread(selfrelease.released_today, self.gateway.audit.store,
+                                       sender)
 
 
 def policy_fields(evaluation: Evaluation, authserv_id: str = "") -> list[tuple[str, str]]:

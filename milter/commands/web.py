@@ -19,11 +19,13 @@ def register(sub: Any) -> None:
     wsub = p.add_subparsers(dest="web_command", metavar="SUBCOMMAND")
     add = wsub.add_parser("adduser", help="add or change a web user")
     add_config(add)
-    add.add_argument("name", help="the login name (no ':')")
-    add.add_argument("--role", choices=("auditor", "admin", "statistics"), required=True,
+    add.add_argument("name", help="the login name (no ':'); for staff their school address")
+    add.add_argument("--role", choices=("auditor", "admin", "statistics", "staff"),
+                     required=True,
                      help="auditor: reads the audit; admin: also releases and deletes "
                           "quarantined mail; statistics: the dashboard and the monthly "
-                          "summary only, without names")
+                          "summary only, without names; staff: a teacher who releases "
+                          "their own held message by the notice's link (web.public_url)")
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from standard input instead of a prompt")
     add.set_defaults(func=run_adduser)
@@ -45,6 +47,10 @@ def run_adduser(args: argparse.Namespace) -> int:
     from milter.web import users
 
     cfg = load_config(args)
+    domain = args.name.rpartition("@")[2].lower()
+    if args.role == "staff" and domain not in cfg.school_domains:
+        raise CommandError(f"a staff account is a school address (in "
+                           f"{', '.join(cfg.school_domains)}), not {args.name!r}")
     password = (sys.stdin.readline().rstrip("\n") if args.password_stdin
                 else getpass.getpass("password: "))
     try:
@@ -118,10 +124,11 @@ def build_app(cfg: config_mod.Config) -> Any:
         people = directory_source.DirectorySource(cfg).initial()
     except DirectoryError as exc:
         raise CommandError(str(exc)) from None
-    rule_ids = tuple(sorted(policy.load(cfg.policy_path).rules))
+    loaded = policy.load(cfg.policy_path)
     quarantine = open_quarantine(cfg)
     return WebApp(cfg, store, quarantine, cfg.resolve(cfg.web.users),
-                  QuarantineActions(cfg, quarantine), rule_ids=rule_ids, directory=people)
+                  QuarantineActions(cfg, quarantine, loaded, people),
+                  rule_ids=tuple(sorted(loaded.rules)), directory=people)
 
 
 def run_web(args: argparse.Namespace) -> int:

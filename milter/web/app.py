@@ -38,9 +38,9 @@ from milter.audit.sql import COLUMNS
 from milter.audit.store import OUTCOMES, AuditEvent, AuditStore, Filters
 from milter.audit.verify import UnusableKeys, Verification, verify
 from milter.config import Config
-from milter.quarantine import Quarantine
+from milter.quarantine import Entry, Quarantine
 from milter.web import charts, preview, terms, users
-from milter.web.actions import ActionError, QuarantineActions
+from milter.web.actions import ActionError, QuarantineActions, SelfReleaseRefused
 from milter.web.texts import T
 from milter.web.throttle import HashGate, LoginThrottle
 
@@ -50,6 +50,9 @@ LOGIN_FORM_SECONDS = 900    # how long a login form stays valid
 MAX_REASON = 500            # characters of a release/delete reason
 # What a "statistics" account may open: counts per rule, article and month, no persons.
 NAMELESS = ("/dashboard", "/summary", "/logout")
+# What a "staff" account may open: its own held messages' release pages (the notice's link).
+OWN = "/vrijgeven"
+NEXT = re.compile(r"^/vrijgeven/[A-Za-z0-9_-]{1,64}$")  # where a login may lead back to
 REF = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
 STATIC = Path(__file__).parent / "static"
 
@@ -200,10 +203,15 @@ class Page:
                    cookies=[self._cookie("skot_session", "", 0)])
 
     # -- sign-in -----------------------------------------------------------------------------
-    def _login_form(self, error: str = "", status: int = 200) -> None:
+    def _next(self, value: str) -> str:
+        """Where a login leads back to: only a release page (no open redirect)."""
+        return value if NEXT.match(value) else ""
+
+    def _login_form(self, error: str = "", status: int = 200, after: str = "") -> None:
         t = T[self._lang()]
+        after = self._next(after or self.request.args.get("next", ""))
         self._render("login.html", t["login"], None, status, error=error,
-                     token=self.app.login_token())
+                     token=self.app.login_token(), after=after)
 
     def _login(self, form: dict[str, str]) -> None:
         if not self.app.login_token_ok(form.get("csrf", "")):
@@ -234,7 +242,7 @@ class Page:
         if user is None:
             self.app.throttle.failed(keys)
             self.app.audit(Session(name, "", "", 0), "login-failed", {"address": address})
-            self._login_form(T[self._lang()]["bad_login"], 401)
+            self._login_form(T[self._lang()]["bad_login"], 401, form.get("next", ""))
             return
         self.app.throttle.succeeded(keys[0])
         token = secrets.token_urlsafe(32)
@@ -244,7 +252,8 @@ class Page:
         with self.app.lock:
             self.app.sessions[token] = session
         self.app.audit(session, "login", {"role": user.role, "address": address})
-        home = "/dashboard" if user.role == "statistics" else "/messages"
+        home = ({"statistics": "/dashboard", "staff": OWN}.get(user.role, "/messages"))
+        home = self._next(form.get("next", "")) or home
         self._send(HTTPStatus.SEE_OTHER, b"", extra={"Location": home},
                    cookies=[self._cookie("skot_session", token)])
 
@@ -518,6 +527,9 @@ class Page:
         lang = self._lang()
         for row in rows:  # the CLI's words (English, UTC) said in the page's language
             row["state"] = terms.report_state(row["state"], lang)
+            # the reason given with a release (the sender's own, or an admin's)
+            _, said, why = row.get("afterwards", "").partition(": ")
+            row["reason"] = why if said and row["outcome"] == "quarantined" else ""
             if row["notified"] == "no":
                 row["notified"] = t["no"]
         self._render("report.html", f"{t['report']}: {who.name if who and who.name else person}",
@@ -608,6 +620,85 @@ class Page:
             return
         self._render("done.html", t["done"], session, text=text,
                      ref=str(entry.meta.get("txid", "")))
+
+    # -- the sender's own release, by the notice's link ----------------------------------
+    def _own_home(self, session: Session, q: dict[str, str]) -> None:
+        t = T[self._lang()]
+        self._message(session, t["sr_title"], t["sr_home"], 200, "ok")
+
+    def _self_refused(self, session: Session, key: str, why: str, status: int,
+                      entry: Entry | None = None, **values: str) -> None:
+        """A refusal: said in words on the page, and on record (who, which message, why)."""
+        t = T[self._lang()]
+        text = t[key].format(user=session.user, postmaster=self.app.config.school.postmaster,
+                             **values)
+        txid = str(entry.meta.get("txid", "")) if entry is not None else ""
+        self.app.store.append(AuditEvent(
+            event="self-release-refused", action="self-release-refused", txid=txid,
+            sender=session.user if session.role == "staff" else "",
+            actor=f"web:{session.user}", reply=text,
+            evidence={"why": why, "via": "web", "role": session.role,
+                      **({"quarantine_id": entry.id} if entry is not None else {})}))
+        self._message(session, t["sr_title"], text, status)
+
+    def _own_entry(self, session: Session, token: str) -> Entry | None:
+        """The held message behind the link, or None after a refusal was shown."""
+        if session.role != "staff":  # an auditor or admin is not the sender
+            self._self_refused(session, "sr_not_staff", f"signed in as {session.role}", 403)
+            return None
+        try:
+            return self.app.actions.own_held(token, session.user, self.app.store)
+        except SelfReleaseRefused as exc:
+            status = {"sr_unknown": 404, "sr_limit": 429, "sr_already": 409}.get(exc.key, 403)
+            per_day = str(self.app.actions.policy.self_release.per_day
+                          if self.app.actions.policy is not None else 0)
+            self._self_refused(session, exc.key, exc.why, status, exc.entry, n=per_day)
+            return None
+
+    def _own_page(self, session: Session, token: str, error: str = "",
+                  status: int = 200) -> None:
+        entry = self._own_entry(session, token)
+        if entry is None:
+            return
+        t = T[self._lang()]
+        lang = self._lang()
+        if not error:
+            self.app.audit(session, "viewed", {"page": "self-release", "id": entry.id,
+                                               "ref": str(entry.meta.get("txid", ""))})
+        self._render("self_release.html", t["sr_title"], session, status, error=error,
+                     h=preview.summarise(entry, self.app.config.quarantine.retention_days,
+                                         lang=lang),
+                     why=self.app.actions.reasons(entry, lang), token=token)
+
+    def _own_release(self, session: Session, token: str, form: dict[str, str]) -> None:
+        t = T[self._lang()]
+        entry = self._own_entry(session, token)
+        if entry is None:
+            return
+        reason = " ".join(form.get("reason", "").split())[:MAX_REASON]
+        if not reason:
+            self.app.store.append(AuditEvent(
+                event="self-release-refused", action="self-release-refused",
+                txid=str(entry.meta.get("txid", "")), sender=session.user,
+                actor=f"web:{session.user}", reply=t["sr_reason_required"],
+                evidence={"why": "no reason given", "via": "web", "quarantine_id": entry.id}))
+            self._own_page(session, token, t["sr_reason_required"], 400)
+            return
+        try:
+            line = self.app.actions.self_release(entry, session.user, reason)
+        except SelfReleaseRefused as exc:
+            self._self_refused(session, exc.key, exc.why, 409, exc.entry)
+            return
+        except ActionError as exc:
+            self._message(session, t["sr_title"], t["sr_failed"].format(error=str(exc)), 502)
+            return
+        self.app.store.append(AuditEvent(
+            event="self-release", action="self-release", txid=str(entry.meta.get("txid", "")),
+            sender=session.user, actor=f"web:{session.user}", reply=line,
+            recipients=tuple(entry.meta.get("envelope", {}).get("rcpt_tos", [])),
+            evidence={"quarantine_id": entry.id, "released_txid": entry.meta.get("txid", ""),
+                      "reason": reason, "next_hop_reply": line, "via": "web"}))
+        self._message(session, t["sr_title"], t["sr_done"], 200, "ok")
 
     # -- statistics --------------------------------------------------------------------------
     def _dashboard(self, session: Session, q: dict[str, str]) -> None:
@@ -777,13 +868,21 @@ def create_wsgi(app: WebApp) -> flask.Flask:
         session = p._session()
         if session is None:
             if flask.request.method in ("GET", "HEAD"):
-                return flask.Response(b"", HTTPStatus.SEE_OTHER, {"Location": "/login"})
+                # the notice's link: back to it after signing in
+                after = ("/login?" + urlencode({"next": flask.request.path})
+                         if NEXT.match(flask.request.path) else "/login")
+                return flask.Response(b"", HTTPStatus.SEE_OTHER, {"Location": after})
             return flask.Response(b"forbidden", HTTPStatus.FORBIDDEN, mimetype="text/plain")
         if flask.request.method == "POST" and not secrets.compare_digest(
                 flask.request.form.get("csrf", ""), session.csrf):
             return flask.Response(b"CSRF token missing or wrong", HTTPStatus.FORBIDDEN,
                                   mimetype="text/plain")
         flask.g.session = session
+        own = flask.request.path == OWN or flask.request.path.startswith(OWN + "/")
+        if session.role == "staff" and not own and flask.request.path != "/logout":
+            p.app.audit(session, "denied", {"page": flask.request.path})
+            return flask.Response(b"forbidden: this account releases its own held messages "
+                                  b"only", HTTPStatus.FORBIDDEN, mimetype="text/plain")
         if session.role == "statistics" and flask.request.path not in NAMELESS:
             p.app.audit(session, "denied", {"page": flask.request.path})
             return flask.Response(b"forbidden: this account sees counts only",
@@ -839,6 +938,20 @@ def create_wsgi(app: WebApp) -> flask.Flask:
                          ("/quarantine", Page._quarantine), ("/dashboard", Page._dashboard),
                          ("/summary", Page._summary)):
         wsgi.add_url_rule(rule, f"page{rule}", view(method), methods=["GET"])
+
+    wsgi.add_url_rule(OWN, "page/own", view(Page._own_home), methods=["GET"])
+
+    @wsgi.get("/vrijgeven/<token>")
+    def own_page(token: str) -> flask.Response:
+        p = page()
+        p._own_page(flask.g.session, token)
+        return answer(p)
+
+    @wsgi.post("/vrijgeven/<token>")
+    def own_release(token: str) -> flask.Response:
+        p = page()
+        p._own_release(flask.g.session, token, {k: v for k, v in flask.request.form.items()})
+        return answer(p)
 
     @wsgi.get("/records/<int:record_id>")
     def record(record_id: int) -> flask.Response:

@@ -218,12 +218,20 @@ class State:
     after: tuple[AuditRecord, ...]
 
 
+def actor_words(actor: str, lang: str) -> str:
+    """Who did it: an admin's name, or the sender themselves (``self:<address>``)."""
+    if actor.startswith("self:"):
+        who = actor.removeprefix("self:")
+        return f"de afzender zelf ({who})" if lang == "nl" else f"the sender ({who})"
+    return actor.removeprefix("web:").removeprefix("cli:")
+
+
 def final_state(outcome: AuditRecord, related: Sequence[AuditRecord], lang: str) -> State:
     after = tuple(r for r in related if r.id != outcome.id and r.event != "intent")
     nl = lang == "nl"
     for r in reversed(after):
         if r.event in ("quarantine-release", "quarantine-delete"):
-            who = r.actor.removeprefix("web:").removeprefix("cli:") or "?"
+            who = actor_words(r.actor, lang) or "?"
             when = local_time(r.ts)
             if r.event == "quarantine-release":
                 return State("released", (f"vrijgegeven door {who} op {when}" if nl else
@@ -257,7 +265,7 @@ def report_state(state: str, lang: str) -> str:
                            ("deleted by ", "verwijderd door", "deleted by")):
         if state.startswith(prefix):
             who, _, when = state.removeprefix(prefix).rpartition(" at ")
-            who = who.removeprefix("web:").removeprefix("cli:")
+            who = actor_words(who, lang)
             return (f"{nl} {who} op {local_time(when)}" if lang == "nl"
                     else f"{en} {who} on {local_time(when)}")
     return state

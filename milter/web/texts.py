@@ -74,6 +74,40 @@ T: dict[str, dict[str, str]] = {
         "view_records": "registraties", "no": "nee",
         "rows_intact": "Audit-keten intact voor de registraties in dit rapport (hashes en "
                        "schakels naar de vorige en volgende registratie kloppen).",
+        "sr_title": "Bericht zelf vrijgeven",
+        "sr_login": "Meld je aan om je tegengehouden bericht zelf vrij te geven.",
+        "sr_home": "Je bent aangemeld. Open de link uit de melding over je tegengehouden "
+                   "bericht om het zelf vrij te geven.",
+        "sr_intro": "Dit bericht van je is tegengehouden. Weet je zeker dat het verstuurd mag "
+                    "worden? Schrijf hieronder waarom. Het bericht gaat dan meteen weg, "
+                    "ongewijzigd, en je leidinggevende krijgt een kopie met je uitleg.",
+        "sr_why": "Waarom is het tegengehouden?",
+        "sr_reason": "Waarom mag dit bericht toch verstuurd worden? (verplicht)",
+        "sr_button": "Vrijgeven en versturen",
+        "sr_record": "Het vrijgeven wordt vastgelegd in het logboek van de mailcontrole, met "
+                     "je naam en je uitleg.",
+        "sr_done": "Je bericht is vrijgegeven en verstuurd. Je leidinggevende krijgt een "
+                   "kopie met je uitleg.",
+        "sr_reason_required": "Schrijf op waarom het bericht verstuurd mag worden; zonder "
+                              "uitleg wordt het niet vrijgegeven.",
+        "sr_unknown": "Deze link is onbekend, of het bericht is al vrijgegeven of verwijderd. "
+                      "Controleer of je de hele link uit de melding hebt gebruikt.",
+        "sr_not_sender": "Alleen de afzender kan een tegengehouden bericht zelf vrijgeven. Je "
+                         "bent aangemeld als {user}; dat is niet het adres waarmee het "
+                         "bericht is verstuurd. Er is niets vrijgegeven.",
+        "sr_not_staff": "Zelf vrijgeven kan alleen de afzender, aangemeld met het eigen "
+                        "schooladres. Als beheerder geef je berichten vrij via Quarantaine, "
+                        "met een reden.",
+        "sr_not_eligible": "Dit bericht kun je niet zelf vrijgeven: het beleid laat dat "
+                           "voor deze melding niet toe. Moet het toch verstuurd worden? Mail "
+                           "dan naar {postmaster}.",
+        "sr_limit": "Je hebt in de afgelopen 24 uur al {n} berichten zelf vrijgegeven; meer "
+                    "kan niet. Moet dit bericht toch verstuurd worden? Mail dan naar "
+                    "{postmaster}.",
+        "sr_already": "Dit bericht is al vrijgegeven of verwijderd; er is niets opnieuw "
+                      "verstuurd.",
+        "sr_failed": "Het bericht kon nu niet worden verstuurd en blijft tegengehouden. "
+                     "Probeer het later opnieuw. ({error})",
     },
     "en": {
         "messages": "Messages", "records": "Records", "record": "Record",
@@ -146,5 +180,39 @@ T: dict[str, dict[str, str]] = {
         "view_records": "records", "no": "no",
         "rows_intact": "Audit chain intact for the records in this report (their hashes and "
                        "links to the records before and after them hold).",
+        "sr_title": "Release your held message",
+        "sr_login": "Sign in to release your held message yourself.",
+        "sr_home": "You are signed in. Open the link in the notice about your held message "
+                   "to release it yourself.",
+        "sr_intro": "This message of yours was held. Are you sure it may be sent? Say why "
+                    "below. The message then goes out at once, unchanged, and your "
+                    "supervisor gets a copy with your explanation.",
+        "sr_why": "Why was it held?",
+        "sr_reason": "Why may this message be sent after all? (required)",
+        "sr_button": "Release and send",
+        "sr_record": "The release is recorded in the mail filter's log, with your name and "
+                     "your explanation.",
+        "sr_done": "Your message was released and sent. Your supervisor gets a copy with "
+                   "your explanation.",
+        "sr_reason_required": "Say why the message may be sent; without an explanation it "
+                              "is not released.",
+        "sr_unknown": "This link is unknown, or the message was already released or "
+                      "deleted. Check that you used the whole link from the notice.",
+        "sr_not_sender": "Only the sender can release a held message themselves. You are "
+                         "signed in as {user}, which is not the address the message was "
+                         "sent from. Nothing was released.",
+        "sr_not_staff": "Only the sender, signed in with their own school address, can "
+                        "release a message themselves. As an admin you release messages "
+                        "from Quarantine, with a reason.",
+        "sr_not_eligible": "You cannot release this message yourself: the policy does not "
+                           "allow it for this finding. If it must be sent, write to "
+                           "{postmaster}.",
+        "sr_limit": "You have already released {n} messages yourself in the last 24 hours; "
+                    "no more can be released. If this one must be sent, write to "
+                    "{postmaster}.",
+        "sr_already": "This message was already released or deleted; nothing was sent "
+                      "again.",
+        "sr_failed": "The message could not be sent now and stays held. Try again later. "
+                     "({error})",
     },
 }

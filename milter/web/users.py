@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +12,11 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 # statistics: the dashboard and the monthly summary only, without names (counts per rule,
 # article and month), for a board member or works council that may not see persons.
-ROLES = ("auditor", "admin", "statistics")
+# staff: a teacher releasing their own held message by the notice's link, nothing else; the
+# login name is their school address, which must be the held message's sender.
+ROLES = ("auditor", "admin", "statistics", "staff")
 _HASHER = PasswordHasher()
+_ADDRESS = re.compile(r"[^@\s:]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,9 @@ def add(path: Path, name: str, role: str, password: str) -> None:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     if not name or ":" in name or len(password) < 10:
         raise ValueError("a name without ':' and a password of at least 10 characters")
+    if role == "staff" and not _ADDRESS.fullmatch(name):
+        raise ValueError("a staff account is named after the person's school address "
+                         "(juf@school.nl): they may release only mail they sent")
     users = read(path)
     users[name] = (role, _HASHER.hash(password))
     _write(path, users)

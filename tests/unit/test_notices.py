@@ -648,3 +648,24 @@ def test_the_notice_says_a_record_was_kept_and_for_how_long() -> None:
     _, text, _ = render(request("B1.private-address", "reject"), forever, lang="en", name="S")
     assert "A record of this was kept in the mail check's log." in text
     assert "days" not in text.split("A record of this")[1].split("\n")[0]
+
+
+def test_the_release_link_is_a_link_in_html_and_the_reason_stays_text() -> None:
+    """With web.public_url the notice offers the link beside the reply address (a real link
+    in the HTML part); the sender's own words in the supervisor's copy are never markup."""
+    from dataclasses import replace
+
+    link = "https://mailcontrole.school.example/vrijgeven/" + "T" * 24
+    req = replace(request("A1.confidential-attachment", "quarantine"),
+                  release_address="vrijgeven+" + "T" * 24 + "@school.example",
+                  release_link=link)
+    _, text, body_html = render(req, STYLE, lang="nl", name="Sam")
+    assert f"of open {link}, meld je aan" in text and "vrijgeven+TTTT" in text
+    assert f'<a href="{link}">{link}</a>' in body_html
+    _, text, body_html = render(replace(req, release_link=""), STYLE, lang="nl", name="Sam")
+    assert "/vrijgeven/" not in text and "<a href" not in body_html  # reply only
+    copy = replace(req, release_address="", release_link="",
+                   intro='Sam gaf vrij: "<b>moest</b> \x00link\x00"')
+    _, text, body_html = render(copy, STYLE, lang="nl", name="Dana", kind="supervisor",
+                                sender_name="Sam")
+    assert "&lt;b&gt;moest&lt;/b&gt;" in body_html and "<a href" not in body_html
