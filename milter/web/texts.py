@@ -17,6 +17,9 @@ T: dict[str, dict[str, str]] = {
         "intact": "Audit-keten intact", "broken": "Audit-keten GEBROKEN",
         "release": "Vrijgeven", "delete": "Verwijderen",
         "bad_login": "Onbekende gebruiker of onjuist wachtwoord.",
+        "directory_down": "Aanmelden met je schoolaccount lukt nu niet: de accountserver van "
+                          "de school is niet bereikbaar. Probeer het over een paar minuten "
+                          "opnieuw; lukt het dan nog niet, meld het bij de beheerder.",
         "no_access": "Alleen beheerders mogen berichten vrijgeven of verwijderen.",
         "done": "Gedaan", "next": "Volgende", "prev": "Vorige", "newer": "Nieuwer",
         "older": "Ouder", "newest": "Nieuwste", "evidence": "Bewijs",
@@ -123,6 +126,9 @@ T: dict[str, dict[str, str]] = {
         "intact": "Audit chain intact", "broken": "Audit chain BROKEN",
         "release": "Release", "delete": "Delete",
         "bad_login": "Unknown user or wrong password.",
+        "directory_down": "Signing in with your school account does not work just now: the "
+                          "school's account server cannot be reached. Try again in a few "
+                          "minutes; if it still fails, tell the administrator.",
         "no_access": "Only admins may release or delete messages.",
         "done": "Done", "next": "Next", "prev": "Previous", "newer": "Newer",
         "older": "Older", "newest": "Newest", "evidence": "Evidence",
