@@ -13,6 +13,7 @@ background thread and in ``config check``: never on the message path.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -413,6 +414,23 @@ def plain_text_problem(settings: LdapSettings) -> str:
     return ""
 
 
+# Active Directory says why a bind failed in its diagnostic message ("... data 775, ...").
+AD_BIND_DATA = {"52e": "wrong password", "525": "no such user", "530": "not allowed to sign "
+                "in at this time", "531": "not allowed to sign in from here", "532": "password "
+                "expired", "533": "account disabled", "701": "account expired",
+                "773": "must change the password first", "775": "account locked"}
+
+
+def bind_refusal(result: Mapping[str, Any]) -> str:
+    """The audit record's words for a refused bind (an LDAP result: description, message)."""
+    desc = str(result.get("description", "")) or "refused"
+    found = re.search(r"\bdata ([0-9a-f]{3})\b", str(result.get("message", "")))
+    if found and found.group(1) in AD_BIND_DATA:
+        return AD_BIND_DATA[found.group(1)]
+    return "wrong password" if desc == "invalidCredentials" else \
+        f"the directory refused the bind: {desc}"
+
+
 def login(settings: LdapSettings, mapping: RoleMap, address: str, password: str) -> Person:
     """Check a person's own directory password; their entry as a ``Person`` when they may
     sign in. The entry is found by the service bind (mail attribute = ``address``, within
@@ -465,9 +483,7 @@ def login(settings: LdapSettings, mapping: RoleMap, address: str, password: str)
             raise LdapError("directory.ldap.url", f"bind as the person: {_reason(exc)}"
                             ) from None
         if not ok:
-            desc = str((conn.result or {}).get("description", "")) or "refused"
-            raise LoginRefused("wrong password" if desc == "invalidCredentials"
-                               else f"the directory refused the bind: {desc}")
+            raise LoginRefused(bind_refusal(conn.result or {}))
         return person
     finally:
         _close(conn)
