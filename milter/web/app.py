@@ -222,7 +222,8 @@ class Page:
         t = T[self._lang()]
         after = self._next(after or self.request.args.get("next", ""))
         self._render("login.html", t["login"], None, status, error=error,
-                     token=self.app.login_token(), after=after)
+                     token=self.app.login_token(), after=after,
+                     school_login=self.app.staff_directory is not None)
 
     def _login(self, form: dict[str, str]) -> None:
         if not self.app.login_token_ok(form.get("csrf", "")):
@@ -230,7 +231,7 @@ class Page:
             return
         name = form.get("user", "")[:200]
         address = self.request.remote_addr or ""
-        keys = (f"user:{name.lower()}", f"address:{address}")
+        keys = (f"user:{name.strip().lower()}", f"address:{address}")
         wait = self.app.throttle.wait(keys)
         if wait:
             self.app.audit(Session(name, "", "", 0), "login-throttled",

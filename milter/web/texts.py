@@ -79,6 +79,8 @@ T: dict[str, dict[str, str]] = {
                        "schakels naar de vorige en volgende registratie kloppen).",
         "sr_title": "Bericht zelf vrijgeven",
         "sr_login": "Meld je aan om je tegengehouden bericht zelf vrij te geven.",
+        "sr_login_school": "Gebruik je e-mailadres van school en het wachtwoord van je "
+                           "schoolaccount.",
         "sr_home": "Je bent aangemeld. Open de link uit de melding over je tegengehouden "
                    "bericht om het zelf vrij te geven.",
         "sr_intro": "Dit bericht van je is tegengehouden. Weet je zeker dat het verstuurd mag "
@@ -188,6 +190,8 @@ T: dict[str, dict[str, str]] = {
                        "links to the records before and after them hold).",
         "sr_title": "Release your held message",
         "sr_login": "Sign in to release your held message yourself.",
+        "sr_login_school": "Use your school email address and your school account's "
+                           "password.",
         "sr_home": "You are signed in. Open the link in the notice about your held message "
                    "to release it yourself.",
         "sr_intro": "This message of yours was held. Are you sure it may be sent? Say why "
