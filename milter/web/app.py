@@ -246,7 +246,7 @@ class Page:
         # A users-file name (any case) is checked there; a school address that is not one
         # goes to the directory when staff sign in with their school account.
         directory = self.app.staff_directory
-        if directory is not None and (not directory.applies(name) or name.lower() in {
+        if directory is not None and (not directory.applies(name) or name.strip().lower() in {
                 n.lower() for n in users.read(self.app.users_file)}):
             directory = None
         gate = self.app.hashing if directory is None else self.app.directory_gate

@@ -155,6 +155,7 @@ def test_a_teacher_signs_in_with_the_school_password_and_releases_her_message(
     # a users-file account is checked there only, even by its school address: the
     # directory password never opens it (Dana is an admin in the file)
     ("director@school.example", DANA_PW, ""),
+    (" Director@school.example", DANA_PW, ""),
 ])
 def test_refused_with_the_same_words_and_on_record_with_the_reason(
         linked: dict[str, Any], user: str, password: str, why: str) -> None:
