@@ -18,7 +18,7 @@ from typing import Any
 
 from milter.core.limits import Limits
 from milter.directory import ROLES
-from milter.directory_ldap import LdapSettings
+from milter.directory_ldap import LdapSettings, plain_text_problem
 from milter.directory_ldap import parse_settings as _ldap_table
 
 # Bytes of spooled messages processed at once per process (``gateway.message_memory``).
@@ -366,6 +366,10 @@ SCHEMA: dict[str, dict[str, tuple[Validator, Any]]] = {
         # Where staff reach the web view ("https://mailcontrole.school.nl"): notices then
         # offer a release link next to the reply address; "" = reply only.
         "public_url": (_public_url, ""),
+        # Staff sign in with their own school account (directory source "ldap"): their
+        # address and directory password, checked by a bind as them. Other roles stay in
+        # the users file.
+        "staff_ldap_login": (_bool, False),
     },
     "quarantine": {
         "directory": (_opt_str, ""),
@@ -501,6 +505,7 @@ class WebSettings:
     secure_cookies: bool
     session_minutes: int
     public_url: str
+    staff_ldap_login: bool
 
 
 @dataclass(frozen=True)
@@ -710,6 +715,18 @@ def iter_errors(data: Mapping[str, Any], path: Path) -> list[ConfigError]:
             "ldap" not in directory:
         errors.append(ConfigError(path, "directory.ldap", "source = \"ldap\" needs a "
                                   "[directory.ldap] table (url, bind_dn, base_dns, ...)"))
+    web = data.get("web")
+    if isinstance(web, dict) and web.get("staff_ldap_login") is True:
+        if not isinstance(directory, dict) or directory.get("source") != "ldap":
+            errors.append(ConfigError(path, "web.staff_ldap_login", "signing in with the "
+                                      "school account needs [directory] source = \"ldap\""))
+        else:
+            try:
+                problem = plain_text_problem(_ldap_table(directory.get("ldap")))
+            except ValueError:  # reported above as directory.ldap.*
+                problem = ""
+            if problem:
+                errors.append(ConfigError(path, "directory.ldap.tls", problem))
     return errors
 
 

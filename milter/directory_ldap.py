@@ -13,6 +13,7 @@ background thread and in ``config check``: never on the message path.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,3 +385,105 @@ def _decoded(entries: list[tuple[str, Mapping[str, Any]]]
     """Raw attribute values (bytes, as sent: no schema needed) as text."""
     return [(dn, {k: [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
                       for v in vals] for k, vals in attrs.items()}) for dn, attrs in entries]
+
+
+# -- staff sign-in to the web view with the school's own password ---------------------------
+
+class LoginRefused(Exception):
+    """The directory did not let this person in: ``why`` goes on record (the page says
+    "unknown user or wrong password" for all of them: no probing who exists)."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+        super().__init__(why)
+
+
+LOOPBACK_HOSTS = ("127.", "localhost", "[::1]", "::1")
+
+
+def plain_text_problem(settings: LdapSettings) -> str:
+    """Why a person's password may not be sent to these URLs, or "": a simple bind without
+    TLS hands the password to anyone on the path, so ``tls = "none"`` is for loopback only."""
+    if settings.tls != "none":
+        return ""
+    far = [u for u in settings.urls
+           if not u.lower().removeprefix("ldap://").startswith(LOOPBACK_HOSTS)]
+    if far:
+        return (f"tls = \"none\" would send staff passwords in clear text to {far[0]}: use "
+                "\"starttls\" or an ldaps:// URL (plain LDAP is for a loopback server only)")
+    return ""
+
+
+# Active Directory says why a bind failed in its diagnostic message ("... data 775, ...").
+AD_BIND_DATA = {"52e": "wrong password", "525": "no such user", "530": "not allowed to sign "
+                "in at this time", "531": "not allowed to sign in from here", "532": "password "
+                "expired", "533": "account disabled", "701": "account expired",
+                "773": "must change the password first", "775": "account locked"}
+
+
+def bind_refusal(result: Mapping[str, Any]) -> str:
+    """The audit record's words for a refused bind (an LDAP result: description, message)."""
+    desc = str(result.get("description", "")) or "refused"
+    found = re.search(r"\bdata ([0-9a-f]{3})\b", str(result.get("message", "")))
+    if found and found.group(1) in AD_BIND_DATA:
+        return AD_BIND_DATA[found.group(1)]
+    return "wrong password" if desc == "invalidCredentials" else \
+        f"the directory refused the bind: {desc}"
+
+
+def login(settings: LdapSettings, mapping: RoleMap, address: str, password: str) -> Person:
+    """Check a person's own directory password; their entry as a ``Person`` when they may
+    sign in. The entry is found by the service bind (mail attribute = ``address``, within
+    the configured filter, so disabled AD accounts are not found), its role must be staff, and
+    then its DN binds with ``password`` over the same TLS as the directory read.
+
+    ``LoginRefused``: the person's attempt failed (why, for the record). ``LdapError``: the
+    directory could not answer (unreachable, TLS, service account): nobody's fault at the
+    keyboard. An empty password never reaches the server: a simple bind with a DN and no
+    password is an "unauthenticated bind" that many servers answer with success."""
+    import ldap3
+    from ldap3.core.exceptions import LDAPException
+    from ldap3.utils.conv import escape_filter_chars
+
+    address = address.strip().lower()
+    if not password:
+        raise LoginRefused("empty password")
+    if "@" not in address or any(c in address for c in "\0\r\n"):
+        raise LoginRefused("not an address")
+    problem = plain_text_problem(settings)
+    if problem:
+        raise LdapError("directory.ldap.tls", problem)
+    amap = settings.attribute_map
+    conn = connect(settings)
+    try:
+        flt = f"(&{settings.search_filter}({amap['address']}={escape_filter_chars(address)}))"
+        attributes = sorted({a for a in amap.values() if a} | {"cn"})
+        entries: list[tuple[str, Mapping[str, Any]]] = []
+        for base in settings.base_dns:
+            entries += _search(conn, base, flt, attributes, "directory.ldap.base_dns")
+        entries = [(dn, attrs) for dn, attrs in _decoded(entries)
+                   if address in (v.strip().lower() for v in _values(attrs, amap["address"]))]
+        if not entries:
+            raise LoginRefused("not in the directory (no entry with this address)")
+        if len({normalize_dn(dn) for dn, _ in entries}) > 1:
+            raise LoginRefused("several directory entries have this address")
+        dn = entries[0][0]
+        # The role as the gateway's own directory read decides it: the same OUs and groups.
+        group_members = {normalize_dn(g): _group_members(conn, g, f"directory.roles.{label}")
+                         for label, dns in mapping.roles.items() for g in dns}
+        people = build(entries[:1], settings, RoleMap(roles=mapping.roles), group_members)
+        person = next(iter(people.people.values()), None)  # the one entry, or none
+        if person is None:
+            raise LoginRefused("in none of the roles of [directory] roles")
+        if person.role != "staff":
+            raise LoginRefused(f"role {person.role} in the directory, not staff")
+        try:
+            ok = conn.rebind(user=dn, password=password, authentication=ldap3.SIMPLE)
+        except LDAPException as exc:  # a bind the server turns down is a result, not this
+            raise LdapError("directory.ldap.url", f"bind as the person: {_reason(exc)}"
+                            ) from None
+        if not ok:
+            raise LoginRefused(bind_refusal(conn.result or {}))
+        return person
+    finally:
+        _close(conn)

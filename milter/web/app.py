@@ -38,9 +38,11 @@ from milter.audit.sql import COLUMNS
 from milter.audit.store import OUTCOMES, AuditEvent, AuditStore, Filters
 from milter.audit.verify import UnusableKeys, Verification, verify
 from milter.config import Config
+from milter.directory_ldap import LdapError, LoginRefused
 from milter.quarantine import Entry, Quarantine
 from milter.web import charts, preview, terms, users
 from milter.web.actions import ActionError, QuarantineActions, SelfReleaseRefused
+from milter.web.staff_login import DirectoryLogin
 from milter.web.texts import T
 from milter.web.throttle import HashGate, LoginThrottle
 
@@ -100,6 +102,15 @@ class WebApp:
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     hashing: HashGate = field(default_factory=HashGate)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Staff signing in with their school account ([web] staff_ldap_login): from the config.
+    staff_directory: DirectoryLogin | None = None
+    # Directory binds at once: cheap, but a hanging server must not hold every thread (and
+    # has its own gate, so it never keeps the users file's admins out).
+    directory_gate: HashGate = field(default_factory=lambda: HashGate(at_once=4))
+
+    def __post_init__(self) -> None:
+        if self.staff_directory is None:
+            self.staff_directory = DirectoryLogin.from_config(self.config)
 
     def login_token(self, now: float | None = None) -> str:
         stamp = f"{int(now if now is not None else time.time())}.{secrets.token_urlsafe(12)}"
@@ -211,7 +222,8 @@ class Page:
         t = T[self._lang()]
         after = self._next(after or self.request.args.get("next", ""))
         self._render("login.html", t["login"], None, status, error=error,
-                     token=self.app.login_token(), after=after)
+                     token=self.app.login_token(), after=after,
+                     school_login=self.app.staff_directory is not None)
 
     def _login(self, form: dict[str, str]) -> None:
         if not self.app.login_token_ok(form.get("csrf", "")):
@@ -219,7 +231,7 @@ class Page:
             return
         name = form.get("user", "")[:200]
         address = self.request.remote_addr or ""
-        keys = (f"user:{name.lower()}", f"address:{address}")
+        keys = (f"user:{name.strip().lower()}", f"address:{address}")
         wait = self.app.throttle.wait(keys)
         if wait:
             self.app.audit(Session(name, "", "", 0), "login-throttled",
@@ -231,27 +243,53 @@ class Page:
                         "minutes.").encode(), "text/plain; charset=utf-8",
                        extra={"Retry-After": str(int(wait) + 1)})
             return
-        if not self.app.hashing.acquire():  # argon2 is 64 MiB a check: a few at a time
+        # A users-file name (any case) is checked there; a school address that is not one
+        # goes to the directory when staff sign in with their school account.
+        directory = self.app.staff_directory
+        if directory is not None and (not directory.applies(name) or name.strip().lower() in {
+                n.lower() for n in users.read(self.app.users_file)}):
+            directory = None
+        gate = self.app.hashing if directory is None else self.app.directory_gate
+        if not gate.acquire():  # argon2 is 64 MiB a check: a few at a time
             self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"busy, try again in a moment",
                        "text/plain", extra={"Retry-After": "5"})
             return
+        why = down = ""
         try:
-            user = users.authenticate(self.app.users_file, name, form.get("password", ""))
+            if directory is None:
+                user = users.authenticate(self.app.users_file, name, form.get("password", ""))
+            else:
+                try:
+                    user = directory.check(name, form.get("password", ""))
+                except LoginRefused as exc:
+                    user, why = None, exc.why
+                except LdapError as exc:
+                    user, down = None, str(exc)
         finally:
-            self.app.hashing.release()
+            gate.release()
+        via = "directory" if directory is not None else ""
+        if down:  # nobody's fault at the keyboard: not counted against them
+            self.app.audit(Session(name, "", "", 0), "login-failed",
+                           {"address": address, "via": via,
+                            "reason": f"directory unavailable: {down}"})
+            self._login_form(T[self._lang()]["directory_down"], 503, form.get("next", ""))
+            return
         if user is None:
             self.app.throttle.failed(keys)
-            self.app.audit(Session(name, "", "", 0), "login-failed", {"address": address})
+            self.app.audit(Session(name, "", "", 0), "login-failed",
+                           {"address": address, "via": via, "reason": why})
             self._login_form(T[self._lang()]["bad_login"], 401, form.get("next", ""))
             return
         self.app.throttle.succeeded(keys[0])
         token = secrets.token_urlsafe(32)
         minutes = self.app.config.web.session_minutes
+        # a users-file session ends when its line changes; a directory one when it expires
         session = Session(user.name, user.role, secrets.token_urlsafe(24),
-                          time.time() + minutes * 60, users.stamp(self.app.users_file, user.name))
+                          time.time() + minutes * 60,
+                          users.stamp(self.app.users_file, user.name) if not via else "")
         with self.app.lock:
             self.app.sessions[token] = session
-        self.app.audit(session, "login", {"role": user.role, "address": address})
+        self.app.audit(session, "login", {"role": user.role, "address": address, "via": via})
         home = ({"statistics": "/dashboard", "staff": OWN}.get(user.role, "/messages"))
         home = self._next(form.get("next", "")) or home
         self._send(HTTPStatus.SEE_OTHER, b"", extra={"Location": home},

@@ -17,6 +17,9 @@ T: dict[str, dict[str, str]] = {
         "intact": "Audit-keten intact", "broken": "Audit-keten GEBROKEN",
         "release": "Vrijgeven", "delete": "Verwijderen",
         "bad_login": "Onbekende gebruiker of onjuist wachtwoord.",
+        "directory_down": "Aanmelden met je schoolaccount lukt nu niet: de accountserver van "
+                          "de school is niet bereikbaar. Probeer het over een paar minuten "
+                          "opnieuw; lukt het dan nog niet, meld het bij de beheerder.",
         "no_access": "Alleen beheerders mogen berichten vrijgeven of verwijderen.",
         "done": "Gedaan", "next": "Volgende", "prev": "Vorige", "newer": "Nieuwer",
         "older": "Ouder", "newest": "Nieuwste", "evidence": "Bewijs",
@@ -76,6 +79,8 @@ T: dict[str, dict[str, str]] = {
                        "schakels naar de vorige en volgende registratie kloppen).",
         "sr_title": "Bericht zelf vrijgeven",
         "sr_login": "Meld je aan om je tegengehouden bericht zelf vrij te geven.",
+        "sr_login_school": "Gebruik je e-mailadres van school en het wachtwoord van je "
+                           "schoolaccount.",
         "sr_home": "Je bent aangemeld. Open de link uit de melding over je tegengehouden "
                    "bericht om het zelf vrij te geven.",
         "sr_intro": "Dit bericht van je is tegengehouden. Weet je zeker dat het verstuurd mag "
@@ -123,6 +128,9 @@ T: dict[str, dict[str, str]] = {
         "intact": "Audit chain intact", "broken": "Audit chain BROKEN",
         "release": "Release", "delete": "Delete",
         "bad_login": "Unknown user or wrong password.",
+        "directory_down": "Signing in with your school account does not work just now: the "
+                          "school's account server cannot be reached. Try again in a few "
+                          "minutes; if it still fails, tell the administrator.",
         "no_access": "Only admins may release or delete messages.",
         "done": "Done", "next": "Next", "prev": "Previous", "newer": "Newer",
         "older": "Older", "newest": "Newest", "evidence": "Evidence",
@@ -182,6 +190,8 @@ T: dict[str, dict[str, str]] = {
                        "links to the records before and after them hold).",
         "sr_title": "Release your held message",
         "sr_login": "Sign in to release your held message yourself.",
+        "sr_login_school": "Use your school email address and your school account's "
+                           "password.",
         "sr_home": "You are signed in. Open the link in the notice about your held message "
                    "to release it yourself.",
         "sr_intro": "This message of yours was held. Are you sure it may be sent? Say why "

@@ -10,7 +10,7 @@ import pytest
 
 from milter import config as config_mod
 from milter.directory import RoleMap, export_format, load, parse_csv
-from milter.directory_ldap import SettingError, build, parse_settings
+from milter.directory_ldap import SettingError, bind_refusal, build, parse_settings
 from milter.runtime import Runtime
 from tests.conftest import write_config
 
@@ -184,3 +184,20 @@ def test_source_ldap_needs_its_table(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace('csv = "staff.csv"', 'source = "ldap"'))
     with pytest.raises(config_mod.ConfigError, match=r"directory\.ldap: source = \"ldap\""):
         config_mod.load(cfg)
+
+
+def test_a_refused_directory_sign_in_says_why_on_record() -> None:
+    """Active Directory's reason (its diagnostic "data NNN") becomes words an admin reads in
+    the login-failed record; OpenLDAP says invalidCredentials only."""
+    ad = ("80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, "
+          "data {}, v4563")
+    assert bind_refusal({"description": "invalidCredentials",
+                         "message": ad.format("775")}) == "account locked"
+    assert bind_refusal({"description": "invalidCredentials",
+                         "message": ad.format("773")}) == "must change the password first"
+    assert bind_refusal({"description": "invalidCredentials",
+                         "message": ad.format("52e")}) == "wrong password"
+    assert bind_refusal({"description": "invalidCredentials", "message": ""}) == \
+        "wrong password"
+    assert bind_refusal({"description": "unwillingToPerform", "message": "x"}) == \
+        "the directory refused the bind: unwillingToPerform"
