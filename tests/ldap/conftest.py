@@ -144,22 +144,32 @@ class Slapd:
         return self.dir / "ca.pem"
 
     def start(self) -> None:
-        log = (self.dir / "slapd.log").open("ab")
-        # -d 0: stay in the foreground (killed by the test), log nothing.
-        self.proc = subprocess.Popen([SLAPD, "-h", f"{self.url}/ {self.ldaps_url}/", "-F",
-                                      str(self.dir / "slapd.d"), "-d", "0"],
-                                     stdout=log, stderr=log)
+        """Start slapd and wait until it listens. A restart on the same ports can find one
+        of them briefly taken (another test's client socket on the same ephemeral port):
+        slapd then exits at once, so it is started again until the deadline."""
         deadline = time.monotonic() + 15
+        exits: list[int] = []
         while time.monotonic() < deadline:
+            log = (self.dir / "slapd.log").open("ab")
+            # -d 0: stay in the foreground (killed by the test), log nothing.
+            self.proc = subprocess.Popen([SLAPD, "-h", f"{self.url}/ {self.ldaps_url}/", "-F",
+                                          str(self.dir / "slapd.d"), "-d", "0"],
+                                         stdout=log, stderr=log)
+            log.close()
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                        return
+                except OSError:
+                    time.sleep(0.05)
             if self.proc.poll() is not None:
-                raise RuntimeError("slapd exited: "
-                                   + (self.dir / "slapd.log").read_text(errors="replace"))
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("slapd did not listen within 15 s")
+                exits.append(self.proc.returncode)
+                time.sleep(0.5)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        raise RuntimeError(f"slapd did not listen within 15 s (exit codes {exits}): "
+                           + (self.dir / "slapd.log").read_text(errors="replace"))
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
