@@ -114,7 +114,7 @@ def build_app(cfg: config_mod.Config) -> Any:
     from milter.directory import DirectoryError
     from milter.quarantine import open_quarantine
     from milter.web.actions import QuarantineActions
-    from milter.web.app import WebApp
+    from milter.web.base import WebApp
 
     try:
         store = open_store(cfg.audit_url, cfg.gateway.node)
