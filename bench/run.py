@@ -1,7 +1,7 @@
 """Benchmark: the gateway against a bare aiosmtpd pass-through proxy, side by side.
 
     python bench/run.py [--seconds 4] [--rounds 2] [--postgres] [--quick] [--only MIX,N,PER]
-                        [--memory]
+                        [--memory] [--source] [--messages 2000] [--before REV]
 
 Starts, on loopback only: a sink (bench/sink.py), the baseline (bench/baseline.py) once as one
 process and once as as many processes as the gateway has workers (same port, SO_REUSEPORT: the
@@ -18,6 +18,11 @@ Pillow). bench/peers.py compares with rspamd behind a real Postfix.
 
 --memory: 50 concurrent 10 MB messages, all held in flight at once (every session sends its
 whole body and holds the final dot until all have), and prints how many were.
+
+--source: only the smtp-source runs (Postfix's C client, 2 KB and 50 KB text, 20 sessions),
+with each target's CPU per message (user + system of its processes, from /proc): on a shared,
+noisy machine the CPU per message moves far less than msg/s, so compare that. --before REV
+adds the gateway as it was at git revision REV (gateway-before), interleaved in the same run.
 """
 
 from __future__ import annotations
@@ -178,6 +183,15 @@ def smtp_source(tool: str, port: int, sessions: int, count: int, size: int) -> R
     return r
 
 
+def export(rev: str, into: Path) -> Path:
+    """The tree of git revision ``rev`` of this repository, to run the gateway as it was."""
+    into.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
 def gateway_config(tmp: Path, port: int, sink: int, audit_url: str,
                    workers: int = os.cpu_count() or 1) -> Path:
     shutil.copy(ROOT / "deploy" / "default" / "staff.csv", tmp / "staff.csv")
@@ -262,14 +276,21 @@ def main() -> None:
                     help="one scenario, e.g. 2KB,1,10 (mixes: 2KB 50KB 1MB mix)")
     ap.add_argument("--memory", action="store_true",
                     help="only: peak memory with 50 10 MB messages in flight at once")
+    ap.add_argument("--source", action="store_true",
+                    help="only the smtp-source runs, with CPU per message")
+    ap.add_argument("--messages", type=int, default=0,
+                    help="messages per smtp-source run (default 2000, 400 with --quick)")
+    ap.add_argument("--before", metavar="REV",
+                    help="also the gateway at git revision REV (gateway-before)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="skot-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
-    def spawn(cmd: list[str], port: int) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    def spawn(cmd: list[str], port: int, root: Path = ROOT) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(cmd, env={**env, "PYTHONPATH": str(root)}, cwd=root,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(p)
         wait_port(port)
         return p
@@ -299,6 +320,13 @@ def main() -> None:
         cfg = gateway_config(tmp, gw, sink, f"sqlite:///{tmp}/audit.sqlite3", workers)
         targets["gateway"] = (gw, [spawn([sys.executable, "-m", "milter.cli", "serve",
                                           "--config", str(cfg)], gw)])
+        if args.before:
+            old = export(args.before, tmp / "before")
+            gb = free_port()
+            bcfg = gateway_config(tmp, gb, sink, f"sqlite:///{tmp}/audit-before.sqlite3",
+                                  workers)
+            targets["gateway-before"] = (gb, [spawn([sys.executable, "-m", "milter.cli",
+                                                     "serve", "--config", str(bcfg)], gb, old)])
         if args.postgres:
             import psycopg
 
@@ -330,6 +358,8 @@ def main() -> None:
         if args.memory:
             memory(targets, args.seconds)
             return
+        if args.source:
+            scenarios = []
         for name in dict.fromkeys(n for n, _, _ in scenarios):
             print(f"mix {name}: {composition(all_mixes[name])}")
         print()
@@ -385,20 +415,28 @@ def main() -> None:
             print()
         source = shutil.which("smtp-source")
         if source and not args.only:
-            count = 400 if args.quick else 2000
+            count = args.messages or (400 if args.quick else 2000)
             for label, size in (("2KB", 2048), ("50KB", 51200)):
                 print(f"smtp-source (Postfix's C client), {label} plain text, 20 sessions, "
                       f"{count} messages, several per connection")
                 res: dict[str, Result] = {}
+                cpu: dict[str, float] = {}
                 for _ in range(args.rounds):
-                    for name, (port, _plist) in targets.items():
+                    for name, (port, plist) in targets.items():
+                        pids = [x for p in plist for x in tree(p.pid)]
+                        c0 = cpu_seconds(pids)
                         r = smtp_source(source, port, 20, count, size)
+                        cpu[name] = cpu.get(name, 0.0) + cpu_seconds(pids) - c0
                         t = res.setdefault(name, Result())
                         t.sent, t.ok, t.errors = t.sent + r.sent, t.ok + r.ok, t.errors + r.errors
                         t.seconds += r.seconds
                 for name, r in res.items():
-                    print(f"  {name:<12} {r.rate:9.1f} msg/s" + ("" if not r.errors else
-                                                                  "  (smtp-source failed)"))
+                    print(f"  {name:<14} {r.rate:9.1f} msg/s  CPU {1000 * cpu[name] / r.sent:5.2f}"
+                          " ms/msg" + ("" if not r.errors else "  (smtp-source failed)"))
+                if "gateway-before" in res:
+                    g, b = res["gateway"], res["gateway-before"]
+                    print(f"  ratio gateway/gateway-before: throughput {g.rate / b.rate:.2f}x, "
+                          f"CPU per message {cpu['gateway'] / cpu['gateway-before']:.2f}x")
                 for name in (f"baseline-{workers}", "gateway", "gateway-pg"):
                     if name in res:
                         print(f"  ratio {name}/baseline (1 process): throughput "

@@ -87,6 +87,27 @@ class _Introspection:
 
 setattr(aiosmtpd.smtp, "inspect", _Introspection())  # noqa: B010 - the module's own name
 
+_HOOK_PREFIXES = ("smtp_", "handle_")
+_hook_names: dict[type, list[str]] = {}
+
+
+def _hook_dir(obj: object) -> list[str]:
+    """``dir`` for aiosmtpd's SMTP.__init__, which calls it twice per connection (on the
+    connection and the handler: some 240 names, sorted) only to keep the ``smtp_*`` and
+    ``handle_*`` ones: those names, the class's listed once per class. A third of the
+    connection's set-up, and Postfix's before-queue proxy opens one connection per message."""
+    cls = type(obj)
+    names = _hook_names.get(cls)
+    if names is None:
+        names = _hook_names[cls] = [n for n in dir(cls) if n.startswith(_HOOK_PREFIXES)]
+    own = getattr(obj, "__dict__", None)
+    if own and any(n.startswith(_HOOK_PREFIXES) for n in own):
+        return sorted({*names, *(n for n in own if n.startswith(_HOOK_PREFIXES))})
+    return names
+
+
+setattr(aiosmtpd.smtp, "dir", _hook_dir)  # noqa: B010 - shadows the builtin in that module
+
 
 class SMTPConnection(SMTP):
     """aiosmtpd's SMTP with connection limits, raw-argument capture and cleanup on drop."""
