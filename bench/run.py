@@ -236,6 +236,12 @@ def own_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children (each smtp-source run, once waited)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def cpu_seconds(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -281,7 +287,8 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=0,
                     help="messages per smtp-source run (default 2000, 400 with --quick)")
     ap.add_argument("--before", metavar="REV",
-                    help="also the gateway at git revision REV (gateway-before)")
+                    help="also the gateway at git revision REV, or in the source tree at the "
+                         "path REV (gateway-before)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="skot-bench-"))
@@ -321,7 +328,8 @@ def main() -> None:
         targets["gateway"] = (gw, [spawn([sys.executable, "-m", "milter.cli", "serve",
                                           "--config", str(cfg)], gw)])
         if args.before:
-            old = export(args.before, tmp / "before")
+            old = Path(args.before) if Path(args.before).is_dir() else \
+                export(args.before, tmp / "before")
             gb = free_port()
             bcfg = gateway_config(tmp, gb, sink, f"sqlite:///{tmp}/audit-before.sqlite3",
                                   workers)
@@ -390,14 +398,15 @@ def main() -> None:
                          f" sink {100 * sink_cpu[name] / r.seconds:3.0f}%")
                       + ("  <- loadgen near its limit: a lower bound" if gen >= 70 else ""))
             b = totals["baseline"]
-            for name in (f"baseline-{workers}", "gateway", "gateway-pg"):
+            for name in (f"baseline-{workers}", "gateway", "gateway-before", "gateway-pg"):
                 if name in totals:
                     g = totals[name]
                     print(f"  ratio {name}/baseline (1 process): throughput "
-                          f"{g.rate / b.rate:.2f}x, p99 {g.pct(99) - b.pct(99):+.1f} ms")
+                          f"{g.rate / b.rate:.2f}x, p50 {g.pct(50) - b.pct(50):+.1f} ms, p99 "
+                          f"{g.pct(99) - b.pct(99):+.1f} ms")
             bn = totals.get(f"baseline-{workers}")
             if bn is not None:
-                for name in ("gateway", "gateway-pg"):
+                for name in ("gateway", "gateway-before", "gateway-pg"):
                     if name in totals:
                         g = totals[name]
                         print(f"  ratio {name}/baseline-{workers} (same process count): "
@@ -421,18 +430,27 @@ def main() -> None:
                       f"{count} messages, several per connection")
                 res: dict[str, Result] = {}
                 cpu: dict[str, float] = {}
+                src_cpu: dict[str, float] = {}
+                sink_cpu = {}
                 for _ in range(args.rounds):
                     for name, (port, plist) in targets.items():
                         pids = [x for p in plist for x in tree(p.pid)]
-                        c0 = cpu_seconds(pids)
+                        c0, s0, k0 = cpu_seconds(pids), children_cpu(), cpu_seconds([sink_pid])
                         r = smtp_source(source, port, 20, count, size)
                         cpu[name] = cpu.get(name, 0.0) + cpu_seconds(pids) - c0
+                        src_cpu[name] = src_cpu.get(name, 0.0) + children_cpu() - s0
+                        sink_cpu[name] = sink_cpu.get(name, 0.0) + cpu_seconds([sink_pid]) - k0
                         t = res.setdefault(name, Result())
                         t.sent, t.ok, t.errors = t.sent + r.sent, t.ok + r.ok, t.errors + r.errors
                         t.seconds += r.seconds
                 for name, r in res.items():
                     print(f"  {name:<14} {r.rate:9.1f} msg/s  CPU {1000 * cpu[name] / r.sent:5.2f}"
-                          " ms/msg" + ("" if not r.errors else "  (smtp-source failed)"))
+                          f" ms/msg  smtp-source {100 * src_cpu[name] / r.seconds:3.0f}%"
+                          + ("" if name == "smtp-sink" else
+                             f" next hop {100 * sink_cpu[name] / r.seconds:3.0f}%")
+                          + ("" if not r.errors else "  (smtp-source failed)"))
+                print("  (CPU: the target's processes per message; smtp-source and the next hop "
+                      "in % of one core: far from 100 %, neither sets the pace)")
                 if "gateway-before" in res:
                     g, b = res["gateway"], res["gateway-before"]
                     print(f"  ratio gateway/gateway-before: throughput {g.rate / b.rate:.2f}x, "
