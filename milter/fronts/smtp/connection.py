@@ -133,6 +133,32 @@ class SMTPConnection(SMTP):
         self._greet_pause = greet_pause
         self._in_command = 0  # MAIL/RCPT/DATA/RSET running: not a moment to hang up
 
+    # -- the idle timeout, without a new timer per command --------------------------------
+
+    _deadline = 0.0
+    _armed: float | None = None  # when the live timer fires; None once it has
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd cancels its timer and makes a new one at every command (seven per
+        message on a before-queue proxy's connection). Here the deadline moves and the timer
+        stays: when it fires early it re-arms for the deadline. Same moment of closing."""
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._deadline = deadline
+        if self._armed is not None and self._armed <= deadline:
+            return
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
+        self._armed = deadline
+
+    def _timeout_cb(self) -> None:
+        self._armed = None
+        if self.loop.time() < self._deadline:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_cb)
+            self._armed = self._deadline
+            return
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
     @property
     def task(self) -> asyncio.Task[None] | None:
         return self._handler_coroutine
@@ -439,13 +465,21 @@ class ConnectionLimits:
         self.internal = tuple(internal)
         self.by_ip: Counter[str] = Counter()
         self.count = 0
+        self._internal: dict[str, bool] = {}  # asked at every connection, for a few clients
 
     def is_internal(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in n for n in self.internal)
+        known = self._internal.get(ip)
+        if known is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                known = False
+            else:
+                known = any(addr in n for n in self.internal)
+            if len(self._internal) >= 4096:
+                self._internal.clear()
+            self._internal[ip] = known
+        return known
 
     def admit(self, ip: str) -> str | None:
         cap = self.total if self.is_internal(ip) else self.total - self.reserved

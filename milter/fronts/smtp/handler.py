@@ -88,6 +88,8 @@ class SMTPHandler:
         self.connections: set[SMTPConnection] = set()
         self._direction_of: object = None  # the runtime ``_directions`` was computed with
         self._directions: dict[tuple[str, str], bool] = {}
+        self._xforward_of: object = None  # likewise for ``_xforward_peers``
+        self._xforward_peers: dict[str, bool] = {}
         # Sends past the final dot and next-hop closes: they outlive a vanished client, and
         # shutdown waits for them.
         self.background: set[asyncio.Task[Any]] = set()
@@ -158,12 +160,24 @@ class SMTPHandler:
         return self.xforward.get(session, {}).get("ADDR") or self.peer_ip(session)
 
     def trusts_xforward(self, session: ClientSession) -> bool:
-        nets = self.gateway.runtime.config.gateway.xforward_from
-        try:
-            ip = ipaddress.ip_address(self.peer_ip(session))
-        except ValueError:
-            return False
-        return any(ip in n for n in nets)
+        """Asked at EHLO and XFORWARD of every connection (Postfix's before-queue proxy opens
+        one per message): the answer is kept per runtime and peer."""
+        runtime = self.gateway.runtime
+        if runtime is not self._xforward_of:
+            self._xforward_of, self._xforward_peers = runtime, {}
+        peer = self.peer_ip(session)
+        trusted = self._xforward_peers.get(peer)
+        if trusted is None:
+            try:
+                ip = ipaddress.ip_address(peer)
+            except ValueError:
+                trusted = False
+            else:
+                trusted = any(ip in n for n in runtime.config.gateway.xforward_from)
+            if len(self._xforward_peers) >= 4096:
+                self._xforward_peers.clear()
+            self._xforward_peers[peer] = trusted
+        return trusted
 
     def _auth_user(self, session: ClientSession) -> str:
         login = self.xforward.get(session, {}).get("LOGIN", "")
