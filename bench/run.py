@@ -19,7 +19,8 @@ Pillow). bench/peers.py compares with rspamd behind a real Postfix.
 --memory: 50 concurrent 10 MB messages, all held in flight at once (every session sends its
 whole body and holds the final dot until all have), and prints how many were.
 
---source: only the smtp-source runs (Postfix's C client, 2 KB and 50 KB text, 20 sessions),
+--source: only the smtp-source runs (Postfix's C client, 2 KB and 50 KB text, 20 sessions, and
+2 KB with one connection per message, the way Postfix's before-queue proxy connects),
 with each target's CPU per message (user + system of its processes, from /proc): on a shared,
 noisy machine the CPU per message moves far less than msg/s, so compare that. --before REV
 adds the gateway as it was at git revision REV (gateway-before), interleaved in the same run.
@@ -169,11 +170,15 @@ class PeakSampler:
         self._thread.join()
 
 
-def smtp_source(tool: str, port: int, sessions: int, count: int, size: int) -> Result:
+def smtp_source(tool: str, port: int, sessions: int, count: int, size: int,
+                reuse: bool = True) -> Result:
     """Postfix's C load generator: ``count`` messages of ``size`` bytes over ``sessions``
-    connections, several messages per connection; messages/s from the wall time."""
+    connections, several messages per connection (``reuse``) or one connection per message
+    (as Postfix's before-queue proxy connects to the gateway); messages/s from the wall
+    time."""
     start = time.monotonic()
-    proc = subprocess.run([tool, "-d", "-s", str(sessions), "-m", str(count), "-l", str(size),
+    proc = subprocess.run([tool, *(["-d"] if reuse else []), "-s", str(sessions), "-m",
+                           str(count), "-l", str(size),
                            "-f", "someone@school.example", "-t", "ouder@example.org",
                            f"127.0.0.1:{port}"], capture_output=True, timeout=600)
     r = Result(seconds=time.monotonic() - start)
@@ -425,9 +430,12 @@ def main() -> None:
         source = shutil.which("smtp-source")
         if source and not args.only:
             count = args.messages or (400 if args.quick else 2000)
-            for label, size in (("2KB", 2048), ("50KB", 51200)):
+            for label, size, reuse in (("2KB", 2048, True), ("50KB", 51200, True),
+                                       ("2KB", 2048, False)):
                 print(f"smtp-source (Postfix's C client), {label} plain text, 20 sessions, "
-                      f"{count} messages, several per connection")
+                      f"{count} messages, " + ("several per connection" if reuse else
+                                              "one connection per message (as from Postfix's "
+                                              "before-queue proxy)"))
                 res: dict[str, Result] = {}
                 cpu: dict[str, float] = {}
                 src_cpu: dict[str, float] = {}
@@ -436,7 +444,7 @@ def main() -> None:
                     for name, (port, plist) in targets.items():
                         pids = [x for p in plist for x in tree(p.pid)]
                         c0, s0, k0 = cpu_seconds(pids), children_cpu(), cpu_seconds([sink_pid])
-                        r = smtp_source(source, port, 20, count, size)
+                        r = smtp_source(source, port, 20, count, size, reuse)
                         cpu[name] = cpu.get(name, 0.0) + cpu_seconds(pids) - c0
                         src_cpu[name] = src_cpu.get(name, 0.0) + children_cpu() - s0
                         sink_cpu[name] = sink_cpu.get(name, 0.0) + cpu_seconds([sink_pid]) - k0
