@@ -192,6 +192,9 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     port = port if port is not None else int(listen_port or 0)
 
     spool_dir = cfg.state_dir / "spool"  # once, not per connection (a Path costs)
+    # handed to each connection: else aiosmtpd looks the loop up per connection, under a
+    # warnings.catch_warnings() (Postfix's before-queue proxy connects once per message)
+    running = asyncio.get_running_loop()
 
     def factory() -> SMTPConnection:
         return SMTPConnection(handler, limits=limits,
@@ -208,7 +211,8 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
                            timeout=cfg.gateway.session_timeout,
                            command_call_limit={"*": cfg.gateway.command_limit},
                            proxy_protocol_timeout=(cfg.gateway.proxy_protocol_timeout
-                                                   if cfg.gateway.proxy_protocol_from else None))
+                                                   if cfg.gateway.proxy_protocol_from else None),
+                           loop=running)
 
     loop = asyncio.get_running_loop()
     servers: list[asyncio.AbstractServer] = []
