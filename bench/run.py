@@ -1,7 +1,7 @@
 """Benchmark: the gateway against a bare aiosmtpd pass-through proxy, side by side.
 
     python bench/run.py [--seconds 4] [--rounds 2] [--postgres] [--quick] [--only MIX,N,PER]
-                        [--memory]
+                        [--memory] [--source] [--messages 2000] [--before REV]
 
 Starts, on loopback only: a sink (bench/sink.py), the baseline (bench/baseline.py) once as one
 process and once as as many processes as the gateway has workers (same port, SO_REUSEPORT: the
@@ -18,6 +18,12 @@ Pillow). bench/peers.py compares with rspamd behind a real Postfix.
 
 --memory: 50 concurrent 10 MB messages, all held in flight at once (every session sends its
 whole body and holds the final dot until all have), and prints how many were.
+
+--source: only the smtp-source runs (Postfix's C client, 2 KB and 50 KB text, 20 sessions, and
+2 KB with one connection per message, the way Postfix's before-queue proxy connects),
+with each target's CPU per message (user + system of its processes, from /proc): on a shared,
+noisy machine the CPU per message moves far less than msg/s, so compare that. --before REV
+adds the gateway as it was at git revision REV (gateway-before), interleaved in the same run.
 """
 
 from __future__ import annotations
@@ -164,11 +170,15 @@ class PeakSampler:
         self._thread.join()
 
 
-def smtp_source(tool: str, port: int, sessions: int, count: int, size: int) -> Result:
+def smtp_source(tool: str, port: int, sessions: int, count: int, size: int,
+                reuse: bool = True) -> Result:
     """Postfix's C load generator: ``count`` messages of ``size`` bytes over ``sessions``
-    connections, several messages per connection; messages/s from the wall time."""
+    connections, several messages per connection (``reuse``) or one connection per message
+    (as Postfix's before-queue proxy connects to the gateway); messages/s from the wall
+    time."""
     start = time.monotonic()
-    proc = subprocess.run([tool, "-d", "-s", str(sessions), "-m", str(count), "-l", str(size),
+    proc = subprocess.run([tool, *(["-d"] if reuse else []), "-s", str(sessions), "-m",
+                           str(count), "-l", str(size),
                            "-f", "someone@school.example", "-t", "ouder@example.org",
                            f"127.0.0.1:{port}"], capture_output=True, timeout=600)
     r = Result(seconds=time.monotonic() - start)
@@ -176,6 +186,15 @@ def smtp_source(tool: str, port: int, sessions: int, count: int, size: int) -> R
     r.ok = count if proc.returncode == 0 else 0
     r.errors = 0 if proc.returncode == 0 else 1
     return r
+
+
+def export(rev: str, into: Path) -> Path:
+    """The tree of git revision ``rev`` of this repository, to run the gateway as it was."""
+    into.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 def gateway_config(tmp: Path, port: int, sink: int, audit_url: str,
@@ -222,6 +241,12 @@ def own_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children (each smtp-source run, once waited)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def cpu_seconds(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -262,14 +287,22 @@ def main() -> None:
                     help="one scenario, e.g. 2KB,1,10 (mixes: 2KB 50KB 1MB mix)")
     ap.add_argument("--memory", action="store_true",
                     help="only: peak memory with 50 10 MB messages in flight at once")
+    ap.add_argument("--source", action="store_true",
+                    help="only the smtp-source runs, with CPU per message")
+    ap.add_argument("--messages", type=int, default=0,
+                    help="messages per smtp-source run (default 2000, 400 with --quick)")
+    ap.add_argument("--before", metavar="REV",
+                    help="also the gateway at git revision REV, or in the source tree at the "
+                         "path REV (gateway-before)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="skot-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
-    def spawn(cmd: list[str], port: int) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    def spawn(cmd: list[str], port: int, root: Path = ROOT) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(cmd, env={**env, "PYTHONPATH": str(root)}, cwd=root,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(p)
         wait_port(port)
         return p
@@ -299,6 +332,14 @@ def main() -> None:
         cfg = gateway_config(tmp, gw, sink, f"sqlite:///{tmp}/audit.sqlite3", workers)
         targets["gateway"] = (gw, [spawn([sys.executable, "-m", "milter.cli", "serve",
                                           "--config", str(cfg)], gw)])
+        if args.before:
+            old = Path(args.before) if Path(args.before).is_dir() else \
+                export(args.before, tmp / "before")
+            gb = free_port()
+            bcfg = gateway_config(tmp, gb, sink, f"sqlite:///{tmp}/audit-before.sqlite3",
+                                  workers)
+            targets["gateway-before"] = (gb, [spawn([sys.executable, "-m", "milter.cli",
+                                                     "serve", "--config", str(bcfg)], gb, old)])
         if args.postgres:
             import psycopg
 
@@ -330,6 +371,8 @@ def main() -> None:
         if args.memory:
             memory(targets, args.seconds)
             return
+        if args.source:
+            scenarios = []
         for name in dict.fromkeys(n for n, _, _ in scenarios):
             print(f"mix {name}: {composition(all_mixes[name])}")
         print()
@@ -360,14 +403,15 @@ def main() -> None:
                          f" sink {100 * sink_cpu[name] / r.seconds:3.0f}%")
                       + ("  <- loadgen near its limit: a lower bound" if gen >= 70 else ""))
             b = totals["baseline"]
-            for name in (f"baseline-{workers}", "gateway", "gateway-pg"):
+            for name in (f"baseline-{workers}", "gateway", "gateway-before", "gateway-pg"):
                 if name in totals:
                     g = totals[name]
                     print(f"  ratio {name}/baseline (1 process): throughput "
-                          f"{g.rate / b.rate:.2f}x, p99 {g.pct(99) - b.pct(99):+.1f} ms")
+                          f"{g.rate / b.rate:.2f}x, p50 {g.pct(50) - b.pct(50):+.1f} ms, p99 "
+                          f"{g.pct(99) - b.pct(99):+.1f} ms")
             bn = totals.get(f"baseline-{workers}")
             if bn is not None:
-                for name in ("gateway", "gateway-pg"):
+                for name in ("gateway", "gateway-before", "gateway-pg"):
                     if name in totals:
                         g = totals[name]
                         print(f"  ratio {name}/baseline-{workers} (same process count): "
@@ -385,20 +429,40 @@ def main() -> None:
             print()
         source = shutil.which("smtp-source")
         if source and not args.only:
-            count = 400 if args.quick else 2000
-            for label, size in (("2KB", 2048), ("50KB", 51200)):
+            count = args.messages or (400 if args.quick else 2000)
+            for label, size, reuse in (("2KB", 2048, True), ("50KB", 51200, True),
+                                       ("2KB", 2048, False)):
                 print(f"smtp-source (Postfix's C client), {label} plain text, 20 sessions, "
-                      f"{count} messages, several per connection")
+                      f"{count} messages, " + ("several per connection" if reuse else
+                                              "one connection per message (as from Postfix's "
+                                              "before-queue proxy)"))
                 res: dict[str, Result] = {}
+                cpu: dict[str, float] = {}
+                src_cpu: dict[str, float] = {}
+                sink_cpu = {}
                 for _ in range(args.rounds):
-                    for name, (port, _plist) in targets.items():
-                        r = smtp_source(source, port, 20, count, size)
+                    for name, (port, plist) in targets.items():
+                        pids = [x for p in plist for x in tree(p.pid)]
+                        c0, s0, k0 = cpu_seconds(pids), children_cpu(), cpu_seconds([sink_pid])
+                        r = smtp_source(source, port, 20, count, size, reuse)
+                        cpu[name] = cpu.get(name, 0.0) + cpu_seconds(pids) - c0
+                        src_cpu[name] = src_cpu.get(name, 0.0) + children_cpu() - s0
+                        sink_cpu[name] = sink_cpu.get(name, 0.0) + cpu_seconds([sink_pid]) - k0
                         t = res.setdefault(name, Result())
                         t.sent, t.ok, t.errors = t.sent + r.sent, t.ok + r.ok, t.errors + r.errors
                         t.seconds += r.seconds
                 for name, r in res.items():
-                    print(f"  {name:<12} {r.rate:9.1f} msg/s" + ("" if not r.errors else
-                                                                  "  (smtp-source failed)"))
+                    print(f"  {name:<14} {r.rate:9.1f} msg/s  CPU {1000 * cpu[name] / r.sent:5.2f}"
+                          f" ms/msg  smtp-source {100 * src_cpu[name] / r.seconds:3.0f}%"
+                          + ("" if name == "smtp-sink" else
+                             f" next hop {100 * sink_cpu[name] / r.seconds:3.0f}%")
+                          + ("" if not r.errors else "  (smtp-source failed)"))
+                print("  (CPU: the target's processes per message; smtp-source and the next hop "
+                      "in % of one core: far from 100 %, neither sets the pace)")
+                if "gateway-before" in res:
+                    g, b = res["gateway"], res["gateway-before"]
+                    print(f"  ratio gateway/gateway-before: throughput {g.rate / b.rate:.2f}x, "
+                          f"CPU per message {cpu['gateway'] / cpu['gateway-before']:.2f}x")
                 for name in (f"baseline-{workers}", "gateway", "gateway-pg"):
                     if name in res:
                         print(f"  ratio {name}/baseline (1 process): throughput "

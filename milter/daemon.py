@@ -191,11 +191,16 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
     host = host if host is not None else listen_host.strip("[]")
     port = port if port is not None else int(listen_port or 0)
 
+    spool_dir = cfg.state_dir / "spool"  # once, not per connection (a Path costs)
+    # handed to each connection: else aiosmtpd looks the loop up per connection, under a
+    # warnings.catch_warnings() (Postfix's before-queue proxy connects once per message)
+    running = asyncio.get_running_loop()
+
     def factory() -> SMTPConnection:
         return SMTPConnection(handler, limits=limits,
                            data_timeout=cfg.gateway.data_timeout,
                            greet_pause=cfg.gateway.greet_pause, dialogue=dialogue,
-                           spool_dir=cfg.state_dir / "spool",
+                           spool_dir=spool_dir,
                            spool_threshold=cfg.gateway.spool_threshold,
                            data_size_limit=cfg.gateway.max_message_size,
                            enable_SMTPUTF8=True, decode_data=False,
@@ -206,7 +211,8 @@ async def start(runtime: Runtime, host: str | None = None, port: int | None = No
                            timeout=cfg.gateway.session_timeout,
                            command_call_limit={"*": cfg.gateway.command_limit},
                            proxy_protocol_timeout=(cfg.gateway.proxy_protocol_timeout
-                                                   if cfg.gateway.proxy_protocol_from else None))
+                                                   if cfg.gateway.proxy_protocol_from else None),
+                           loop=running)
 
     loop = asyncio.get_running_loop()
     servers: list[asyncio.AbstractServer] = []

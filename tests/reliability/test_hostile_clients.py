@@ -193,6 +193,27 @@ def test_many_idle_connections_then_normal_client(sink: Any, make_gateway: Any) 
 
 
 
+def test_session_timeout_counts_from_the_last_command(sink: Any, make_gateway: Any) -> None:
+    """A client that keeps talking stays connected past ``session_timeout``; once it falls
+    silent for that long, the connection closes."""
+    gw = make_gateway(f"smtp://127.0.0.1:{sink[1]}", gateway_extra="session_timeout = 1")
+    s = raw_session(gw.port)
+    assert read_replies(s, 1)[0][:3] == b"220"
+    started = time.monotonic()
+    while time.monotonic() - started < 2.5:  # two and a half timeouts, talking all along
+        time.sleep(0.3)
+        s.sendall(b"EHLO client.example\r\n")
+        assert read_replies(s, 1)[0][:3] == b"250"
+    silent = time.monotonic()
+    s.settimeout(5)
+    data = s.recv(4096)
+    while data and b"421" not in data:
+        data = s.recv(4096)
+    waited = time.monotonic() - silent
+    assert 0.8 < waited < 3.0, waited
+    s.close()
+
+
 def _peak_rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

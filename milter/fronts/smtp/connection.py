@@ -87,6 +87,27 @@ class _Introspection:
 
 setattr(aiosmtpd.smtp, "inspect", _Introspection())  # noqa: B010 - the module's own name
 
+_HOOK_PREFIXES = ("smtp_", "handle_")
+_hook_names: dict[type, list[str]] = {}
+
+
+def _hook_dir(obj: object) -> list[str]:
+    """``dir`` for aiosmtpd's SMTP.__init__, which calls it twice per connection (on the
+    connection and the handler: some 240 names, sorted) only to keep the ``smtp_*`` and
+    ``handle_*`` ones: those names, the class's listed once per class. A third of the
+    connection's set-up, and Postfix's before-queue proxy opens one connection per message."""
+    cls = type(obj)
+    names = _hook_names.get(cls)
+    if names is None:
+        names = _hook_names[cls] = [n for n in dir(cls) if n.startswith(_HOOK_PREFIXES)]
+    own = getattr(obj, "__dict__", None)
+    if own and any(n.startswith(_HOOK_PREFIXES) for n in own):
+        return sorted({*names, *(n for n in own if n.startswith(_HOOK_PREFIXES))})
+    return names
+
+
+setattr(aiosmtpd.smtp, "dir", _hook_dir)  # noqa: B010 - shadows the builtin in that module
+
 
 class SMTPConnection(SMTP):
     """aiosmtpd's SMTP with connection limits, raw-argument capture and cleanup on drop."""
@@ -111,6 +132,32 @@ class SMTPConnection(SMTP):
         self._data_timeout = data_timeout
         self._greet_pause = greet_pause
         self._in_command = 0  # MAIL/RCPT/DATA/RSET running: not a moment to hang up
+
+    # -- the idle timeout, without a new timer per command --------------------------------
+
+    _deadline = 0.0
+    _armed: float | None = None  # when the live timer fires; None once it has
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd cancels its timer and makes a new one at every command (seven per
+        message on a before-queue proxy's connection). Here the deadline moves and the timer
+        stays: when it fires early it re-arms for the deadline. Same moment of closing."""
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._deadline = deadline
+        if self._armed is not None and self._armed <= deadline:
+            return
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
+        self._armed = deadline
+
+    def _timeout_cb(self) -> None:
+        self._armed = None
+        if self.loop.time() < self._deadline:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_cb)
+            self._armed = self._deadline
+            return
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -418,13 +465,21 @@ class ConnectionLimits:
         self.internal = tuple(internal)
         self.by_ip: Counter[str] = Counter()
         self.count = 0
+        self._internal: dict[str, bool] = {}  # asked at every connection, for a few clients
 
     def is_internal(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in n for n in self.internal)
+        known = self._internal.get(ip)
+        if known is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                known = False
+            else:
+                known = any(addr in n for n in self.internal)
+            if len(self._internal) >= 4096:
+                self._internal.clear()
+            self._internal[ip] = known
+        return known
 
     def admit(self, ip: str) -> str | None:
         cap = self.total if self.is_internal(ip) else self.total - self.reserved

@@ -104,7 +104,8 @@ class DataReader:
             spooled, self._spool = self._spool, None
             return DataResult(spooled=spooled)
         # unstuff only when a line starts with a dot; else no extra copy of the message
-        content = _UNSTUFF.sub(b"\\1", kept)[2:] if b"\r\n." in kept else bytes(kept[2:])
+        content = _UNSTUFF.sub(b"\\1", kept)[2:] if b"\r\n." in kept else \
+            bytes(memoryview(kept)[2:])  # one copy, not two
         return DataResult(content=content)
 
     def close(self) -> None:
@@ -139,6 +140,23 @@ class DataReader:
         self._spool.write(segment if self._spool.started else memoryview(segment)[2:])
 
     def _line_too_long(self, data: bytearray) -> bool:
-        """A line (up to CRLF) over 1000 octets. One split in C; a regex that tries every
-        start position took seconds on a 10 MB message."""
-        return max(map(len, data.split(b"\r\n"))) > self.line_limit - 2
+        return line_too_long(data, self.line_limit - 2)
+
+
+def line_too_long(data: bytes | bytearray, longest: int) -> bool:
+    """A line (up to CRLF) of more than ``longest`` octets in ``data``.
+
+    From a line start, the last CRLF within the next ``longest + 2`` octets ends a line
+    that fits, and every line before it fits too: jump past it. No CRLF there: the line is
+    too long, unless the data ends first. A step per ``longest`` octets, each a search in C,
+    instead of a bytes object per line (a split made some 700 of them for 50 KB) or a regex
+    that tries every start position (seconds on a 10 MB message)."""
+    end = len(data)
+    pos = 0
+    window = longest + 2
+    while end - pos > longest:
+        cut = data.rfind(b"\r\n", pos, pos + window)
+        if cut < 0:
+            return True
+        pos = cut + 2
+    return False

@@ -86,6 +86,10 @@ class SMTPHandler:
         # Postfix's smtpd_proxy_filter tells us the real client with XFORWARD (trusted peers).
         self.xforward: WeakKeyDictionary[ClientSession, dict[str, str]] = WeakKeyDictionary()
         self.connections: set[SMTPConnection] = set()
+        self._direction_of: object = None  # the runtime ``_directions`` was computed with
+        self._directions: dict[tuple[str, str], bool] = {}
+        self._xforward_of: object = None  # likewise for ``_xforward_peers``
+        self._xforward_peers: dict[str, bool] = {}
         # Sends past the final dot and next-hop closes: they outlive a vanished client, and
         # shutdown waits for them.
         self.background: set[asyncio.Task[Any]] = set()
@@ -156,12 +160,24 @@ class SMTPHandler:
         return self.xforward.get(session, {}).get("ADDR") or self.peer_ip(session)
 
     def trusts_xforward(self, session: ClientSession) -> bool:
-        nets = self.gateway.runtime.config.gateway.xforward_from
-        try:
-            ip = ipaddress.ip_address(self.peer_ip(session))
-        except ValueError:
-            return False
-        return any(ip in n for n in nets)
+        """Asked at EHLO and XFORWARD of every connection (Postfix's before-queue proxy opens
+        one per message): the answer is kept per runtime and peer."""
+        runtime = self.gateway.runtime
+        if runtime is not self._xforward_of:
+            self._xforward_of, self._xforward_peers = runtime, {}
+        peer = self.peer_ip(session)
+        trusted = self._xforward_peers.get(peer)
+        if trusted is None:
+            try:
+                ip = ipaddress.ip_address(peer)
+            except ValueError:
+                trusted = False
+            else:
+                trusted = any(ip in n for n in runtime.config.gateway.xforward_from)
+            if len(self._xforward_peers) >= 4096:
+                self._xforward_peers.clear()
+            self._xforward_peers[peer] = trusted
+        return trusted
 
     def _auth_user(self, session: ClientSession) -> str:
         login = self.xforward.get(session, {}).get("LOGIN", "")
@@ -175,9 +191,19 @@ class SMTPHandler:
         return str(getattr(data, "login", data) or "")
 
     def _outbound(self, session: ClientSession) -> bool:
-        ctx = self.gateway.runtime.context(Envelope("", (), self._client(session),
-                                                    auth_user=self._auth_user(session)))
-        return ctx.direction == "outbound"
+        """Asked at every RCPT, for the same few clients all day: the answer is kept per
+        runtime (a reload may change the internal networks)."""
+        runtime = self.gateway.runtime
+        if runtime is not self._direction_of:
+            self._direction_of, self._directions = runtime, {}
+        key = (self._client(session), self._auth_user(session))
+        outbound = self._directions.get(key)
+        if outbound is None:
+            if len(self._directions) >= 4096:
+                self._directions.clear()
+            ctx = runtime.context(Envelope("", (), key[0], auth_user=key[1]))
+            outbound = self._directions[key] = ctx.direction == "outbound"
+        return outbound
 
     async def data_refused(self, session: ClientSession, reply: str, why: str,
                            size: int) -> None:
