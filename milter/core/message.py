@@ -190,6 +190,7 @@ class Elided:
         self.raw = raw
         self.nonce = ""  # drawn only for a message that has runs (a system call each)
         self.spans: list[tuple[int, int]] = []
+        self.base64: set[int] = set()  # spans ``_B64_RUN`` found: base64 lines, checked
 
     def skeleton(self) -> bytes:
         """The message with every long run of plain lines replaced by one token line."""
@@ -197,6 +198,7 @@ class Elided:
         gap = 0
         for m in _B64_RUN.finditer(raw):  # attachments first; other text between them
             self._plain_runs(gap, m.start(1))
+            self.base64.add(len(self.spans))
             self.spans.append(m.span(1))
             gap = m.end(1)
         self._plain_runs(gap, len(raw))
@@ -246,9 +248,12 @@ class Elided:
             return self._stdlib(msg, text)
         pieces: list[bytes] = []
         runs: list[bytes] = []
+        unchecked: list[bytes] = []  # runs not yet known to be base64 lines
         pos = 0
         for m in self.tokens(text):
             runs.append(self._span(m))
+            if int(m.group(2)) not in self.base64:
+                unchecked.append(runs[-1])
             pieces += [text[pos:m.start()].encode("ascii", "surrogateescape"), runs[-1]]
             pos = m.end()
         pieces.append(text[pos:].encode("ascii", "surrogateescape"))
@@ -258,10 +263,14 @@ class Elided:
             return b"".join(pieces)
         texts = ["".join(p.decode("ascii", "surrogateescape").splitlines())
                  for p in pieces[0::2]]
-        total = sum(map(len, texts)) + sum(len(r) - 2 * r.count(b"\r\n") for r in runs)
+        # A run is whole lines, each ending in CRLF (the last one's may be cut), with no
+        # other CR or LF in it (``_RUN``, ``_B64_RUN``): its LFs count its line ends, and a
+        # run ``_B64_RUN`` found is base64 lines already (what ``_B64_LINES`` would check
+        # again, a regex step per byte).
+        total = sum(map(len, texts)) + sum(len(r) - 2 * r.count(b"\n") for r in runs)
         if total % 4 == 0 and all(_B64_TEXT.fullmatch(t) for t in texts[:-1]) \
                 and _B64_LAST.fullmatch(texts[-1]) \
-                and all(_B64_LINES.fullmatch(r) for r in runs):
+                and all(_B64_LINES.fullmatch(r) for r in unchecked):
             return binascii.a2b_base64(b"".join(pieces))  # skips line ends, as the join does
         return self._stdlib(msg, text)
 
