@@ -163,11 +163,20 @@ class AuditWriter:
                 for rec in written:
                     self._track(rec)
                 if self.checkpointer is not None and written:
-                    await loop.run_in_executor(self._executor, self.checkpointer.seen,
-                                               written[-1], len(written))
+                    # after this batch on the writer thread, not awaited: nobody waits for
+                    # it, and a wake-up of the loop per commit is saved
+                    self._executor.submit(self._checkpoint, written[-1], len(written))
         finally:
             self._running = False
             self._schedule_retry(loop)
+
+    def _checkpoint(self, record: AuditRecord, n: int) -> None:
+        """Tell the checkpointer (writer thread); a failure is logged, as the loop would."""
+        assert self.checkpointer is not None
+        try:
+            self.checkpointer.seen(record, n)
+        except Exception:  # noqa: BLE001 - the records are written; the signing failed
+            log.exception("audit checkpoint after seq=%s failed", record.seq)
 
     def _write_each(self, events: list[AuditEvent]) -> list[AuditRecord | Exception]:
         """The batch in one commit; when it fails for a reason other than the store (a
