@@ -162,33 +162,35 @@ class AuditWriter:
                             written.append(res)
                 for rec in written:
                     self._track(rec)
-                if self.checkpointer is not None and written:
-                    # after this batch on the writer thread, not awaited: nobody waits for
-                    # it, and a wake-up of the loop per commit is saved
-                    self._executor.submit(self._checkpoint, written[-1], len(written))
         finally:
             self._running = False
             self._schedule_retry(loop)
 
-    def _checkpoint(self, record: AuditRecord, n: int) -> None:
-        """Tell the checkpointer (writer thread); a failure is logged, as the loop would."""
-        assert self.checkpointer is not None
+    def _checkpoint(self, written: list[AuditRecord]) -> None:
+        """Tell the checkpointer of records just committed, on the writer thread in the same
+        job as the commit (no hand-over of its own: a thread wake-up per commit saved). A
+        failure is logged; the records are durable all the same."""
+        if self.checkpointer is None or not written:
+            return
         try:
-            self.checkpointer.seen(record, n)
+            self.checkpointer.seen(written[-1], len(written))
         except Exception:  # noqa: BLE001 - the records are written; the signing failed
-            log.exception("audit checkpoint after seq=%s failed", record.seq)
+            log.exception("audit checkpoint after seq=%s failed", written[-1].seq)
 
     def _write_each(self, events: list[AuditEvent]) -> list[AuditRecord | Exception]:
         """The batch in one commit; when it fails for a reason other than the store (a
         record it cannot take), each record alone, so that one bad record fails only its
         own transaction and never its neighbours' (issue 13 item 6a)."""
         try:
-            return list(self._write(events))
+            records = list(self._write(events))
         except AuditUnavailable:
             raise
         except Exception:  # noqa: BLE001 - find the one record at fault
             if len(events) == 1:
                 raise
+        else:
+            self._checkpoint(records)
+            return list(records)
         out: list[AuditRecord | Exception] = []
         for event in events:
             try:
@@ -196,6 +198,7 @@ class AuditWriter:
             except Exception as exc:  # noqa: BLE001 - this record's waiter hears it
                 log.error("tx=%s audit record refused: %s", event.txid, exc)
                 out.append(exc)
+        self._checkpoint([r for r in out if isinstance(r, AuditRecord)])
         return out
 
     def _write(self, events: list[AuditEvent]) -> list[AuditRecord]:
@@ -221,6 +224,7 @@ class AuditWriter:
             return owed, []
         log.warning("audit: %d outcome record(s) written late, %d were on record already",
                     len(written), len(owed) - len(written))
+        self._checkpoint(written)
         return [], written
 
     def _is_owed(self, event: AuditEvent) -> bool:

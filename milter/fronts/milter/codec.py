@@ -308,7 +308,7 @@ class ProtocolOrder:
     def replied(self, event: Event, reply: bytes) -> None:
         """After accept, reject or tempfail the transaction is over: back to HELO (RCPT and
         unknown commands excepted: a refused recipient leaves the others)."""
-        if isinstance(event, Rcpt | Unknown) or len(reply) < 5:
+        if isinstance(event, (Rcpt, Unknown)) or len(reply) < 5:  # a tuple: no union built
             return
         if reply[4:5] in (SMFIR_ACCEPT, SMFIR_REJECT, SMFIR_TEMPFAIL, SMFIR_REPLYCODE,
                           SMFIR_DISCARD):
