@@ -70,6 +70,7 @@ class AuditWriter:
         self._retry: asyncio.TimerHandle | None = None
         self._pause = self.RETRY[0]        # grows while the store keeps refusing them
         self._settle_at = 0.0              # monotonic time of the next attempt at them
+        self._unsigned = 0                 # committed from the loop, not yet told (checkpoint)
         self._expected = 0                 # evaluations in progress whose record will follow
         self._wake: asyncio.Future[None] | None = None  # a lingering commit waits on it
 
@@ -143,10 +144,9 @@ class AuditWriter:
                         self._pause = self.RETRY[0]
                 if events:
                     try:
-                        results = await loop.run_in_executor(self._executor, self._write_each,
-                                                              events)
+                        results = await self._write_batch(loop, events)
                     except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
-                        results = [exc] * len(events)
+                        results = [exc for _ in events]
                     else:
                         metrics.AUDIT_WRITE_SECONDS.observe(time.perf_counter() - started)
                     for (event, fut), res in zip(batch, results, strict=True):
@@ -166,16 +166,49 @@ class AuditWriter:
             self._running = False
             self._schedule_retry(loop)
 
+    async def _write_batch(self, loop: asyncio.AbstractEventLoop, events: list[AuditEvent]
+                           ) -> list[AuditRecord | Exception]:
+        """One commit. A store in a child process (``IsolatedSQLiteStore``) is written from
+        the loop itself when its pipe is free (no thread hand-over); otherwise, and to find
+        the one record at fault in a batch that fails, the writer thread does it."""
+        soon = getattr(self.store, "append_many_soon", None)
+        answer = soon(events) if soon is not None else None
+        if answer is None:
+            return await loop.run_in_executor(self._executor, self._write_each, events)
+        try:
+            records: list[AuditRecord] = await answer
+        except AuditUnavailable:
+            raise
+        except Exception:  # noqa: BLE001 - a record the store refused: one by one, there
+            if len(events) == 1:
+                raise
+            return await loop.run_in_executor(self._executor, self._write_each, events)
+        self._count_unsigned(records)
+        return list(records)
+
+    def _count_unsigned(self, records: list[AuditRecord]) -> None:
+        """Records committed from the loop: the checkpointer hears of them on the writer
+        thread once a checkpoint is due (``Checkpointer.due``), not after every commit."""
+        if self.checkpointer is None or not records:
+            return
+        self._unsigned += len(records)
+        if self.checkpointer.due(self._unsigned):
+            n, self._unsigned = self._unsigned, 0
+            self._executor.submit(self._signed, records[-1], n)
+
+    def _signed(self, record: AuditRecord, n: int) -> None:
+        assert self.checkpointer is not None
+        try:
+            self.checkpointer.seen(record, n)
+        except Exception:  # noqa: BLE001 - the records are written; the signing failed
+            log.exception("audit checkpoint after seq=%s failed", record.seq)
+
     def _checkpoint(self, written: list[AuditRecord]) -> None:
         """Tell the checkpointer of records just committed, on the writer thread in the same
         job as the commit (no hand-over of its own: a thread wake-up per commit saved). A
         failure is logged; the records are durable all the same."""
-        if self.checkpointer is None or not written:
-            return
-        try:
-            self.checkpointer.seen(written[-1], len(written))
-        except Exception:  # noqa: BLE001 - the records are written; the signing failed
-            log.exception("audit checkpoint after seq=%s failed", written[-1].seq)
+        if self.checkpointer is not None and written:
+            self._signed(written[-1], len(written))
 
     def _write_each(self, events: list[AuditEvent]) -> list[AuditRecord | Exception]:
         """The batch in one commit; when it fails for a reason other than the store (a
