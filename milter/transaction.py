@@ -213,7 +213,9 @@ class Transaction:
                                    for r in self.recipients):
             return await self._self_release(content)
         try:
-            evaluation = await self.gateway.evaluate(self.envelope(), content, self.runtime)
+            with self.gateway.audit.expecting():  # its record follows: a commit may wait
+                evaluation = await self.gateway.evaluate(self.envelope(), content,
+                                                         self.runtime)
         except RuleCrashed as exc:
             log.error("tx=%s policy evaluation failed: %s", self.txid, exc)
             answer = self.reply(POLICY_FAILURE)

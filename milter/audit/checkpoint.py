@@ -249,6 +249,13 @@ class Checkpointer:
         if head is not None:
             self._write(head, "start")
 
+    def due(self, n: int) -> bool:
+        """Whether ``seen`` with ``n`` more records would sign: the writer asks on the event
+        loop and hands the records over only then (a stale read makes a checkpoint one
+        commit early or late, never lost)."""
+        return self.prev is None or self.count + n >= self.every or \
+            time.monotonic() - self.last >= self.seconds
+
     def seen(self, record: AuditRecord, n: int) -> None:
         self.count += n
         # The very first records are signed at once: a new trail is never without one.

@@ -15,7 +15,7 @@ import hashlib
 import quopri
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
@@ -23,6 +23,7 @@ from email.message import Message as StdMessage
 from email.parser import BytesParser
 from email.policy import EmailPolicy, compat32
 from functools import cached_property
+from types import MappingProxyType
 from typing import Any
 
 MAX_DEPTH = 40          # MIME nesting deeper than this cannot be a real mail program's output
@@ -190,6 +191,7 @@ class Elided:
         self.raw = raw
         self.nonce = ""  # drawn only for a message that has runs (a system call each)
         self.spans: list[tuple[int, int]] = []
+        self.base64: set[int] = set()  # spans ``_B64_RUN`` found: base64 lines, checked
 
     def skeleton(self) -> bytes:
         """The message with every long run of plain lines replaced by one token line."""
@@ -197,6 +199,7 @@ class Elided:
         gap = 0
         for m in _B64_RUN.finditer(raw):  # attachments first; other text between them
             self._plain_runs(gap, m.start(1))
+            self.base64.add(len(self.spans))
             self.spans.append(m.span(1))
             gap = m.end(1)
         self._plain_runs(gap, len(raw))
@@ -246,9 +249,12 @@ class Elided:
             return self._stdlib(msg, text)
         pieces: list[bytes] = []
         runs: list[bytes] = []
+        unchecked: list[bytes] = []  # runs not yet known to be base64 lines
         pos = 0
         for m in self.tokens(text):
             runs.append(self._span(m))
+            if int(m.group(2)) not in self.base64:
+                unchecked.append(runs[-1])
             pieces += [text[pos:m.start()].encode("ascii", "surrogateescape"), runs[-1]]
             pos = m.end()
         pieces.append(text[pos:].encode("ascii", "surrogateescape"))
@@ -258,10 +264,14 @@ class Elided:
             return b"".join(pieces)
         texts = ["".join(p.decode("ascii", "surrogateescape").splitlines())
                  for p in pieces[0::2]]
-        total = sum(map(len, texts)) + sum(len(r) - 2 * r.count(b"\r\n") for r in runs)
+        # A run is whole lines, each ending in CRLF (the last one's may be cut), with no
+        # other CR or LF in it (``_RUN``, ``_B64_RUN``): its LFs count its line ends, and a
+        # run ``_B64_RUN`` found is base64 lines already (what ``_B64_LINES`` would check
+        # again, a regex step per byte).
+        total = sum(map(len, texts)) + sum(len(r) - 2 * r.count(b"\n") for r in runs)
         if total % 4 == 0 and all(_B64_TEXT.fullmatch(t) for t in texts[:-1]) \
                 and _B64_LAST.fullmatch(texts[-1]) \
-                and all(_B64_LINES.fullmatch(r) for r in runs):
+                and all(_B64_LINES.fullmatch(r) for r in unchecked):
             return binascii.a2b_base64(b"".join(pieces))  # skips line ends, as the join does
         return self._stdlib(msg, text)
 
@@ -294,15 +304,36 @@ def _filename(msg: StdMessage) -> str:
     return ""
 
 
-def _header_params(msg: StdMessage, header: str) -> list[tuple[str, str]]:
-    """The parameters of the first ``header`` field as written: (lower-case name, raw value)."""
+def _header_value(msg: StdMessage, header: str) -> str | None:
+    """The first ``header`` field's value, unfolded, or None."""
     try:
         raw = msg.get(header)
     except Exception:  # noqa: BLE001
-        return []
-    if raw is None:
-        return []
-    return _split_params(str(raw))
+        return None
+    return None if raw is None else str(raw)
+
+
+def _header_params(msg: StdMessage, header: str) -> tuple[tuple[str, str], ...]:
+    """The parameters of the first ``header`` field as written: (lower-case name, raw value)."""
+    value = _header_value(msg, header)
+    return () if value is None else _params_of(value)
+
+
+# The same few Content-Type and Content-Disposition values come in all day, and each node's
+# are read for several parameters (the walk, its defects, the part's name): the parameters
+# of a value are split once (values of a sane length only, so the cache stays small).
+_CACHED_VALUE = 512
+
+
+def _params_of(value: str) -> tuple[tuple[str, str], ...]:
+    if len(value) > _CACHED_VALUE:
+        return tuple(_split_params(value))
+    return _cached_params(value)
+
+
+@functools.lru_cache(maxsize=2048)
+def _cached_params(value: str) -> tuple[tuple[str, str], ...]:
+    return tuple(_split_params(value))
 
 
 def _split_params(value: str) -> list[tuple[str, str]]:
@@ -331,12 +362,26 @@ def _split_params(value: str) -> list[tuple[str, str]]:
     return out
 
 
-def _param_values(msg: StdMessage, header: str, param: str) -> dict[str, str]:
+def _param_values(msg: StdMessage, header: str, param: str) -> Mapping[str, str]:
     """The plain and the RFC 2231 (``param*``, ``param*0``...) value of one parameter,
     decoded, as {"plain": ..., "extended": ...} (only those present)."""
+    value = _header_value(msg, header)
+    if value is None:
+        return {}
+    if len(value) > _CACHED_VALUE:
+        return _values_of(value, param)
+    return _cached_values(value, param)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_values(value: str, param: str) -> Mapping[str, str]:
+    return MappingProxyType(_values_of(value, param))  # shared: read-only
+
+
+def _values_of(value: str, param: str) -> dict[str, str]:
     from email.utils import collapse_rfc2231_value, decode_params
 
-    params = _header_params(msg, header)
+    params = _params_of(value)
     out: dict[str, str] = {}
     plain = [v for n, v in params if n == param]
     if plain:

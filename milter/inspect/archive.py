@@ -7,6 +7,7 @@ byte cap rather than trusting the sizes the archive declares.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import zipfile
 
@@ -21,19 +22,24 @@ def _overlapping(infos: list[zipfile.ZipInfo]) -> bool:
     return any(end > nxt for (_, end), (nxt, _) in zip(spans, spans[1:], strict=False))
 
 
-def read_zip(item: Item, data: bytes, budget: Budget, depth: int, items: list[Item]) -> None:
+def read_zip(item: Item, data: bytes, budget: Budget, depth: int, items: list[Item],
+             opened: zipfile.ZipFile | None = None) -> None:
+    """``opened``: the archive as the type sniffer opened it (the caller's to close)."""
     from milter.inspect.readers import read_bytes
 
     limits = budget.limits
     if depth >= limits.max_depth:
         item.uninspectable = f"archive nested deeper than {limits.max_depth} levels"
         return
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError) as exc:
-        item.uninspectable = f"damaged ZIP archive ({exc})"
-        return
-    with zf:
+    if opened is not None:
+        zf = opened
+    else:
+        try:
+            zf = zipfile.ZipFile(io.BytesIO(data))
+        except (zipfile.BadZipFile, ValueError) as exc:
+            item.uninspectable = f"damaged ZIP archive ({exc})"
+            return
+    with contextlib.nullcontext(zf) if opened is not None else zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
         if len(infos) > limits.max_members:
             item.uninspectable = f"archive has more than {limits.max_members} members"

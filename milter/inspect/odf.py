@@ -7,6 +7,7 @@ a million of them to the sheet's end) are not expanded.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
 import re
@@ -28,8 +29,11 @@ def _text(xml: str) -> str:
     return html.unescape(_TAG.sub("", xml.replace("<text:s/>", " ").replace("<text:tab/>", "\t")))
 
 
-def read_odf(item: Item, data: bytes, budget: Budget) -> None:
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+def read_odf(item: Item, data: bytes, budget: Budget,
+             opened: zipfile.ZipFile | None = None) -> None:
+    """``opened``: the archive as the type sniffer opened it (the caller's to close)."""
+    with contextlib.nullcontext(opened) if opened is not None \
+            else zipfile.ZipFile(io.BytesIO(data)) as zf:
         if "META-INF/manifest.xml" in zf.namelist() and b"encryption-data" in zf.read(
                 "META-INF/manifest.xml")[:MAX_XML]:
             item.uninspectable = "password-protected OpenDocument file"

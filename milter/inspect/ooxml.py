@@ -7,6 +7,7 @@ label ids only. Both are read; the policy says which names and ids count as conf
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
 import re
@@ -71,8 +72,12 @@ def _read(zf: zipfile.ZipFile, name: str, budget: Budget) -> str:
     return zf.read(name).decode("utf-8", errors="replace")
 
 
-def read_ooxml(item: Item, data: bytes, budget: Budget) -> None:
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+def read_ooxml(item: Item, data: bytes, budget: Budget,
+               opened: zipfile.ZipFile | None = None) -> None:
+    """``opened``: the archive of ``data`` as the type sniffer opened it (the caller's to
+    close), so the central directory is read once per attachment."""
+    with contextlib.nullcontext(opened) if opened is not None \
+            else zipfile.ZipFile(io.BytesIO(data)) as zf:
         names = set(zf.namelist())
         if any(i.flag_bits & 0x1 for i in zf.infolist()):
             item.uninspectable = "encrypted Office document"

@@ -24,11 +24,24 @@ _WS = re.compile(r"[ \t\r\f\v]+")
 
 def sniff(data: bytes, name: str = "") -> str:
     """The real type of ``data`` from its first bytes (names and Content-Types can lie)."""
+    kind, zf = _sniff(data, name)
+    if zf is not None:
+        zf.close()
+    return kind
+
+
+def _sniff(data: bytes, name: str) -> tuple[str, zipfile.ZipFile | None]:
+    """``sniff``, and for a ZIP that opened, the open archive: the reader goes on with it
+    instead of reading the central directory a second time."""
     head = data[:64]
     if head.startswith(b"%PDF"):
-        return "pdf"
+        return "pdf", None
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return _zip_kind(data)
+    return _plain_kind(data, head, name), None
+
+
+def _plain_kind(data: bytes, head: bytes, name: str) -> str:
     if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
         return "ole"
     if head.startswith(b"7z\xbc\xaf\x27\x1c"):
@@ -81,27 +94,32 @@ def _looks_text(data: bytes) -> bool:
     return bad / len(sample) < 0.02
 
 
-def _zip_kind(data: bytes) -> str:
+def _zip_kind(data: bytes) -> tuple[str, zipfile.ZipFile | None]:
+    """The kind of a ZIP-based file, and the archive open (None when it did not open or
+    could not be read: the ZIP reader then opens it itself and says why)."""
+    zf = None
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            names = set(zf.namelist())
-            if "mimetype" in names and "content.xml" in names:
-                mimetype = zf.read("mimetype")[:100]
-                for suffix, odf_kind in ((b".spreadsheet", "ods"), (b".text", "odt"),
-                                         (b".presentation", "odp")):
-                    if mimetype.startswith(b"application/vnd.oasis.opendocument") \
-                            and mimetype.endswith(suffix):
-                        return odf_kind
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        names = set(zf.namelist())
+        if "mimetype" in names and "content.xml" in names:
+            mimetype = zf.read("mimetype")[:100]
+            for suffix, odf_kind in ((b".spreadsheet", "ods"), (b".text", "odt"),
+                                     (b".presentation", "odp")):
+                if mimetype.startswith(b"application/vnd.oasis.opendocument") \
+                        and mimetype.endswith(suffix):
+                    return odf_kind, zf
     except (zipfile.BadZipFile, ValueError, OSError, KeyError, RuntimeError):
-        return "zip"
+        if zf is not None:
+            zf.close()
+        return "zip", None
     if "[Content_Types].xml" in names:
         if any(n.startswith("word/") for n in names):
-            return "docx"
+            return "docx", zf
         if any(n.startswith("xl/") for n in names):
-            return "xlsx"
+            return "xlsx", zf
         if any(n.startswith("ppt/") for n in names):
-            return "pptx"
-    return "zip"
+            return "pptx", zf
+    return "zip", zf
 
 
 def decode_text(data: bytes, charset: str | None = None) -> str:
@@ -136,7 +154,8 @@ def read_part(part: Part, budget: Budget) -> list[Item]:
     items: list[Item] = []
     item = read_bytes(name, data, budget, depth=0, items=items,
                       charset=part.text_charset(),
-                      html_part=part.content_type == "text/html")
+                      html_part=part.content_type == "text/html",
+                      sha256=part.sha256)  # the part's, which the audit summary shows too
     item.is_body = not part.is_attachment
     encrypted = encrypted_mail(part.content_type, name, data)
     if encrypted:  # whole-message encryption: nothing inside can be read (HOSTILE-INPUTS 25)
@@ -147,13 +166,25 @@ def read_part(part: Part, budget: Budget) -> list[Item]:
 
 
 def read_bytes(name: str, data: bytes, budget: Budget, depth: int, items: list[Item],
-               charset: str | None = None, html_part: bool = False) -> Item:
-    """Read one object; members of archives are appended to ``items``."""
-    kind = sniff(data, name)
+               charset: str | None = None, html_part: bool = False,
+               sha256: str = "") -> Item:
+    """Read one object; members of archives are appended to ``items``. ``sha256``: the
+    digest of ``data`` when the caller has it already."""
+    kind, zf = _sniff(data, name)
+    try:
+        return _read(name, data, kind, zf, budget, depth, items, charset, html_part, sha256)
+    finally:
+        if zf is not None:
+            zf.close()
+
+
+def _read(name: str, data: bytes, kind: str, zf: zipfile.ZipFile | None, budget: Budget,
+          depth: int, items: list[Item], charset: str | None, html_part: bool,
+          sha256: str) -> Item:
     if kind == "text" and html_part:
         kind = "html"  # an HTML body without an <html> tag is still read as HTML
-    item = Item(name=name, kind=kind, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                depth=depth)
+    item = Item(name=name, kind=kind, size=len(data),
+                sha256=sha256 or hashlib.sha256(data).hexdigest(), depth=depth)
     limit = budget.limits.max_text_chars
     if not budget.time_left():
         item.uninspectable = "inspection time budget exhausted"
@@ -168,10 +199,10 @@ def read_bytes(name: str, data: bytes, budget: Budget, depth: int, items: list[I
             item.text, item.rows = read_html(decode_text(data, charset), limit)
         elif kind in ("docx", "xlsx", "pptx"):
             from milter.inspect.ooxml import read_ooxml
-            read_ooxml(item, data, budget)
+            read_ooxml(item, data, budget, zf)
         elif kind in ("ods", "odt", "odp"):
             from milter.inspect.odf import read_odf
-            read_odf(item, data, budget)
+            read_odf(item, data, budget, zf)
         elif kind == "pdf":
             from milter.inspect.pdf import read_pdf
             read_pdf(item, data, budget)
@@ -180,7 +211,7 @@ def read_bytes(name: str, data: bytes, budget: Budget, depth: int, items: list[I
             read_ole(item, data)
         elif kind == "zip":
             from milter.inspect.archive import read_zip
-            read_zip(item, data, budget, depth, items)
+            read_zip(item, data, budget, depth, items, zf)
         elif kind in ("7z", "rar"):
             item.uninspectable = f"{kind} archives cannot be inspected here"
     except Exception as exc:  # noqa: BLE001 - a reader bug or a hostile file: cannot tell

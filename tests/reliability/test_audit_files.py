@@ -123,3 +123,66 @@ def test_the_store_process_dying_is_451_and_the_next_message_goes_through(
         assert [r.event for r in store.records()].count("delivered") == 2
     finally:
         store.close()
+
+
+def test_the_store_process_dying_while_an_append_awaits_its_answer_is_451(
+        tmp_path: Path) -> None:
+    """The writer sends a batch from the event loop and waits for the child's answer there:
+    a child that dies meanwhile (SIGBUS, here SIGKILL while it is stopped) fails that batch
+    with AuditUnavailable (451 for its clients), the loop goes on, and the next append
+    starts a fresh child and is written; a call from another thread while an answer is
+    awaited reads that answer first and is served too."""
+    import asyncio
+    import os
+    import signal
+    import threading
+
+    from milter.audit.isolated import IsolatedSQLiteStore
+    from milter.audit.store import AuditEvent, AuditUnavailable
+    from milter.audit.writer import AuditWriter
+
+    store = IsolatedSQLiteStore(tmp_path / "audit.sqlite3", "test")
+    writer = AuditWriter(store)
+
+    def event(txid: str) -> AuditEvent:
+        return AuditEvent(event="delivered", txid=txid, message_id="", client="127.0.0.1",
+                          direction="outbound", sender="someone@school.example",
+                          recipients=("o@example.org",), auth_user="", rules=(),
+                          action="accept", reply="", evidence={}, subject="")
+
+    async def main() -> None:
+        assert (await writer.append(event("first"))).txid == "first"
+        pid = store._proc.pid
+        os.kill(pid, signal.SIGSTOP)  # it takes the next request but cannot answer
+        pending = asyncio.create_task(writer.append(event("lost")))
+        await asyncio.sleep(0.2)
+        assert not pending.done() and store._async is not None  # sent from the loop
+        os.kill(pid, signal.SIGKILL)
+        try:
+            await asyncio.wait_for(pending, 10)
+        except AuditUnavailable as exc:
+            assert "died" in str(exc)
+        else:
+            raise AssertionError("the append of a dead child must fail")
+        assert (await writer.append(event("after"))).txid == "after"  # a fresh child
+        # an answer awaited on the loop, and a reader on another thread at the same time
+        os.kill(store._proc.pid, signal.SIGSTOP)
+        racing = asyncio.create_task(writer.append(event("raced")))
+        await asyncio.sleep(0.1)
+        found: list[int] = []
+        reader = threading.Thread(target=lambda: found.append(len(list(store.records()))))
+        reader.start()
+        await asyncio.sleep(0.1)
+        os.kill(store._proc.pid, signal.SIGCONT)
+        assert (await asyncio.wait_for(racing, 10)).txid == "raced"
+        await asyncio.to_thread(reader.join, 10)
+        assert found == [3]  # first, after, raced
+
+    asyncio.run(main())
+    writer.close()
+    check = SQLiteStore(tmp_path / "audit.sqlite3", "test")
+    try:
+        assert [r.txid for r in check.records()] == ["first", "after", "raced"]
+        assert check.verify().ok
+    finally:
+        check.close()

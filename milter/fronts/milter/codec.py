@@ -142,6 +142,9 @@ def _strings(data: bytes) -> list[str]:
     return [p.decode("utf-8", "surrogateescape") for p in data[:-1].split(b"\0")] if data else []
 
 
+_LENGTH = struct.Struct(">I")
+
+
 class Decoder:
     """Accumulates bytes; ``feed`` returns every complete event, in order."""
 
@@ -150,20 +153,31 @@ class Decoder:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[Event]:
-        self._buf += data
+        # Packets are cut from the bytes as read (one copy each); only an incomplete
+        # packet's bytes are kept, in a bytearray that grows without copying it all again.
+        buf: bytes | bytearray = data
+        if self._buf:
+            self._buf += data
+            buf = self._buf
         events: list[Event] = []
-        while len(self._buf) >= 4:
-            (length,) = struct.unpack(">I", self._buf[:4])
-            if length == 0:
-                raise ProtocolError("empty packet")
-            if length > self.max_packet:
-                raise ProtocolError(f"packet of {length} bytes exceeds {self.max_packet}")
-            if len(self._buf) < 4 + length:
-                break
-            cmd = bytes(self._buf[4:5])
-            payload = bytes(self._buf[5:4 + length])
-            del self._buf[:4 + length]
-            events.append(decode_packet(cmd, payload))
+        pos, size = 0, len(buf)
+        with memoryview(buf) as view:
+            while size - pos >= 4:
+                (length,) = _LENGTH.unpack_from(buf, pos)
+                if length == 0:
+                    raise ProtocolError("empty packet")
+                if length > self.max_packet:
+                    raise ProtocolError(f"packet of {length} bytes exceeds {self.max_packet}")
+                end = pos + 4 + length
+                if end > size:
+                    break
+                events.append(decode_packet(bytes(view[pos + 4:pos + 5]),
+                                            bytes(view[pos + 5:end])))
+                pos = end
+        if buf is self._buf:
+            del self._buf[:pos]
+        elif pos < size:
+            self._buf = bytearray(data[pos:])
         return events
 
     @property
@@ -294,7 +308,7 @@ class ProtocolOrder:
     def replied(self, event: Event, reply: bytes) -> None:
         """After accept, reject or tempfail the transaction is over: back to HELO (RCPT and
         unknown commands excepted: a refused recipient leaves the others)."""
-        if isinstance(event, Rcpt | Unknown) or len(reply) < 5:
+        if isinstance(event, (Rcpt, Unknown)) or len(reply) < 5:  # a tuple: no union built
             return
         if reply[4:5] in (SMFIR_ACCEPT, SMFIR_REJECT, SMFIR_TEMPFAIL, SMFIR_REPLYCODE,
                           SMFIR_DISCARD):

@@ -101,19 +101,39 @@ class MilterConnection:
 
     async def handle(self, event: codec.Event) -> bytes:
         """The reply to ``event`` (b"" for none), in libmilter's command order."""
+        if not isinstance(event, codec.EndOfMessage):
+            return self.handle_now(event)
         take, aborted = self.order.admit(event)
         if aborted:
             self._reset()
         if not take:
             log.info("milter command %s out of order, ignored", type(event).__name__)
             return b""
-        reply = await self._handle(event)
+        self._add_body(event.chunk)
+        try:
+            reply = await self._end_of_message()
+        finally:
+            self._reset()
+        self.order.replied(event, reply)
+        return reply
+
+    def handle_now(self, event: codec.Event) -> bytes:
+        """``handle`` for every event but the end of the message: those are answered
+        without waiting for anything, so without a coroutine per packet (a message is some
+        thirty packets: macros, headers, body chunks)."""
+        take, aborted = self.order.admit(event)
+        if aborted:
+            self._reset()
+        if not take:
+            log.info("milter command %s out of order, ignored", type(event).__name__)
+            return b""
+        reply = self._handle(event)
         self.order.replied(event, reply)
         if self.no_reply & NO_REPLY.get(type(event), 0) and reply == CONTINUE:
             return b""  # the MTA does not wait for it
         return reply
 
-    async def _handle(self, event: codec.Event) -> bytes:
+    def _handle(self, event: codec.Event) -> bytes:
         if isinstance(event, codec.OptNeg):
             if event.version < 2:
                 raise codec.ProtocolError(f"milter version {event.version} too old")
@@ -128,10 +148,10 @@ class MilterConnection:
         if isinstance(event, codec.Connect):
             self.client_ip = event.address if event.family in ("4", "6") else "127.0.0.1"
             self.client_ip = self.client_ip.removeprefix("IPv6:")
-            return codec.encode_continue()
+            return CONTINUE
         if isinstance(event, codec.Helo):
             self.helo = event.name
-            return codec.encode_continue()
+            return CONTINUE
         if isinstance(event, codec.Mail):
             self._reset()
             if not valid_utf8(event.address):
@@ -141,25 +161,19 @@ class MilterConnection:
                 client=self.macros.get("{client_addr}", self.client_ip), helo=self.helo,
                 auth_user=self.macros.get("{auth_authen}", ""),
                 extra={"front": "milter", "queue_id": self.macros.get("i", "")})
-            return codec.encode_continue()
+            return CONTINUE
         if isinstance(event, codec.Rcpt):
             if not valid_utf8(event.address):
                 return codec.encode_replycode(BAD_RECIPIENT)
             if self.tx is not None:
                 self.tx.recipients.append(event.address)
-            return codec.encode_continue()
+            return CONTINUE
         if isinstance(event, codec.Header):
             self._add_header(event.name, event.value)
-            return codec.encode_continue()
+            return CONTINUE
         if isinstance(event, codec.Body):
             self._add_body(event.chunk)
-            return codec.encode_continue()
-        if isinstance(event, codec.EndOfMessage):
-            self._add_body(event.chunk)
-            try:
-                return await self._end_of_message()
-            finally:
-                self._reset()
+            return CONTINUE
         if isinstance(event, codec.Abort):
             self._reset()
             return b""
@@ -168,7 +182,7 @@ class MilterConnection:
                 self._reset()
                 self.macros.clear()
             return b""
-        return codec.encode_continue()  # EOH, DATA, unknown SMTP commands
+        return CONTINUE  # EOH, DATA, unknown SMTP commands
 
     def _add_header(self, name: str, value: bytes) -> None:
         """Headers count against the size limit as they come (not only at the first body
@@ -301,7 +315,8 @@ async def serve_connection(gateway: Gateway, reader: asyncio.StreamReader,
             for event in decoder.feed(data):
                 if isinstance(event, codec.Quit) and not event.new_connection:
                     return
-                reply = await session.handle(event)
+                reply = await session.handle(event) if isinstance(event, codec.EndOfMessage) \
+                    else session.handle_now(event)
                 if reply:
                     writer.write(reply)
             await writer.drain()
