@@ -203,6 +203,24 @@ def browser_login(driver: Any, base: str, user: str, password: str, lang: str = 
         lambda d: d.execute_script("return document.readyState") == "complete")
 
 
+def gone(element: Any) -> bool:
+    """The page the element was on has been replaced. Chromium says so in two ways: a stale
+    element reference, or (while the old document is being swapped out) "Node with given id
+    does not belong to the document", which selenium's ``staleness_of`` does not know and
+    raised out of the wait (seen: 1 run in 8 under load)."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
+
+
 def shot(driver: Any, name: str) -> None:
     """A full-page screenshot for the humans reviewing the run."""
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from milter.audit.store import OUTCOMES, Filters
 from milter.quarantine import QuarantineStore
-from tests.web.conftest import browser_login, csrf_of, login_cookie, request, shot
+from tests.web.conftest import browser_login, csrf_of, gone, login_cookie, request, shot
 
 
 def by(kind: str) -> Any:
@@ -24,7 +24,6 @@ def search(driver: Any, base: str, **fields: str) -> None:
     previous navigation can swap its document under the driver ("Node ... does not belong
     to the document", seen in CI): the form is then filled again on the new page."""
     from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
-    from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     for attempt in range(3):
@@ -40,8 +39,11 @@ def search(driver: Any, base: str, **fields: str) -> None:
             if attempt == 2:
                 raise
             continue
-        WebDriverWait(driver, 30).until(ec.staleness_of(button))
+        WebDriverWait(driver, 30).until(lambda _, b=button: gone(b))
+        WebDriverWait(driver, 30).until(  # the results page, whole
+            lambda d: d.execute_script("return document.readyState") == "complete")
         return
+
 
 
 def refs_shown(driver: Any) -> list[str]:

@@ -26,7 +26,7 @@ from milter.web import users
 from milter.web.app import make_server
 from tests.e2e.conftest import GatewayThread, SinkHandler, free_port, make_gateway, sink  # noqa: F401
 from tests.e2e.test_self_release import MARKED, PUPIL_LIST, held_notice, to_parent
-from tests.web.conftest import request, shot
+from tests.web.conftest import gone, request, shot
 
 STAFF_PW = "juf-wachtwoord-1"
 
@@ -339,7 +339,8 @@ def test_in_a_browser(linked: dict[str, Any], browser: Any) -> None:
     browser.find_element(By.ID, "reason").send_keys("Afgesproken met de ouders.")
     button = browser.find_element(By.ID, "self-release")
     button.click()
-    WebDriverWait(browser, 30).until(ec.staleness_of(button))
+    WebDriverWait(browser, 30).until(lambda _: gone(button))
+    WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.ID, "box")))
     assert "Je bericht is vrijgegeven en verstuurd" in browser.find_element(By.ID, "box").text
     shot(browser, "self-release-done")
     assert len(to_parent(site["sink"])) == 1
