@@ -40,7 +40,7 @@ HEADER_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("iban", ("iban", "rekeningnummer", "bankrekening")),
     ("health", ("diagnose", "allergie", "medicatie", "medisch", "zorgbehoefte", "dieet")),
     # marks and test results: a column counts only where its cells hold marks (see _MARK)
-    ("results", ("cijfer", "cijfers", "rapportcijfer", "toets", "toetsscore", "score", "cito",
+    ("results", ("cijfer", "cijfers", "rapportcijfer", "toets", "toetsscore", "cito",
                  "eindtoets", "gemiddeld", "gemiddelde", "resultaat", "schooladvies", "advies",
                  "avi", "dle", "rekenen", "taal", "spelling", "begrijpend lezen",
                  "technisch lezen")),
