@@ -334,6 +334,11 @@ def ordinary(rng: random.Random, n: int, photo: bytes) -> list[Sample]:
         ("body", "list of clubs with phone numbers", lambda: mail(letter(rng, [
             "Sportaanbod in de buurt:", "\n".join(
                 f"{c}{rng.choice([', ', chr(9)])}{phone(rng)}" for c in rng.sample(CLUBS, 12))]))),
+        ("body", "volunteers with roles and phone numbers", lambda: mail(letter(rng, [
+            "De ouderraad:", "\n".join(f"{name(rng)}, {phone(rng)}, " + rng.choice([
+                "is penningmeester van de ouderraad", "regelt de luizencontrole op maandag",
+                "is voorzitter van de MR", "organiseert de avondvierdaagse in juni",
+                "helpt bij de bieb op dinsdag"]) + "." for _ in range(12))]))),
         ("body", "agenda, one date a line", lambda: mail(letter(rng, ["Agenda:", "\n".join(
             f"{date(rng)}, {rng.choice(['Studiedag', 'Sportdag Groep 5', 'Kamp Groep 8'])}"
             for _ in range(12))]))),

@@ -463,6 +463,7 @@ def marking_levels(text: str, words: Sequence[str], case_sensitive: Sequence[str
     return {w: lvl for w, lvl in out.items() if lvl > NONE}
 
 
+HEALTH = "gezondheid"  # what a health note is reported as
 _SENTENCE_END = re.compile(r"[.!?\n]")
 # Titles of staff and families: the name after them is not a pupil's ("Juf Anna")
 # and roles: a speaker or a colleague named by what they do ("orthopedagoog Karin Brouwer")
@@ -530,8 +531,10 @@ def _care_notes(text: str, lower: str, out: dict[str, int], prose: list[tuple[st
             out[w] = max(out[w], MEDIUM)
     for (start, end), ws in named.items():
         if len(ws) >= 2 and ws - marks and _HAS.search(lower, start, end):
-            for w in ws:
-                out[w] = max(out.get(w, NONE), MEDIUM)
+            for w in ws & marks:
+                out[w] = max(out[w], MEDIUM)
+            # the finding names the kind, never the condition (the audit keeps it)
+            out[HEALTH] = MEDIUM
 
 
 def _marking_level(text: str, lower: str, pos: int, end: int, where: str) -> int:

@@ -226,6 +226,8 @@ def text_tables(text: str) -> list[list[list[str]]]:
             cells = [c.strip() for c in _CELL_SPLIT.split(stripped)]
         else:
             cells = [c for c in _LOOSE_SPLIT.split(stripped) if c]
+            if any(len(c.split()) > 4 for c in cells):
+                cells = [stripped]  # a sentence ("Karin, 06-..., regelt de luizencontrole")
         if len(cells) >= 2:
             block.append(cells)
             blank = 0

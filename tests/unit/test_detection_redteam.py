@@ -126,6 +126,16 @@ LOOKALIKES = {
     "information evening with a named speaker": mail(
         "Beste ouders,\n\nOp 12 maart spreekt orthopedagoog Karin Brouwer over dyslexie en "
         "ADHD bij kinderen.\n\nGroet, de directie"),
+    # contact lines that are sentences ("..., regelt de luizencontrole") are prose, not rows
+    "newsletter with volunteers' roles and phone numbers": mail("Ouderraad:\n" + "\n".join(
+        f"{t}, {p}, {role}." for t, p, role in zip(STAFF, PHONES, [
+            "is de contactpersoon van de ouderraad", "regelt de luizencontrole op maandag",
+            "is penningmeester van de ouderraad", "coördineert de hulpouders in groep 5",
+            "is voorzitter van de MR", "organiseert de avondvierdaagse in juni",
+            "doet de schoolreis van groep 1 tot en met 4", "is verkeersouder bij de oversteek",
+            "helpt bij de bieb op dinsdag", "is de conciërge van de school",
+            "zoekt nog hulp bij het kerstdiner", "maakt de foto's bij de musical"],
+                                      strict=True))),
     "jarigen of the month with ages": mail("Jarigen deze maand:\n" + "\n".join(
         f"{n} ({7 + i % 4} jaar)" for i, n in enumerate(NAMES))),
     "test timetable with teachers": mail("Toetsrooster.", [("toetsen.xlsx", files.xlsx(
@@ -225,6 +235,8 @@ def test_leak_is_held(rt: Runtime, case: str) -> None:
     assert signal in signals(v), (case, signals(v))
     dumped = json.dumps(v)
     assert not any(x in dumped for x in [*NAMES, *BIRTHS, *PHONES, BSN, BSN2])
+    # a health note is named as such, never by the condition
+    assert not any(x in dumped for x in ["ADHD", "allergie", "medicatie", "epilepsie"])
 
 
 # -- the detectors directly ------------------------------------------------------------------
@@ -270,7 +282,7 @@ def test_care_words_rise_only_in_a_sentence_that_names_someone() -> None:
     assert set(marking_levels(note, words, ["OPP"], "body").values()) == {MEDIUM}
     health = ["allergie", "medicatie", "ADHD"]
     assert marking_levels("Sem Bakker heeft ADHD en krijgt medicatie.", [], [], "body",
-                          health) == {"ADHD": MEDIUM, "medicatie": MEDIUM}
+                          health) == {"gezondheid": MEDIUM}
     # no one named, or the named one is the speaker: nothing
     assert marking_levels("Heeft uw kind ADHD of medicatie? Meld het.", [], [], "body",
                           health) == {}
