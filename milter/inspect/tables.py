@@ -65,6 +65,10 @@ _CELL_SPLIT = re.compile(r"\t| {2,}")
 # "Sem Bakker (12-03-2015)", "Sem Bakker 12-03-2015": commas, semicolons, bars, a spaced
 # dash, brackets, and the step from a word to a number all part cells.
 _LOOSE_SPLIT = re.compile(r"\s*[,;|()]\s*|\s+[-–]\s+|(?<=[^\W\d_])\s+(?=[+\d])")
+# Only a short line with a digit or an address in it can be a typed record (every personal
+# value but a name has one); longer lines are prose and never split
+_RECORD_LINE = 160
+_RECORD_VALUE = re.compile(r"[\d@]")
 # A birth date under a header: a date with its year, or the day number Excel stores
 _BIRTH_VALUE = re.compile(r".*\b(?:19|20)\d{2}\b.*|[1-9]\d{3,4}(?:\.0+)?")
 # A mark: 1-10 with decimals, a test score, a level (A-E, I-V, M4/E5, O/V/G), an advice
@@ -224,10 +228,12 @@ def text_tables(text: str) -> list[list[list[str]]]:
             continue
         if "\t" in stripped or "  " in stripped:
             cells = [c.strip() for c in _CELL_SPLIT.split(stripped)]
-        else:
+        elif len(stripped) <= _RECORD_LINE and _RECORD_VALUE.search(stripped):
             cells = [c for c in _LOOSE_SPLIT.split(stripped) if c]
             if any(len(c.split()) > 4 for c in cells):
                 cells = [stripped]  # a sentence ("Karin, 06-..., regelt de luizencontrole")
+        else:
+            cells = [stripped]
         if len(cells) >= 2:
             block.append(cells)
             blank = 0
