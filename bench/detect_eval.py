@@ -309,6 +309,52 @@ def ordinary(rng: random.Random, n: int, photo: bytes) -> list[Sample]:
         ("zip", "orders zipped", lambda: mail("Alles.", [("stukken.zip", files.zip_of({
             "orders.csv": csv_bytes(order_rows(rng, 30)), "brief.txt": "\n".join(
                 ordinary_lines(rng)).encode()}), "application/zip")])),
+        # the red-team's look-alikes (tests/unit/test_detection_redteam.py)
+        ("body", "invitation to the OPP meeting about the handelingsplan", lambda: mail(letter(
+            rng, [rng.choice(["Graag nodig ik u uit voor het OPP-gesprek op donderdag.",
+                              "Op dinsdag is het gesprek over het OPP van uw kind."]),
+                  "We bespreken dan ook het handelingsplan voor de komende periode."]))),
+        ("body", "reply quoting a disclaimer the list does not know", lambda: mail(
+            "Dank voor uw bericht. Donderdag bespreken we het OPP.\n\nGroet, Juf Sam\n\n"
+            "> Op 3 maart schreef een ouder:\n> Kunnen we het gesprek verzetten?\n>\n"
+            "> Deze e-mail is vertrouwelijk. Heeft u deze per abuis ontvangen, verwijder hem "
+            "dan.\n")),
+        ("body", "camp letter asking for allergies and medication", lambda: mail(letter(rng, [
+            "Geef allergieën en medicatie voor het kamp door aan Juf " + rng.choice(FIRST) + ".",
+            "Heeft uw kind ADHD-medicatie of een allergie, vermeld dat dan op het formulier.",
+            *ordinary_lines(rng)]))),
+        ("body", "information evening with a named speaker", lambda: mail(letter(rng, [
+            f"Op {date(rng)} spreekt " + rng.choice(["orthopedagoog", "jeugdverpleegkundige",
+                                                     "psycholoog"])
+            + f" {name(rng)} over " + " en ".join(rng.sample(
+                ["dyslexie", "ADHD", "autisme", "allergie"], 2)) + " bij kinderen."]))),
+        ("body", "phone number after +31 near a BSN mention", lambda: mail(letter(rng, [
+            "Voor de inschrijving hebben wij het BSN van uw kind nodig.",
+            f"Vragen? Bel de administratie op +31 {bsn(rng)}."]))),
+        ("body", "list of clubs with phone numbers", lambda: mail(letter(rng, [
+            "Sportaanbod in de buurt:", "\n".join(
+                f"{c}{rng.choice([', ', chr(9)])}{phone(rng)}" for c in rng.sample(CLUBS, 12))]))),
+        ("body", "volunteers with roles and phone numbers", lambda: mail(letter(rng, [
+            "De ouderraad:", "\n".join(f"{name(rng)}, {phone(rng)}, " + rng.choice([
+                "is penningmeester van de ouderraad", "regelt de luizencontrole op maandag",
+                "is voorzitter van de MR", "organiseert de avondvierdaagse in juni",
+                "helpt bij de bieb op dinsdag"]) + "." for _ in range(12))]))),
+        ("body", "agenda, one date a line", lambda: mail(letter(rng, ["Agenda:", "\n".join(
+            f"{date(rng)}, {rng.choice(['Studiedag', 'Sportdag Groep 5', 'Kamp Groep 8'])}"
+            for _ in range(12))]))),
+        ("xlsx", "staff birthday calendar", lambda: mail("Verjaardagen team.", [(
+            "verjaardagen.xlsx", files.xlsx([["Naam", "Verjaardag"]] + [
+                [name(rng), f"{rng.randint(1, 28)} " + rng.choice(["januari", "maart", "mei"])]
+                for _ in range(15)]), XLSX)])),
+        ("xlsx", "test timetable with teachers", lambda: mail("Toetsrooster.", [(
+            "toetsen.xlsx", files.xlsx([["Datum", "Toets", "Groep", "Leerkracht"]] + [
+                [date(rng), f"Rekenen blok {rng.randint(1, 4)}", f"Groep {rng.randint(1, 8)}",
+                 "Juf " + rng.choice(FIRST)] for _ in range(15)]), XLSX)])),
+        ("xlsx", "parents' evening sign-up", lambda: mail("Inschrijvingen.", [(
+            "inschrijving.xlsx", files.xlsx([["Tijd", "Naam ouder", "Kind", "Groep"]] + [
+                [f"19:{rng.choice(['00', '15', '30'])}", "Fam. " + rng.choice(LAST),
+                 rng.choice(FIRST), f"Groep {rng.randint(1, 8)}"] for _ in range(15)]),
+            XLSX)])),
     ]
     out: list[Sample] = []
     for i in range(n):
@@ -362,6 +408,33 @@ def pupils(rng: random.Random, n: int, cols: list[str]) -> list[list[str]]:
                  "groep": f"Groep {rng.randint(1, 8)}"}
         rows.append([value[c] for c in cols])
     return rows
+
+
+CLUBS = ["Voetbalclub Zeist", "Tennisclub Houten", "Muziekschool Utrecht", "Scouting Bunnik",
+         "Judoschool Nieuwegein", "Zwembad De Vijf", "Bibliotheek Zeist", "Turnclub Houten",
+         "Hockeyclub Bunnik", "Dansschool Utrecht", "Atletiekclub Zeist",
+         "Kinderboerderij Houten", "Schaakclub Bunnik", "Korfbalvereniging Zeist"]
+
+
+def plain_list(rng: random.Random) -> str:
+    """A class list typed as text: one pupil a line, the cells apart by a comma, a dash,
+    brackets or just a space."""
+    style = rng.choice(["{n}, {b}, {p}", "{n} - {b}", "{n} ({b})", "{n} {b}",
+                        "{n}, geboren {b}", "{n} - moeder {p}"])
+    return "\n".join(style.format(n=name(rng), b=birth(rng), p=phone(rng))
+                     for _ in range(rng.randint(12, 30)))
+
+
+def health_note(rng: random.Random) -> str:
+    who = name(rng)
+    return rng.choice([
+        f"{who} heeft een " + rng.choice(["pinda-allergie", "allergie voor noten",
+                                          "lactose-allergie"]) + " en gebruikt medicatie.",
+        f"Bij {who} is de diagnose " + rng.choice(["ADHD", "autisme"])
+        + " gesteld; " + rng.choice(["hij", "zij"]) + " krijgt medicatie.",
+        f"{who} heeft epilepsie en krijgt bij een aanval medicatie.",
+        f"{who} heeft diabetes; de medicatie zit in de tas.",
+    ])
 
 
 def leaks(rng: random.Random, n: int, photo: bytes) -> list[Sample]:
@@ -471,6 +544,33 @@ def leaks(rng: random.Random, n: int, photo: bytes) -> list[Sample]:
             XLSX)])),
         ("iban", "body", "parents' IBANs in the body", lambda: mail(letter(rng, [
             f"{name(rng)}: {iban(rng)}" for _ in range(rng.randint(3, 6))]))),
+        # the red-team's leaks (tests/unit/test_detection_redteam.py)
+        ("people", "body", "class list typed as plain text", lambda: mail(letter(rng, [
+            "De klassenlijst:", plain_list(rng)]))),
+        ("people", "pdf", "class list in a PDF, single spaces", lambda: mail("Lijst.", [(
+            "klas.pdf", files.pdf(["Klassenlijst"] + [f"{name(rng)} {birth(rng)} {phone(rng)}"
+                                                      for _ in range(rng.randint(12, 30))]),
+            "application/pdf")])),
+        ("people", "xlsx", "surname-first names", lambda: mail("Lijst.", [("klas.xlsx",
+            files.xlsx([["Naam", "Geboortedatum"]] + [
+                [f"{rng.choice(LAST)}, {rng.choice(FIRST)}", birth(rng)]
+                for _ in range(rng.randint(12, 30))]), XLSX)])),
+        ("people", "xlsx", "cijferlijst", lambda: mail("Cijfers.", [("cijferlijst.xlsx",
+            files.xlsx([["Naam", "Rekenen", "Taal", "Spelling"]] + [
+                [name(rng), rng.randint(4, 10), rng.choice([5.5, 6.8, 7.5, 8]),
+                 rng.randint(4, 10)] for _ in range(rng.randint(12, 30))]), XLSX)])),
+        ("people", "tsv", "eindtoets scores under a title", lambda: mail(
+            "Uitslagen groep 8:\n" + tsv([["Naam", "Eindtoets", "Advies"]] + [
+                [name(rng), str(rng.randint(501, 550)), rng.choice(["havo", "vwo", "vmbo-t"])]
+                for _ in range(rng.randint(12, 30))]))),
+        ("marking", "body", "health note about a named pupil", lambda: mail(letter(rng, [
+            health_note(rng), *ordinary_lines(rng)]))),
+        ("marking", "docx", "health notes in a docx", lambda: mail("Zie bijlage.", [(
+            "kamp.docx", files.docx(["Aandachtspunten kamp", health_note(rng),
+                                     health_note(rng)]), DOCX)])),
+        ("bsn", "body", "bare BSN on a line with a name and a birth date", lambda: mail(
+            letter(rng, [f"{name(rng)}, {birth(rng)}, " + rng.choice(
+                [(b := bsn(rng)), f"{b[:3]}.{b[3:6]}.{b[6:]}"])]))),
         ("ambiguous", "mime", "two boundaries", lambda: two_boundaries(rng)),
         ("ambiguous", "mime", "filename vs filename*", lambda: filename_star(rng)),
         ("ambiguous", "mime", "two charsets", lambda: two_charsets()),

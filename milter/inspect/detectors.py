@@ -231,6 +231,8 @@ _OTHER_NUMBER = re.compile(
     r"|polis|\btel\b|telefoon|mobiel|rekening|iban|zaaknummer|transactie|pakket|zending"
     r"|vestiging|lidnummer|relatie|debiteur|crediteur|\bean\b|isbn|boeking|reservering"
     r"|ticket|barcode|serie|licentie|contract|postbus"
+    # a phone number: the country code before it, or a word for calling
+    r"|\+31|\b0031|\bbel\b|\bbellen\b|whatsapp"
     # any other "...nummer" / "...nr" names the number: aanmeldnummer, volgnummer, dossiernr
     r"|\w*(?:nummer|nr)\b")
 _NEAR = 40  # characters before a number where a reference word counts
@@ -304,6 +306,8 @@ def bsn_in_text(text: str, keywords: Sequence[str], window: int,
         if other is not None and (key is None or pos - other < key):
             continue
         level = HIGH if key is not None else LOW
+        if level == LOW and _person_line(text, pos):
+            level = MEDIUM  # a record: a name, a birth date and the number on one line
         if level == LOW:
             bare.add(digits)
         if found.get(digits, NONE) < level:
@@ -312,6 +316,19 @@ def bsn_in_text(text: str, keywords: Sequence[str], window: int,
         for digits in bare:
             found[digits] = max(found[digits], MEDIUM)
     return found
+
+
+_PERSON_NAME = re.compile(r"\b[A-Z][a-zà-ÿ'’-]+ (?:(?:van|de|der|den|ter|te|el) )*"
+                          r"[A-Z][a-zà-ÿ'’-]+")
+
+
+def _person_line(text: str, pos: int) -> bool:
+    """The line of ``pos`` also holds a full name and a date with a year (a person record:
+    "Sem Bakker, 12-03-2015, 123.456.782")."""
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    line = text[start:end if end >= 0 else len(text)]
+    return len(line) <= 200 and bool(_DATE.search(line)) and bool(_PERSON_NAME.search(line))
 
 
 _CELL_BSN = re.compile(r"\d{9}|\d{4}([. \u00a0])\d{2}\1\d{3}|\d{3}([. \u00a0-])\d{3}\2\d{3}")
@@ -409,16 +426,21 @@ _PARAGRAPH = 400  # characters either side of a marking searched for its paragra
 
 
 def marking_levels(text: str, words: Sequence[str], case_sensitive: Sequence[str],
-                   where: str) -> dict[str, int]:
+                   where: str, health: Sequence[str] = ()) -> dict[str, int]:
     """Each configured marking found in ``text`` with its confidence.
 
     ``where`` is body, subject, name or attachment. A marking that is negated or stands in
     a stock disclaimer does not count. A word set apart as a marking (a line of its own, a
     heading, upper case, ``Vertrouwelijk:``), in a subject or in a file name is high; in the
     prose of an attachment medium; in the prose of a message body low, and medium when two
-    different markings occur (a care file and a diagnosis)."""
+    different markings occur and one of them stands in a sentence that names someone (a care
+    file and a diagnosis; an invitation to "het OPP-gesprek" about "het handelingsplan"
+    names no one). ``health`` words (allergie, medicatie, ADHD) count only in the prose of a
+    body or attachment, and only two or more of them (or with a marking) in one sentence
+    that names someone: a note about a pupil's health, medium."""
     lower = text.lower()
     out: dict[str, int] = {}
+    prose: list[tuple[str, int]] = []   # body markings in prose, with where they stand
     for w in words:
         exact = w in case_sensitive
         hay, needle = (text, w) if exact else (lower, w.lower())
@@ -433,13 +455,86 @@ def marking_levels(text: str, words: Sequence[str], case_sensitive: Sequence[str
             level = _marking_level(text, lower, pos, end, where)
             if level > out.get(w, NONE):
                 out[w] = level
+            if level in (LOW, MEDIUM) and where in ("body", "attachment"):
+                prose.append((w, pos))
             pos = hay.find(needle, pos + 1)
-    if where == "body":
-        prose = [w for w, lvl in out.items() if lvl == LOW]
-        if len(out) >= 2:
-            for w in prose:
-                out[w] = MEDIUM
+    if where in ("body", "attachment") and (prose or health):
+        _care_notes(text, lower, out, prose, health, where)
     return {w: lvl for w, lvl in out.items() if lvl > NONE}
+
+
+HEALTH = "gezondheid"  # what a health note is reported as
+_SENTENCE_END = re.compile(r"[.!?\n]")
+# Titles of staff and families: the name after them is not a pupil's ("Juf Anna")
+# and roles: a speaker or a colleague named by what they do ("orthopedagoog Karin Brouwer")
+_TITLES = frozenset({"juf", "meester", "mevrouw", "meneer", "dhr", "mw", "mr", "dr",
+                     "familie", "fam", "collega", "orthopedagoog", "psycholoog", "spreker",
+                     "dokter", "arts", "logopedist", "begeleider", "directeur", "leerkracht",
+                     "schoolarts", "jeugdverpleegkundige", "gastspreker"})
+_TUSSEN = frozenset({"van", "de", "der", "den", "ter", "te", "el", "al"})
+# what a note about someone's health says: they have, take or were diagnosed with it
+_HAS = re.compile(r"\b(?:heeft|hebben|had|gebruikt|gebruiken|krijgt|kreeg|slikt|lijdt"
+                  r"|gesteld|vastgesteld|has|takes)\b")
+
+
+def _sentence(text: str, pos: int) -> tuple[int, int]:
+    start = max(max(text.rfind(c, max(0, pos - 300), pos) for c in ".!?\n") + 1, pos - 300, 0)
+    m = _SENTENCE_END.search(text, pos, pos + 300)
+    return start, m.start() if m else min(len(text), pos + 300)
+
+
+def _names_person(sentence: str, terms: set[str]) -> bool:
+    """A capitalised word that is not the sentence's first word (or a first word followed
+    by a second capitalised one: "Sem Bakker heeft"), not a term, not a title or the name
+    after a title."""
+    words = _WORD_RE.findall(sentence)
+    after_title = False
+    for i, w in enumerate(words):
+        title = w.lower().rstrip(".") in _TITLES
+        capital = len(w) > 1 and w[0].isupper() and w[1:].islower()
+        if after_title and (capital or w in _TUSSEN):
+            continue  # the titled person's own name, all of it
+        name = capital and w.lower() not in terms and not title
+        if name and (i > 0 or (len(words) > 1 and words[1][:1].isupper())):
+            return True
+        after_title = title
+    return False
+
+
+_WORD_RE = re.compile(r"[^\W\d_][\w'’-]*")
+
+
+def _care_notes(text: str, lower: str, out: dict[str, int], prose: list[tuple[str, int]],
+                health: Sequence[str], where: str) -> None:
+    hits = list(prose)
+    for h in health:
+        exact = h.isupper()
+        hay, needle = (text, h) if exact else (lower, h.lower())
+        pos = hay.find(needle)
+        while pos >= 0:
+            end = pos + len(needle)
+            if not (pos and hay[pos - 1].isalpha()) and not (exact and hay[end:end + 1].isalpha()) \
+                    and not _NEGATED.search(lower, max(0, pos - 12), pos):
+                hits.append((h, pos))
+            pos = hay.find(needle, pos + 1)
+    if not hits:
+        return
+    terms = {w.lower() for w, _ in hits}
+    by_sentence: dict[tuple[int, int], set[str]] = {}
+    for w, pos in hits:
+        by_sentence.setdefault(_sentence(text, pos), set()).add(w)
+    named = {span: ws for span, ws in by_sentence.items()
+             if _names_person(text[span[0]:span[1]], terms)}
+    marks = {w for w, _ in prose}
+    if where == "body" and len(out) >= 2 and any(ws & marks for ws in named.values()):
+        for w in marks:
+            out[w] = max(out[w], MEDIUM)
+    for (start, end), ws in named.items():
+        if len(ws) >= 2 and ws - marks and _HAS.search(lower, start, end):
+            for w in ws & marks:
+                out[w] = max(out[w], MEDIUM)
+            # the finding names the kind, never the condition (the audit keeps it)
+            out[HEALTH] = MEDIUM
 
 
 def _marking_level(text: str, lower: str, pos: int, end: int, where: str) -> int:

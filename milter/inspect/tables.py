@@ -39,6 +39,11 @@ HEADER_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("address", ("adres", "straat", "woonplaats", "postcode", "huisnummer", "address")),
     ("iban", ("iban", "rekeningnummer", "bankrekening")),
     ("health", ("diagnose", "allergie", "medicatie", "medisch", "zorgbehoefte", "dieet")),
+    # marks and test results: a column counts only where its cells hold marks (see _MARK)
+    ("results", ("cijfer", "cijfers", "rapportcijfer", "toets", "toetsscore", "cito",
+                 "eindtoets", "gemiddeld", "gemiddelde", "resultaat", "schooladvies", "advies",
+                 "avi", "dle", "rekenen", "taal", "spelling", "begrijpend lezen",
+                 "technisch lezen")),
     ("name", ("naam", "voornaam", "achternaam", "roepnaam", "leerling", "name", "ouder",
               "verzorger", "kind")),
 )
@@ -47,7 +52,8 @@ PERSONAL = {k for k, _ in HEADER_WORDS} - {"name"}
 _NAME = re.compile(r"[A-Z][a-zà-ÿ'’-]+"
                    r"(?: (?:van|de|der|den|ter|te|het|'t|el|al|[A-Z][a-zà-ÿ'’-]+))*"
                    r" (?:(?:van|de|der|den|ter|te|el|al) )*[A-Z][a-zà-ÿ'’-]+")
-_FIRST = re.compile(r"[A-Z][a-zà-ÿ'’-]+")
+# under a name header a cell may start with the surname's prefix ("de Vries, Emma")
+_FIRST = re.compile(r"(?:(?:van|de|der|den|ter|te|het|'t|el|al) )*[A-Z][a-zà-ÿ'’-]+")
 _DATE = re.compile(r"(\d{1,2})[-/.](\d{1,2})[-/.]((?:19|20)\d{2})|((?:19|20)\d{2})-\d{2}-\d{2}")
 _PHONE = re.compile(r"(?:\+31|0031|0)[\s-]?(?:\(0\)[\s-]?)?[1-9](?:[\s-]?\d){7,8}")
 _EMAIL = re.compile(r"[^@\s<>]+@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
@@ -55,6 +61,20 @@ _POSTCODE = re.compile(r"\b[1-9]\d{3} ?[A-Z]{2}\b")
 _STREET = re.compile(r"[A-Za-z]+(?:straat|laan|weg|plein|gracht|kade|dijk|pad|hof|singel|steeg"
                      r"|dreef|park|plantsoen|veld|markt|erf|baan)\s+\d+", re.IGNORECASE)
 _CELL_SPLIT = re.compile(r"\t| {2,}")
+# A list typed as plain text: "Sem Bakker, 12-03-2015", "Sem Bakker - 06-12345678",
+# "Sem Bakker (12-03-2015)", "Sem Bakker 12-03-2015": commas, semicolons, bars, a spaced
+# dash, brackets, and the step from a word to a number all part cells.
+_LOOSE_SPLIT = re.compile(r"\s*[,;|()]\s*|\s+[-–]\s+|(?<=[^\W\d_])\s+(?=[+\d])")
+# Only a short line with a digit or an address in it can be a typed record (every personal
+# value but a name has one); longer lines are prose and never split
+_RECORD_LINE = 160
+_RECORD_VALUE = re.compile(r"[\d@]")
+# A birth date under a header: a date with its year, or the day number Excel stores
+_BIRTH_VALUE = re.compile(r".*\b(?:19|20)\d{2}\b.*|[1-9]\d{3,4}(?:\.0+)?")
+# A mark: 1-10 with decimals, a test score, a level (A-E, I-V, M4/E5, O/V/G), an advice
+_MARK = re.compile(r"(?:10|[1-9])(?:[.,]\d{1,2})?|[1-9]\d{2}|[A-E][+-]?|I{1,3}|IV|V|[ME][3-8]"
+                   r"|[OVG]|ZG|RV|vmbo(?:[- ]?[a-z]{1,3})?|havo|vwo|pro|onv|vold|goed",
+                   re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -78,8 +98,17 @@ def header_kind(cell: str) -> str:
     return ""
 
 
+# A word in an organisation's name: a list of clubs with their phone numbers is not a list
+# of people ("Voetbalclub Zeist", "Bibliotheek Houten").
+_ORGANISATION = re.compile(r"(?:club|school|vereniging|bibliotheek|stichting|zwembad|centrum"
+                           r"|praktijk|boerderij|gemeente|scouting|opvang|theater|museum"
+                           r"|kliniek|apotheek|bakkerij|kerk|bv|ggd)\b", re.IGNORECASE)
+
+
 def _is_name(cell: str, header: bool) -> bool:
     value = cell.strip()
+    if _ORGANISATION.search(value):
+        return False
     if header:
         return bool(_FIRST.match(value))
     return bool(_NAME.fullmatch(value))
@@ -118,12 +147,15 @@ def _value_kind(cell: str, school_domains: Sequence[str]) -> str:
 def people_table(rows: Sequence[Sequence[str]], school_domains: Sequence[str] = ()
                  ) -> PeopleTable:
     """Count the person rows of one table: a name plus at least one personal value."""
-    header_at, kinds_by_col = -1, {}
+    header_at = -1
+    kinds_by_col: dict[int, str] = {}
+    # the header is the row of the first five that names the most columns (a title line
+    # above it, "Cijfers groep 8", can name one)
     for r, row in enumerate(rows[:5]):
         named = {c: k for c, cell in enumerate(row) if cell and (k := header_kind(cell))}
-        if len(named) >= 2 or any(k in PERSONAL for k in named.values()):
+        if (len(named) >= 2 or any(k in PERSONAL for k in named.values())) \
+                and len(named) > len(kinds_by_col):
             header_at, kinds_by_col = r, named
-            break
     body = rows[header_at + 1:header_at + 1 + MAX_ROWS]
     width = min(max((len(r) for r in body), default=0), 200)
     # date columns that span several years hold birth dates
@@ -152,6 +184,13 @@ def people_table(rows: Sequence[Sequence[str]], school_domains: Sequence[str] = 
             elif kind == "email":
                 if _external_email(cell, school_domains):
                     kinds.add("email")
+            elif kind == "birth_date":
+                # "3 maart" is a birthday on a staff calendar; a birth date has a year
+                if _BIRTH_VALUE.fullmatch(cell.strip()):
+                    kinds.add(kind)
+            elif kind == "results":
+                if _MARK.fullmatch(cell.strip()):
+                    kinds.add(kind)
             elif kind:
                 kinds.add(kind)
             elif c in birth_cols and _DATE.search(cell):
@@ -189,8 +228,14 @@ def text_tables(text: str) -> list[list[list[str]]]:
                 tables.append(block) if len(block) >= 2 else None
                 block = []
             continue
-        cells = ([c.strip() for c in _CELL_SPLIT.split(stripped)]
-                 if "\t" in stripped or "  " in stripped else [stripped])
+        if "\t" in stripped or "  " in stripped:
+            cells = [c.strip() for c in _CELL_SPLIT.split(stripped)]
+        elif len(stripped) <= _RECORD_LINE and _RECORD_VALUE.search(stripped):
+            cells = [c for c in _LOOSE_SPLIT.split(stripped) if c]
+            if any(len(c.split()) > 4 for c in cells):
+                cells = [stripped]  # a sentence ("Karin, 06-..., regelt de luizencontrole")
+        else:
+            cells = [stripped]
         if len(cells) >= 2:
             block.append(cells)
             blank = 0

@@ -33,6 +33,11 @@ from milter.rules import Finding, rule
 DEFAULT_MARKINGS = ["vertrouwelijk", "confidential", "leerlingdossier", "personeelsdossier",
                     "zorgdossier", "OPP", "ontwikkelingsperspectief", "groeidocument",
                     "handelingsplan", "medisch dossier", "strikt persoonlijk", "diagnose"]
+# Health words: personal data when a sentence names someone and holds two of them (or one
+# and a marking); alone, or in a letter to all parents, they mark nothing.
+DEFAULT_HEALTH_WORDS = ["allergie", "allergisch", "medicatie", "medicijn", "ADHD", "ADD",
+                        "autisme", "epilepsie", "diabetes", "dyslexie", "dyscalculie",
+                        "astma", "depressie", "angststoornis", "diagnose"]
 LEVELS = {"low": LOW, "medium": MEDIUM, "high": HIGH}
 
 
@@ -87,6 +92,7 @@ class _Judge:
       check_body=True, own_ibans=[], bsn_keywords=DEFAULT_BSN_KEYWORDS, keyword_window=300,
       act_confidence="medium", tag_confidence="none",
       classification_markings=["vertrouwelijk", "confidential", "strikt persoonlijk"],
+      health_words=DEFAULT_HEALTH_WORDS,
       choices={"act_confidence": ("low", "medium", "high"),
                "tag_confidence": ("none", "low", "medium", "high")})
 def confidential_attachment(message: Message, ctx: Context,
@@ -206,7 +212,8 @@ def _item_findings(item: Item, judge: _Judge, params: Mapping[str, Any], words: 
     marks: dict[str, int] = {}
     if not item.is_body:
         marks.update(marking_levels(item.name, words, case_sensitive, "name"))
-    for w, lvl in marking_levels(item.text, words, case_sensitive, _where(item)).items():
+    for w, lvl in marking_levels(item.text, words, case_sensitive, _where(item),
+                                 [str(h) for h in params["health_words"]]).items():
         marks[w] = max(lvl, marks.get(w, NONE))
     f = _marking_finding(judge, marks)
     if f:
