@@ -213,8 +213,10 @@ def people_table(rows: Sequence[Sequence[str]], school_domains: Sequence[str] = 
 def text_tables(text: str) -> list[list[list[str]]]:
     """Tables in running text: runs of lines whose cells are separated by tabs or by two or
     more spaces (pasted spreadsheet rows, PDF text laid out as on the page)."""
-    if "\t" not in text and "  " not in text:
-        return []  # no line has two cells: prose (two C-speed finds instead of a line loop)
+    if "\t" not in text and "  " not in text and _RECORD_VALUE.search(text) is None:
+        # no line has two cells, and none is a typed record (those need a digit or an @):
+        # prose, known in C-speed searches instead of a line loop
+        return []
     tables: list[list[list[str]]] = []
     block: list[list[str]] = []
     blank = 0
