@@ -30,6 +30,8 @@ LATENCY_SECONDS = Histogram("skot_transaction_seconds",
                             "End of DATA to our answer, per message (SMTP front)")
 AUDIT_WRITE_SECONDS = Histogram("skot_audit_write_seconds",
                                 "Durable audit append (one commit per batch)")
+MILTER_PACKETS = Counter("skot_milter_packets", "Packets read from the MTA on milter "
+                         "connections (per message: divide by the milter front's messages)")
 QUARANTINE_MESSAGES = Gauge("skot_quarantine_messages", "Messages held in quarantine",
                             multiprocess_mode="livesum")
 # The directory copy in use (LDAP source): when it was read, and its age at the last refresh

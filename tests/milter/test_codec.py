@@ -98,3 +98,51 @@ def test_any_split_of_valid_stream_decodes_identically(events: list[codec.Event]
     for i in range(0, len(wire), step):
         got += d.feed(wire[i:i + step])
     assert got == events
+
+
+def test_optneg_reply_with_macro_lists_as_libmilter_writes_it() -> None:
+    """After the three words: per stage a 32-bit SMFIM_* number and a NUL-terminated,
+    space-separated list (libmilter's milter_addsymlist; Postfix's milter8_negotiate reads
+    it so)."""
+    wire = codec.encode_optneg(6, 0x131, 0x3C0, {codec.SMFIM_EOM: "i",
+                                                 codec.SMFIM_ENVFROM: "i {auth_authen}"})
+    assert wire == (struct.pack(">I", 1 + 12 + 4 + 16 + 4 + 2) + b"O"
+                    + struct.pack(">III", 6, 0x131, 0x3C0)
+                    + struct.pack(">I", 2) + b"i {auth_authen}\0" + struct.pack(">I", 5) + b"i\0")
+    (reply,) = codec.decode_replies(wire)
+    neg, macros = codec.decode_optneg_reply(reply.data)
+    assert neg == codec.OptNeg(6, 0x131, 0x3C0)
+    assert macros == {codec.SMFIM_ENVFROM: "i {auth_authen}", codec.SMFIM_EOM: "i"}
+    assert codec.encode_optneg(6, 1, 0) == codec.packet(b"O", struct.pack(">III", 6, 1, 0))
+    with pytest.raises(ValueError):  # Postfix would take it for "your default list"
+        codec.encode_optneg(6, 0x100, 0, {codec.SMFIM_HELO: " "})
+    with pytest.raises(codec.ProtocolError):
+        codec.decode_optneg_reply(struct.pack(">III", 6, 0, 0) + struct.pack(">I", 1) + b"i")
+
+
+def test_skipped_steps_may_be_passed_over_as_libmilter_does() -> None:
+    """With SMFIP_NOEOH the headers are followed by the body directly: not out of order."""
+    def run(protocol: int) -> list[tuple[bool, bool]]:
+        order = codec.ProtocolOrder()
+        order.skip(protocol)
+        return [order.admit(e) for e in (codec.OptNeg(6, 0, 0), codec.Connect("c", "4", 1, "a"),
+                                         codec.Mail(("<a@b>",)), codec.Rcpt(("<c@d>",)),
+                                         codec.Header("S", b"x"), codec.Body(b"b"),
+                                         codec.EndOfMessage(b""))]
+    assert run(codec.SMFIP_NOEOH | codec.SMFIP_NODATA) == [(True, False)] * 7
+    # without it, a body straight after a header is out of order (the transaction ends)
+    assert run(0)[5] == (False, True)
+
+
+def test_header_and_body_macros_can_be_dropped_unread_and_packets_counted() -> None:
+    wire = b"".join(codec.encode_command(e) for e in [
+        codec.Macro(b"M", {"{auth_authen}": "t"}), codec.Mail(("<a@b>",)),
+        codec.Macro(b"L", {"i": "Q1"}), codec.Header("Subject", b"x"),
+        codec.Macro(b"B", {"i": "Q1"}), codec.Body(b"body"),
+        codec.Macro(b"E", {"i": "Q1"}), codec.EndOfMessage(b"")])
+    d = codec.Decoder(skip_macros=b"LB")
+    assert d.feed(wire) == [codec.Macro(b"M", {"{auth_authen}": "t"}), codec.Mail(("<a@b>",)),
+                            codec.Header("Subject", b"x"), codec.Body(b"body"),
+                            codec.Macro(b"E", {"i": "Q1"}), codec.EndOfMessage(b"")]
+    assert d.packets == 8
+    assert len(codec.Decoder().feed(wire)) == 8

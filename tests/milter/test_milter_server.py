@@ -30,6 +30,8 @@ class MTA:
         self.decoder_buf = b""
         self.connected = False  # a client's session is open (CONNECT was sent)
         self.no_reply = 0  # the SMFIP_NR_* steps the filter asked us not to wait for
+        self.protocol = 0  # all the SMFIP_* flags the filter asked for
+        self.macro_lists: dict[int, str] = {}  # the macros it asked for, per SMFIM_* stage
         self.awaiting = True
 
     def send(self, *events: codec.Event) -> None:
@@ -55,7 +57,9 @@ class MTA:
             self.decoder_buf = self.decoder_buf[4 + n:]
             out.append(reply)
             if reply.cmd == b"O":
-                self.no_reply = struct.unpack(">III", reply.data)[2] & NO_REPLY_ALL
+                neg, self.macro_lists = codec.decode_optneg_reply(reply.data)
+                self.protocol = neg.protocol
+                self.no_reply = neg.protocol & NO_REPLY_ALL
             if reply.cmd in (b"c", b"a", b"r", b"t", b"y", b"O", b"d"):
                 return out
 
@@ -64,7 +68,10 @@ class MTA:
         return self.replies()[-1]
 
     def message(self, raw: bytes, mail_from: str, rcpts: list[str],
-                client: str = "127.0.0.1", auth: str = "") -> list[codec.Response]:
+                client: str = "127.0.0.1", auth: str = "",
+                queue_id: str = "4AbCdE") -> list[codec.Response]:
+        """As Postfix: the queue id comes with the end of the message (it has none at MAIL
+        before a recipient is accepted), and the steps the filter declined are not sent."""
         if not self.connected:  # the next message of the same client session starts at MAIL
             self.connected = True
             self.send(codec.Macro(b"C", {"j": "mx"}),
@@ -72,7 +79,7 @@ class MTA:
             self.replies()
             self.send(codec.Helo("c.example"))
             self.replies()
-        self.send(codec.Macro(b"M", {"i": "4AbCdE", **({"{auth_authen}": auth} if auth else {})}),
+        self.send(codec.Macro(b"M", {"{auth_authen}": auth} if auth else {}),
                   codec.Mail((f"<{mail_from}>",)))
         self.replies()
         for r in rcpts:
@@ -83,12 +90,13 @@ class MTA:
         for name, value in msg.items():
             self.send(codec.Header(name, str(value).encode()))
             self.replies()
-        self.send(codec.EndOfHeaders())
-        self.replies()
+        if not self.protocol & codec.SMFIP_NOEOH:
+            self.send(codec.EndOfHeaders())
+            self.replies()
         for i in range(0, len(body), 65535):
             self.send(codec.Body(body[i:i + 65535]))
             self.replies()
-        self.send(codec.EndOfMessage(b""))
+        self.send(codec.Macro(b"E", {"i": queue_id}), codec.EndOfMessage(b""))
         return self.replies()
 
     def close(self) -> None:
@@ -112,14 +120,53 @@ def records(tmp_path: Path) -> list[Any]:
 def test_negotiation(gw: GatewayThread) -> None:
     mta = MTA(gw.running.milter_port)
     reply = mta.negotiate()
-    version, actions, protocol = struct.unpack(">III", reply.data)
+    neg, macros = codec.decode_optneg_reply(reply.data)
+    version, actions, protocol = neg.version, neg.actions, neg.protocol
     assert reply.cmd == b"O" and version == 6
-    # every step is taken (no SMFIP_NO* flag); the MTA need not wait for our "continue"
-    assert protocol & 0x7F == 0 and protocol & codec.SMFIP_NR_HDR
+    # the steps we read are sent (connect, HELO, MAIL, RCPT, headers, body), the ones we
+    # do not (DATA, end of headers, unknown commands) are not
+    assert protocol & 0x37F == codec.SMFIP_NOEOH | codec.SMFIP_NODATA | codec.SMFIP_NOUNKNOWN
+    # the MTA need not wait for our "continue"
+    assert protocol & codec.SMFIP_NR_HDR
     assert protocol & codec.SMFIP_NR_BODY and protocol & codec.SMFIP_NR_CONN
     # but MAIL and RCPT are answered: an address that is not valid UTF-8 is refused there
     assert not protocol & (codec.SMFIP_NR_MAIL | codec.SMFIP_NR_RCPT)
     assert actions & codec.SMFIF_ADDHDRS and actions & codec.SMFIF_QUARANTINE
+    # only the macros we read, at the stage we read them; nothing at the other stages
+    assert actions & codec.SMFIF_SETSYMLIST
+    assert macros == {codec.SMFIM_CONNECT: "{client_addr}", codec.SMFIM_HELO: "{skot_none}",
+                      codec.SMFIM_ENVFROM: "i {auth_authen}", codec.SMFIM_ENVRCPT: "{skot_none}",
+                      codec.SMFIM_DATA: "{skot_none}", codec.SMFIM_EOM: "i",
+                      codec.SMFIM_EOH: "{skot_none}"}
+    mta.close()
+
+
+@pytest.mark.parametrize("version,actions", [(6, 0x1FF & ~codec.SMFIF_SETSYMLIST), (4, 0x1FF),
+                                             (2, 0x3F)])
+def test_no_macro_lists_to_an_mta_that_cannot_take_them(gw: GatewayThread, version: int,
+                                                         actions: int) -> None:
+    """Sendmail reads macro lists only from protocol 6 and with SMFIF_SETSYMLIST offered;
+    an older MTA gets the three words it expects (and no flag it did not offer)."""
+    mta = MTA(gw.running.milter_port)
+    mta.send(codec.OptNeg(version, actions, 0x7F))
+    reply = mta.replies()[-1]
+    assert reply.cmd == b"O" and len(reply.data) == 12
+    neg, macros = codec.decode_optneg_reply(reply.data)
+    assert neg.version == version and macros == {}
+    assert neg.actions & ~actions == 0 and neg.protocol & ~0x7F == 0
+    mta.close()
+
+
+def test_queue_id_is_each_messages_own(gw: GatewayThread, tmp_path: Path) -> None:
+    """The audit record names the MTA's queue id of that message: Postfix sends it with
+    the end of the message, not at MAIL; a second message on the connection has its own."""
+    mta = MTA(gw.running.milter_port)
+    mta.negotiate()
+    for queue_id in ("AA922214E7B", "B8797214E7F"):
+        assert mta.message(make_message(), "someone@school.example", ["o@example.org"],
+                           queue_id=queue_id)[-1].cmd == b"c"
+    assert [r.evidence["queue_id"] for r in records(tmp_path)] == ["AA922214E7B",
+                                                                     "B8797214E7F"]
     mta.close()
 
 

@@ -213,7 +213,7 @@ def test_mta_without_body_changes_gets_the_subject_prefix(
     mta = RawMTA(gws["milter-banner"].running.milter_port)
     try:
         mta.send(codec.OptNeg(6, 0x1FF & ~codec.SMFIF_CHGBODY, 0x1FFFFF))
-        _, actions, _ = struct.unpack(">III", mta.replies()[-1].data)
+        actions = codec.decode_optneg_reply(mta.replies()[-1].data)[0].actions
         assert not actions & codec.SMFIF_CHGBODY
         replies = mta.message(WARNED["plain"], "anouk.mulder.skot@gmail.example",
                               ["teacher@school.example"], client=OUTSIDE_IP)

@@ -3,13 +3,16 @@ deploy/postfix/, a real SMTP client, and a sink as the final destination."""
 
 from __future__ import annotations
 
+import re
 import smtplib
 import time
 from collections.abc import Callable
+from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from milter.audit.sqlite import SQLiteStore
 from tests.conftest import make_message, write_config
@@ -125,3 +128,40 @@ def test_postfix_in_front(mode: str, tmp_path: Path, sink: tuple[SinkHandler, in
     assert all(400 <= code < 500 for code in codes)
     time.sleep(0.5)
     assert len(handler.messages) == 2
+
+
+def test_milter_gets_only_the_packets_and_macros_it_reads(
+        tmp_path: Path, sink: tuple[SinkHandler, int],
+        private_postfix: list[PrivatePostfix]) -> None:
+    """Issue 19: the filter tells Postfix which steps and macros it reads. Postfix still
+    sends one macro packet per step it takes (even an empty one: milter8.c), but no DATA
+    step and no end of headers (nor its macros), and it looks up and sends only the macros
+    we read: the client address, and each message's own queue id (which used to be missing,
+    or the previous message's)."""
+    handler, sink_port = sink
+    gw, port, postfix = milter_setup(tmp_path, sink_port, private_postfix)
+
+    def packets() -> float:
+        return REGISTRY.get_sample_value("skot_milter_packets_total") or 0.0
+
+    try:
+        msg = make_message(frm="someone@school.example", to="ouder@example.org")
+        counted = []
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+            for _ in range(3):
+                c.sendmail("someone@school.example", ["ouder@example.org"], msg)
+                counted.append(packets())
+        assert wait(lambda: len(handler.messages) == 3), postfix.maillog()
+        # the fields Postfix shows a milter: all but its own Received (it added a Date)
+        fields = len(BytesParser().parsebytes(handler.messages[2].content).keys()) - 1
+        # per later message on the connection: the abort after the previous one; MAIL, RCPT,
+        # one body chunk and the end of the message with their macros; the DATA step's
+        # macros; each header with its macros (13 + 2 per header before: DATA and the end of
+        # headers with their macros)
+        assert counted[2] - counted[1] == counted[1] - counted[0] == 10 + 2 * fields
+        records = list(SQLiteStore(tmp_path / "audit.sqlite3", "test").records())
+        queue_ids = re.findall(r"\]: ([0-9A-F]+): client=localhost", postfix.maillog())
+        assert [r.evidence["queue_id"] for r in records] == queue_ids and len(queue_ids) == 3
+        assert {r.client for r in records} == {"127.0.0.1"}
+    finally:
+        gw.stop()

@@ -30,12 +30,17 @@ SMFIR_TEMPFAIL, SMFIR_REPLYCODE = b"t", b"y"
 # Actions a filter may take (SMFIF_*) and protocol steps it may skip (SMFIP_*)
 SMFIF_ADDHDRS, SMFIF_CHGBODY, SMFIF_ADDRCPT, SMFIF_DELRCPT = 0x01, 0x02, 0x04, 0x08
 SMFIF_CHGHDRS, SMFIF_QUARANTINE, SMFIF_CHGFROM = 0x10, 0x20, 0x40
+SMFIF_SETSYMLIST = 0x100     # the filter's reply to SMFIC_OPTNEG may carry macro lists
 SMFIP_NOCONNECT, SMFIP_NOHELO, SMFIP_NOMAIL, SMFIP_NORCPT = 0x01, 0x02, 0x04, 0x08
 SMFIP_NOBODY, SMFIP_NOHDRS, SMFIP_NOEOH, SMFIP_NR_HDR = 0x10, 0x20, 0x40, 0x80
 SMFIP_NOUNKNOWN, SMFIP_NODATA, SMFIP_SKIP, SMFIP_RCPT_REJ = 0x100, 0x200, 0x400, 0x800
 SMFIP_NR_CONN, SMFIP_NR_HELO, SMFIP_NR_MAIL, SMFIP_NR_RCPT = 0x1000, 0x2000, 0x4000, 0x8000
 SMFIP_NR_DATA, SMFIP_NR_UNKN, SMFIP_NR_EOH, SMFIP_NR_BODY = 0x10000, 0x20000, 0x40000, 0x80000
 SMFIP_HDR_LEADSPC = 0x100000
+
+# The stages a macro list is for, in the reply to SMFIC_OPTNEG (libmilter mfapi.h SMFIM_*)
+SMFIM_CONNECT, SMFIM_HELO, SMFIM_ENVFROM, SMFIM_ENVRCPT = 0, 1, 2, 3
+SMFIM_DATA, SMFIM_EOM, SMFIM_EOH = 4, 5, 6
 
 
 class ProtocolError(Exception):
@@ -146,11 +151,18 @@ _LENGTH = struct.Struct(">I")
 
 
 class Decoder:
-    """Accumulates bytes; ``feed`` returns every complete event, in order."""
+    """Accumulates bytes; ``feed`` returns every complete event, in order.
 
-    def __init__(self, max_packet: int = MAX_PACKET) -> None:
+    ``skip_macros`` names commands (as bytes, e.g. ``b"LB"``) whose macro packets are
+    dropped unread, as libmilter drops them (its st_macros keeps macros for the connect,
+    HELO, MAIL, RCPT, DATA, end-of-header and end-of-message stages only): Postfix sends one
+    before every header and body chunk. ``packets`` counts every packet read."""
+
+    def __init__(self, max_packet: int = MAX_PACKET, skip_macros: bytes = b"") -> None:
         self.max_packet = max_packet
         self._buf = bytearray()
+        self._skip = frozenset(skip_macros)  # command bytes, as ints
+        self.packets = 0
 
     def feed(self, data: bytes) -> list[Event]:
         # Packets are cut from the bytes as read (one copy each); only an incomplete
@@ -160,7 +172,7 @@ class Decoder:
             self._buf += data
             buf = self._buf
         events: list[Event] = []
-        pos, size = 0, len(buf)
+        pos, size, skip, count = 0, len(buf), self._skip, 0
         with memoryview(buf) as view:
             while size - pos >= 4:
                 (length,) = _LENGTH.unpack_from(buf, pos)
@@ -171,9 +183,13 @@ class Decoder:
                 end = pos + 4 + length
                 if end > size:
                     break
-                events.append(decode_packet(bytes(view[pos + 4:pos + 5]),
-                                            bytes(view[pos + 5:end])))
+                count += 1
+                if not (skip and buf[pos + 4] == 0x44 and length > 1  # 0x44: SMFIC_MACRO
+                        and buf[pos + 5] in skip):
+                    events.append(decode_packet(bytes(view[pos + 4:pos + 5]),
+                                                bytes(view[pos + 5:end])))
                 pos = end
+        self.packets += count
         if buf is self._buf:
             del self._buf[:pos]
         elif pos < size:
@@ -280,10 +296,26 @@ _NEXT = {
 
 class ProtocolOrder:
     """libmilter's check of the command order (sans-I/O). ``admit`` says whether to handle
-    an event, and whether the transaction in progress is aborted first."""
+    an event, and whether the transaction in progress is aborted first.
+
+    ``skip(protocol)`` takes the SMFIP_NO* steps the filter asked the MTA not to send: as
+    libmilter's fix_stm and trans_ok, such a state may be passed over (headers straight to
+    the body when there is no end-of-headers step)."""
 
     def __init__(self) -> None:
         self.state = ST_INIT
+        self._skippable = 0
+
+    def skip(self, protocol: int) -> None:
+        self._skippable = sum(1 << state for flag, state in _NO_STEP if protocol & flag)
+
+    def _allowed(self, state: int, new: int) -> bool:
+        while True:
+            if _NEXT[state] & (1 << new):
+                return True
+            state += 1  # the states of a transaction are in protocol order
+            if state > ST_ENDM or not self._skippable & (1 << state):
+                return False
 
     @staticmethod
     def state_of(event: Event) -> int | None:
@@ -297,10 +329,11 @@ class ProtocolOrder:
         if new is None:  # macros: no state of their own
             return True, False
         aborted = False
-        if not _NEXT[self.state] & (1 << new):
+        if not _NEXT[self.state] & (1 << new) and not (
+                self._skippable and self._allowed(self.state, new)):
             aborted = ST_MAIL <= self.state < ST_ENDM
             self.state = ST_HELO
-            if not _NEXT[ST_HELO] & (1 << new):
+            if not self._allowed(ST_HELO, new):
                 return False, aborted
         self.state = new
         return True, aborted
@@ -328,8 +361,31 @@ def _cstr(s: str) -> bytes:
     return b + b"\0"
 
 
-def encode_optneg(version: int, actions: int, protocol: int) -> bytes:
-    return packet(SMFIC_OPTNEG, struct.pack(">III", version, actions, protocol))
+def encode_optneg(version: int, actions: int, protocol: int,
+                  macros: dict[int, str] | None = None) -> bytes:
+    """The filter's reply to SMFIC_OPTNEG; ``macros`` (SMFIM_* stage -> space-separated
+    macro names) asks the MTA for those macros at those stages only. Send them only with
+    SMFIF_SETSYMLIST in ``actions`` (protocol 6: Sendmail reads lists only then)."""
+    data = struct.pack(">III", version, actions, protocol)
+    for stage, names in sorted((macros or {}).items()):
+        if not names.strip():
+            raise ValueError("an empty macro list means the MTA's default list to Postfix")
+        data += struct.pack(">I", stage) + _cstr(names)
+    return packet(SMFIC_OPTNEG, data)
+
+
+def decode_optneg_reply(data: bytes) -> tuple[OptNeg, dict[int, str]]:
+    """The filter's reply to SMFIC_OPTNEG as an MTA reads it (tests, MTA-side tools)."""
+    if len(data) < 12:
+        raise ProtocolError("short option negotiation")
+    reply, rest, macros = OptNeg(*struct.unpack(">III", data[:12])), data[12:], {}
+    while rest:
+        if len(rest) < 5 or b"\0" not in rest[4:]:
+            raise ProtocolError("malformed macro list")
+        (stage,) = struct.unpack(">I", rest[:4])
+        names, _, rest = rest[4:].partition(b"\0")
+        macros[stage] = names.decode("utf-8")
+    return reply, macros
 
 
 def encode_continue() -> bytes:
@@ -446,6 +502,11 @@ def decode_replies(data: bytes) -> list[Response]:
         data = data[4 + length:]
     return out
 
+
+# The steps a filter may ask not to be sent, and the state each would have been.
+_NO_STEP = ((SMFIP_NOCONNECT, ST_CONN), (SMFIP_NOHELO, ST_HELO), (SMFIP_NOMAIL, ST_MAIL),
+            (SMFIP_NORCPT, ST_RCPT), (SMFIP_NODATA, ST_DATA), (SMFIP_NOHDRS, ST_HDRS),
+            (SMFIP_NOEOH, ST_EOHS), (SMFIP_NOBODY, ST_BODY))
 
 _STATE_OF: dict[type, int] = {
     OptNeg: ST_OPTS, Connect: ST_CONN, Helo: ST_HELO, Mail: ST_MAIL, Rcpt: ST_RCPT,

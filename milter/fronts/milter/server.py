@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from milter import metrics
 from milter.core.verdict import too_big
 from milter.dnsauth import strip_our_results
 from milter.fronts.milter import codec
@@ -55,6 +56,28 @@ NO_REPLY = {codec.Connect: codec.SMFIP_NR_CONN, codec.Helo: codec.SMFIP_NR_HELO,
 NO_REPLY_ALL = sum(NO_REPLY.values())
 CONTINUE = codec.encode_continue()
 
+# Steps we do not need at all: Postfix sends neither the packet nor waits (it still sends the
+# step's macro packet, always, even an empty one: milter8.c milter8_event).
+NO_SEND = codec.SMFIP_NODATA | codec.SMFIP_NOEOH | codec.SMFIP_NOUNKNOWN
+
+# The macros we read, asked for per stage in the option negotiation (protocol 6,
+# SMFIF_SETSYMLIST), so that the MTA looks up and sends only these instead of its defaults
+# (Postfix: a resolver look-up each for {mail_host}, {rcpt_host}...). The queue id is read at
+# the end of the message: Postfix knows it only after the first accepted RCPT
+# (smtpd_delay_open_until_valid_rcpt), Sendmail from MAIL on. A stage we need nothing from
+# still needs a list: an empty one would mean "your default list" to Postfix (milter.c
+# MILTER_MACRO_EVAL), so it names a macro no MTA defines.
+NO_MACROS = "{skot_none}"
+MACROS = {codec.SMFIM_CONNECT: "{client_addr}", codec.SMFIM_HELO: NO_MACROS,
+          codec.SMFIM_ENVFROM: "i {auth_authen}", codec.SMFIM_ENVRCPT: NO_MACROS,
+          codec.SMFIM_DATA: NO_MACROS, codec.SMFIM_EOH: NO_MACROS, codec.SMFIM_EOM: "i"}
+# Where libmilter keeps each stage's macros, the order smfi_getsymval looks in (latest stage
+# first), and which stages a command starts afresh (its own and every later one).
+_STAGES = b"ENTRMHC"
+SKIP_MACROS = b"LB"  # before each header and body chunk: libmilter drops them too
+_CLEARS = {codec.Connect: b"HMRTNE", codec.Helo: b"MRTNE", codec.Mail: b"RTNE",
+           codec.Rcpt: b"TNE"}
+
 
 @dataclass
 class Message:
@@ -85,7 +108,7 @@ class MilterConnection:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.macros: dict[str, str] = {}
+        self.macros: dict[int, dict[str, str]] = {}  # per stage (command byte), as libmilter
         self.client_ip = ""
         self.helo = ""
         self.actions = ACTIONS  # what the MTA allowed us (option negotiation)
@@ -133,17 +156,38 @@ class MilterConnection:
             return b""  # the MTA does not wait for it
         return reply
 
+    def symval(self, name: str, default: str = "") -> str:
+        """A macro's value as libmilter's smfi_getsymval finds it: the latest stage first."""
+        for stage in _STAGES:
+            value = self.macros.get(stage, {}).get(name)
+            if value is not None:
+                return value
+        return default
+
     def _handle(self, event: codec.Event) -> bytes:
+        clears = _CLEARS.get(type(event))
+        if clears is not None:
+            for stage in clears:
+                self.macros.pop(stage, None)
         if isinstance(event, codec.OptNeg):
             if event.version < 2:
                 raise codec.ProtocolError(f"milter version {event.version} too old")
-            # We take every step (no SMFIP_NO* flags) and ask only for the actions we use.
+            # We ask only for the actions we use, skip the steps we do not need (if offered),
+            # and with protocol 6 for the macros we read.
             self.actions = ACTIONS & event.actions
-            self.no_reply = NO_REPLY_ALL & event.protocol if event.version >= 6 else 0
-            return codec.encode_optneg(min(event.version, codec.VERSION), self.actions,
-                                       self.no_reply)
+            protocol = NO_SEND & event.protocol
+            macros = None
+            if event.version >= 6:
+                self.no_reply = NO_REPLY_ALL & event.protocol
+                protocol |= self.no_reply
+                if event.actions & codec.SMFIF_SETSYMLIST:
+                    macros = MACROS
+            self.order.skip(protocol)
+            return codec.encode_optneg(min(event.version, codec.VERSION),
+                                       self.actions | (codec.SMFIF_SETSYMLIST if macros else 0),
+                                       protocol, macros)
         if isinstance(event, codec.Macro):
-            self.macros.update(event.macros)
+            self.macros[event.for_command[0] if event.for_command else 0] = event.macros
             return b""
         if isinstance(event, codec.Connect):
             self.client_ip = event.address if event.family in ("4", "6") else "127.0.0.1"
@@ -158,9 +202,9 @@ class MilterConnection:
                 return codec.encode_replycode(BAD_SENDER)
             self.tx = self.gateway.begin(
                 "milter", sender=event.address,
-                client=self.macros.get("{client_addr}", self.client_ip), helo=self.helo,
-                auth_user=self.macros.get("{auth_authen}", ""),
-                extra={"front": "milter", "queue_id": self.macros.get("i", "")})
+                client=self.symval("{client_addr}", self.client_ip), helo=self.helo,
+                auth_user=self.symval("{auth_authen}"),
+                extra={"front": "milter", "queue_id": self.symval("i")})
             return CONTINUE
         if isinstance(event, codec.Rcpt):
             if not valid_utf8(event.address):
@@ -232,6 +276,9 @@ class MilterConnection:
         msg, tx = self.message, self.tx
         if tx is None:
             raise codec.ProtocolError("end of message without MAIL")
+        # Postfix knows the queue id only once a recipient was accepted: the end of the
+        # message has it (and a MAIL-time value from another message would be wrong).
+        tx.extra["queue_id"] = self.symval("i")
         if msg.too_big:
             reply = f"{too_big(tx.runtime.config.gateway.max_message_size)} ref={tx.txid}"
             await tx.refused(reply, "too-big", {"size": msg.size})
@@ -305,7 +352,8 @@ async def serve_connection(gateway: Gateway, reader: asyncio.StreamReader,
     """Drive one MTA connection (each transaction pins the runtime current at its MAIL)."""
     session = MilterConnection(gateway)
     idle_timeout = gateway.runtime.config.milter.idle_timeout
-    decoder = codec.Decoder()
+    decoder = codec.Decoder(skip_macros=SKIP_MACROS)
+    counted = 0  # packets counted in the metric so far
     try:
         while True:
             async with asyncio.timeout(idle_timeout):  # no task per read (wait_for makes one)
@@ -315,8 +363,12 @@ async def serve_connection(gateway: Gateway, reader: asyncio.StreamReader,
             for event in decoder.feed(data):
                 if isinstance(event, codec.Quit) and not event.new_connection:
                     return
-                reply = await session.handle(event) if isinstance(event, codec.EndOfMessage) \
-                    else session.handle_now(event)
+                if isinstance(event, codec.EndOfMessage):
+                    reply = await session.handle(event)
+                    metrics.MILTER_PACKETS.inc(decoder.packets - counted)
+                    counted = decoder.packets
+                else:
+                    reply = session.handle_now(event)
                 if reply:
                     writer.write(reply)
             await writer.drain()
@@ -325,6 +377,7 @@ async def serve_connection(gateway: Gateway, reader: asyncio.StreamReader,
     except (TimeoutError, ConnectionError) as exc:
         log.info("milter connection ended: %s", type(exc).__name__)
     finally:
+        metrics.MILTER_PACKETS.inc(decoder.packets - counted)
         writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await writer.wait_closed()
