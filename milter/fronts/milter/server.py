@@ -122,15 +122,21 @@ class MilterConnection:
         self.message = Message()
         self.tx = None
 
-    async def handle(self, event: codec.Event) -> bytes:
-        """The reply to ``event`` (b"" for none), in libmilter's command order."""
-        if not isinstance(event, codec.EndOfMessage):
-            return self.handle_now(event)
+    def _admitted(self, event: codec.Event) -> bool:
+        """libmilter's command order: an abort starts afresh; a command out of order is
+        ignored (False)."""
         take, aborted = self.order.admit(event)
         if aborted:
             self._reset()
         if not take:
             log.info("milter command %s out of order, ignored", type(event).__name__)
+        return take
+
+    async def handle(self, event: codec.Event) -> bytes:
+        """The reply to ``event`` (b"" for none), in libmilter's command order."""
+        if not isinstance(event, codec.EndOfMessage):
+            return self.handle_now(event)
+        if not self._admitted(event):
             return b""
         self._add_body(event.chunk)
         try:
@@ -144,11 +150,7 @@ class MilterConnection:
         """``handle`` for every event but the end of the message: those are answered
         without waiting for anything, so without a coroutine per packet (a message is some
         thirty packets: macros, headers, body chunks)."""
-        take, aborted = self.order.admit(event)
-        if aborted:
-            self._reset()
-        if not take:
-            log.info("milter command %s out of order, ignored", type(event).__name__)
+        if not self._admitted(event):
             return b""
         reply = self._handle(event)
         self.order.replied(event, reply)

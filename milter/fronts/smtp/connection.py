@@ -28,7 +28,7 @@ from aiosmtpd.smtp import SMTP
 
 from milter.core.verdict import too_big
 from milter.fronts.smtp.datareader import DataReader, DataResult
-from milter.fronts.smtp.handler import SMTPHandler
+from milter.fronts.smtp.handler import NetMembership, SMTPHandler
 from milter.spool import Spooled
 
 log = logging.getLogger("skot-milter.smtp")
@@ -465,21 +465,7 @@ class ConnectionLimits:
         self.internal = tuple(internal)
         self.by_ip: Counter[str] = Counter()
         self.count = 0
-        self._internal: dict[str, bool] = {}  # asked at every connection, for a few clients
-
-    def is_internal(self, ip: str) -> bool:
-        known = self._internal.get(ip)
-        if known is None:
-            try:
-                addr = ipaddress.ip_address(ip)
-            except ValueError:
-                known = False
-            else:
-                known = any(addr in n for n in self.internal)
-            if len(self._internal) >= 4096:
-                self._internal.clear()
-            self._internal[ip] = known
-        return known
+        self.is_internal = NetMembership(self.internal)
 
     def admit(self, ip: str) -> str | None:
         cap = self.total if self.is_internal(ip) else self.total - self.reserved

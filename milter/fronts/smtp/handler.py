@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
@@ -76,6 +77,32 @@ def check_address(address: str, *, allow_empty: bool) -> str | None:
     return None
 
 
+class NetMembership:
+    """Is an address in these networks? Asked at every connection (Postfix's before-queue
+    proxy opens one per message) for the same few peers: each answer is kept (bounded), an
+    address parse and a network walk once per peer."""
+
+    def __init__(self, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+                 ) -> None:
+        self.networks = tuple(networks)
+        self._known: dict[str, bool] = {}
+
+    def __call__(self, ip: str) -> bool:
+        known = self._known.get(ip)
+        if known is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                known = False
+            else:
+                known = any(addr in n for n in self.networks)
+            if len(self._known) >= 4096:
+                self._known.clear()
+            self._known[ip] = known
+        return known
+
+
+
 class SMTPHandler:
     """aiosmtpd handler hooks. Holds a reference to the gateway (its runtime swapped on reload)."""
 
@@ -89,7 +116,7 @@ class SMTPHandler:
         self._direction_of: object = None  # the runtime ``_directions`` was computed with
         self._directions: dict[tuple[str, str], bool] = {}
         self._xforward_of: object = None  # likewise for ``_xforward_peers``
-        self._xforward_peers: dict[str, bool] = {}
+        self._xforward_peers = NetMembership(())
         # Sends past the final dot and next-hop closes: they outlive a vanished client, and
         # shutdown waits for them.
         self.background: set[asyncio.Task[Any]] = set()
@@ -164,20 +191,9 @@ class SMTPHandler:
         one per message): the answer is kept per runtime and peer."""
         runtime = self.gateway.runtime
         if runtime is not self._xforward_of:
-            self._xforward_of, self._xforward_peers = runtime, {}
-        peer = self.peer_ip(session)
-        trusted = self._xforward_peers.get(peer)
-        if trusted is None:
-            try:
-                ip = ipaddress.ip_address(peer)
-            except ValueError:
-                trusted = False
-            else:
-                trusted = any(ip in n for n in runtime.config.gateway.xforward_from)
-            if len(self._xforward_peers) >= 4096:
-                self._xforward_peers.clear()
-            self._xforward_peers[peer] = trusted
-        return trusted
+            self._xforward_of = runtime
+            self._xforward_peers = NetMembership(runtime.config.gateway.xforward_from)
+        return self._xforward_peers(self.peer_ip(session))
 
     def _auth_user(self, session: ClientSession) -> str:
         login = self.xforward.get(session, {}).get("LOGIN", "")
