@@ -4,11 +4,14 @@ records an older store already holds."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from milter.audit import search
 from milter.audit.sqlite import SQLiteStore
@@ -286,3 +289,21 @@ def test_distinct_addresses_count_their_records_and_go_with_the_last(tmp_path: P
     store.append(AuditEvent(event="purge-test", sender="new@x.example"))
     store.purge("2999-01-01", {"new@x.example"}, set(), "retention")  # held: kept
     assert search.addresses_like(store, "@") == ["new@x.example"]
+
+
+def test_a_reader_that_may_not_write_answers_from_the_indexes_as_they_are(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "a.sqlite3"
+    store = SQLiteStore(path, "n")
+    fill(store)
+    store.catch_up()
+    store.append(AuditEvent(event="rejected", txid="p2", sender="theo@home.example",
+                            rules=(PRIVATE,), action="reject"))
+    store._guard_reads = False  # what a process without write permission on the files has
+    with caplog.at_level(logging.DEBUG, logger="skot-milter"):
+        assert refs(store, addresses=("theo@home.example",)) == ["p1"]  # p2 not indexed yet
+        assert refs(store, article="B1") == ["p1"]
+    assert [r.message for r in caplog.records].count(
+        "audit search indexes not brought up to date (the store is not writable for this "
+        "process): searches may miss the newest records") == 1  # once, not per search
+    assert index_rows(path)["record_rules"] == 2  # nothing was written
