@@ -135,6 +135,10 @@ def fill(store: Any, n: int) -> None:
     if chunk:
         flush()
     print(f"filled {n:,} records in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    if hasattr(store, "catch_up"):  # SQLite indexes in batches: not inside the first search
+        started = time.perf_counter()
+        store.catch_up()
+        print(f"indexed in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
 def config(tmp: Path, url: str) -> Any:

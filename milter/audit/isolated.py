@@ -8,6 +8,10 @@ check cannot close the race with a change made a moment later. So the gateway's 
 lives in a child process: if that one dies, the caller hears ``AuditUnavailable`` (451 for the
 client), and the next call starts a fresh child, which works again once the files do. The
 children come from a fork server (cheap to start, never forked from the threaded gateway).
+
+The child also brings the web view's search indexes up to date (``SQLiteStore.catch_up``),
+never between an append and its answer: once its pipe has been idle for ``IDLE_SECONDS``,
+or before the next call once more than ``CATCH_UP_AFTER`` records wait.
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ from milter.audit.store import AuditEvent, AuditRecord, AuditUnavailable, Filter
 
 log = logging.getLogger("skot-milter")
 
+IDLE_SECONDS = 0.05   # a pipe this long without a call: time to index
+CATCH_UP_AFTER = 500  # records appended since the last catch-up that are worth a pause
+
 
 def _serve(conn: Connection, path: str, chain: str) -> None:
     """The child: one SQLiteStore, calls in, results (or the exception) out."""
-    from milter.audit.sqlite import SQLiteStore
+    from milter.audit.sqlite import CATCH_UP_BATCH, SQLiteStore
 
     # A stop (systemd signals the whole group) is the gateway's to handle: this child ends
     # when the gateway closes the pipe, after the last records are written.
@@ -43,7 +50,12 @@ def _serve(conn: Connection, path: str, chain: str) -> None:
         conn.send(("err", exc))
         return
     conn.send(("ok", None))
+    appended = 0  # records since the last catch-up
     while True:
+        if appended and (appended > CATCH_UP_AFTER or not conn.poll(IDLE_SECONDS)):
+            # one batch, then the pipe again: a long backlog (an older store's records)
+            # is indexed between calls, never holding one up for more than a batch
+            appended = 1 if _catch_up(store) >= CATCH_UP_BATCH else 0
         try:
             name, args = conn.recv()
         except EOFError:
@@ -57,7 +69,25 @@ def _serve(conn: Connection, path: str, chain: str) -> None:
             conn.send(("ok", result))
         except Exception as exc:  # noqa: BLE001 - the parent raises it in the caller
             conn.send(("err", exc if _picklable(exc) else AuditUnavailable(str(exc))))
+        else:
+            if name == "append_many":
+                appended += len(result)
+            elif name == "append":
+                appended += 1
+    if appended:
+        _catch_up(store)
     store.close()
+
+
+def _catch_up(store: Any) -> int:
+    """Index one batch of what was appended; a failure is only a delay (the next read or
+    idle time catches up from the same watermark)."""
+    try:
+        n: int = store.catch_up(batches=1)
+    except Exception as exc:  # noqa: BLE001 - derived data; the records are durable
+        log.debug("audit search indexes not brought up to date: %s", exc)
+        return 0
+    return n
 
 
 def _picklable(exc: Exception) -> bool:

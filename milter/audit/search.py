@@ -1,4 +1,5 @@
-"""Searches and counts for the web view, on the search indexes of schema version 2.
+"""Searches and counts for the web view, on the search indexes (``milter.audit.sql``; an
+SQLite store brings them up to its last record before each ``select``).
 
 A message (one transaction) is its outcome record (``delivered``, ``rejected``,
 ``quarantined``, ``tempfailed``): it carries the envelope, rules and evidence, so one row per

@@ -69,14 +69,15 @@ DECISIONS = "(" + ", ".join(f"'{o}'" for o in OUTCOMES) + ")"  # the events that
 
 
 # Search indexes for the web view (schema version 2). Rules and people live in JSON columns
-# that no index reaches, so each record's rules and the addresses it concerns are copied, by a
-# trigger on insert, into narrow tables: record_rules, record_people, the distinct addresses
-# with how many records name each (a search by part of an address scans only those), and the
-# decisions' subjects lower-cased (free text without reading the wide rows). A purge deletes
-# the copies with the personal fields they repeat. record_hours counts records per UTC hour
-# and event (no personal data; the dashboard reads a year of it without walking a million
-# rows). All are derived data outside the hash chain: rebuilt from the records when an older
-# store opens, never trusted over them.
+# that no index reaches, so each record's rules and the addresses it concerns are copied into
+# narrow tables: record_rules, record_people, the distinct addresses with how many records
+# name each (a search by part of an address scans only those), and the decisions' subjects
+# lower-cased (free text without reading the wide rows). A purge deletes the copies with the
+# personal fields they repeat. record_hours counts records per UTC hour and event (no
+# personal data; the dashboard reads a year of it without walking a million rows). All are
+# derived data outside the hash chain, never trusted over the records. PostgreSQL copies each
+# record by a trigger on insert; SQLite (schema version 3) copies them in batches after the
+# appends (``sqlite_catch_up``), off the commit that makes a record durable.
 INDEX_TABLES = """
 CREATE TABLE IF NOT EXISTS record_rules (
     record_id {integer} NOT NULL, ts TEXT NOT NULL, event TEXT NOT NULL,
@@ -107,41 +108,14 @@ def _rules_rows(row: str, each: str, get: str) -> str:
             f"coalesce({get.format(v='j', k='article')}, '') FROM {each.format(c='rules')} j")
 
 
-def _people_rows(row: str, each: str, text: str, staff: str) -> str:
-    """SELECT of one record's distinct (id, address) rows: sender, login, recipients and
-    the staff member a rule names (mail from a private address)."""
-    return (f"SELECT DISTINCT {row}.id, a FROM (SELECT lower({row}.sender) AS a "
-            f"UNION SELECT lower({row}.auth_user) "
-            f"UNION SELECT lower({text}) FROM {each.format(c='recipients')} x "
-            f"UNION SELECT lower({staff}) FROM {each.format(c='rules')} j) AS p "
-            f"WHERE a IS NOT NULL AND a <> ''")
-
-
 _SQLITE_EACH = "json_each({{row}}.{c})"
 _SQLITE_GET = "json_extract({v}.value, '$.{k}')"
 
 
 def sqlite_index_schema() -> str:
-    """The version-2 tables, their triggers and a backfill of records already stored."""
-    def parts(row: str) -> tuple[str, str]:
-        each = _SQLITE_EACH.replace("{{row}}", row)
-        return (_rules_rows(row, each, _SQLITE_GET),
-                _people_rows(row, each, "x.value",
-                             "json_extract(j.value, '$.evidence.staff_member')"))
-    new_rules, new_people = parts("NEW")
-    old_rules, _ = parts("r")
-    return INDEX_TABLES.format(integer="INTEGER") + f"""
-CREATE TRIGGER IF NOT EXISTS records_index AFTER INSERT ON records BEGIN
-    INSERT INTO record_rules (record_id, ts, event, sender, rule, article) {new_rules};
-    INSERT INTO record_people (record_id, address) {new_people};
-    INSERT INTO record_addresses (address, n)
-        SELECT address, 1 FROM record_people WHERE record_id = NEW.id
-        ON CONFLICT (address) DO UPDATE SET n = n + 1;
-    INSERT INTO record_hours (hour, event, n) VALUES (substr(NEW.ts, 1, 13), NEW.event, 1)
-        ON CONFLICT (hour, event) DO UPDATE SET n = n + 1;
-    INSERT INTO record_subjects (record_id, subject) SELECT NEW.id, lower(NEW.subject)
-        WHERE NEW.subject <> '' AND NEW.event IN {DECISIONS};
-END;
+    """The version-2 tables and the purge's trigger; the records are copied by
+    ``sqlite_catch_up`` (a watermark of schema version 3 says how far)."""
+    return INDEX_TABLES.format(integer="INTEGER") + """
 CREATE TRIGGER IF NOT EXISTS records_unindex AFTER UPDATE OF purged ON records
 WHEN NEW.purged = 1 BEGIN
     DELETE FROM record_rules WHERE record_id = NEW.id;
@@ -152,29 +126,41 @@ WHEN NEW.purged = 1 BEGIN
     DELETE FROM record_people WHERE record_id = NEW.id;
     DELETE FROM record_subjects WHERE record_id = NEW.id;
 END;
-DELETE FROM record_rules;
-DELETE FROM record_people;
-DELETE FROM record_hours;
-DELETE FROM record_subjects;
-INSERT INTO record_subjects (record_id, subject) SELECT id, lower(subject) FROM records
-    WHERE subject <> '' AND purged = 0 AND event IN {DECISIONS};
-INSERT INTO record_hours (hour, event, n)
-    SELECT substr(ts, 1, 13), event, count(*) FROM records GROUP BY substr(ts, 1, 13), event;
-INSERT INTO record_rules (record_id, ts, event, sender, rule, article)
-    {old_rules.replace("FROM json_each", "FROM records r, json_each")} WHERE r.purged = 0;
-INSERT INTO record_people (record_id, address)
-    SELECT id, a FROM (
-        SELECT id, lower(sender) AS a FROM records WHERE purged = 0
-        UNION SELECT id, lower(auth_user) FROM records WHERE purged = 0
-        UNION SELECT r.id, lower(x.value) FROM records r, json_each(r.recipients) x
-            WHERE r.purged = 0
-        UNION SELECT r.id, lower(json_extract(j.value, '$.evidence.staff_member'))
-            FROM records r, json_each(r.rules) j WHERE r.purged = 0)
-    WHERE a IS NOT NULL AND a <> '';
-DELETE FROM record_addresses;
-INSERT INTO record_addresses (address, n)
-    SELECT address, count(*) FROM record_people GROUP BY address;
 """
+
+
+def sqlite_catch_up() -> list[str]:
+    """Statements copying the records with ``:lo < id <= :hi`` into the search indexes,
+    as version 2's trigger on insert did one by one: rules, people and subjects of records
+    not purged (a record purged before it was copied leaves nothing personal behind), the
+    hour counts of all, each distinct address's count raised by its records in the range."""
+    rules = _rules_rows("r", _SQLITE_EACH.replace("{{row}}", "r"), _SQLITE_GET).replace(
+        "FROM json_each", "FROM records r, json_each")
+    span = "r.id > :lo AND r.id <= :hi"
+    return [
+        f"INSERT INTO record_rules (record_id, ts, event, sender, rule, article) {rules} "
+        f"WHERE {span} AND r.purged = 0",
+        f"""INSERT INTO record_people (record_id, address)
+    SELECT id, a FROM (
+        SELECT r.id, lower(r.sender) AS a FROM records r WHERE {span} AND r.purged = 0
+        UNION SELECT r.id, lower(r.auth_user) FROM records r WHERE {span} AND r.purged = 0
+        UNION SELECT r.id, lower(x.value) FROM records r, json_each(r.recipients) x
+            WHERE {span} AND r.purged = 0
+        UNION SELECT r.id, lower(json_extract(j.value, '$.evidence.staff_member'))
+            FROM records r, json_each(r.rules) j WHERE {span} AND r.purged = 0)
+    WHERE a IS NOT NULL AND a <> ''""",
+        """INSERT INTO record_addresses (address, n)
+    SELECT address, count(*) FROM record_people WHERE record_id > :lo AND record_id <= :hi
+    GROUP BY address
+    ON CONFLICT (address) DO UPDATE SET n = n + excluded.n""",
+        f"""INSERT INTO record_hours (hour, event, n)
+    SELECT substr(r.ts, 1, 13), r.event, count(*) FROM records r WHERE {span}
+    GROUP BY substr(r.ts, 1, 13), r.event
+    ON CONFLICT (hour, event) DO UPDATE SET n = n + excluded.n""",
+        f"""INSERT INTO record_subjects (record_id, subject)
+    SELECT r.id, lower(r.subject) FROM records r WHERE {span} AND r.subject <> ''
+        AND r.purged = 0 AND r.event IN {DECISIONS}""",
+    ]
 
 
 def postgres_index_schema() -> str:
@@ -381,6 +367,11 @@ class SQLStore:
     def _set_head(self, execute: Any, seq: int, head: str) -> None:
         return None
 
+    def _indexes_current(self) -> None:
+        """Before a read of the search indexes: bring them up to the last record (SQLite
+        copies records into them after the appends; PostgreSQL's trigger already has)."""
+        return None
+
     # -- the store ---------------------------------------------------------------------------
     def _sql(self, sql: str) -> str:
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
@@ -407,11 +398,16 @@ class SQLStore:
         return out
 
     def records(self, filters: Filters | None = None) -> Iterator[AuditRecord]:
-        sql, args = where(filters or Filters())
+        filters = filters or Filters()
+        if filters.rule or filters.person or filters.article:
+            self._indexes_current()
+        sql, args = where(filters)
         return (decode(r) for r in self._query(self._sql(SELECT + sql), args))
 
     def select(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        """A read-only query written with ``?`` placeholders (the web view's searches)."""
+        """A read-only query written with ``?`` placeholders (the web view's searches and
+        counts, which read the search indexes)."""
+        self._indexes_current()
         return self._query(self._sql(sql), args)
 
     def get(self, record_id: int) -> AuditRecord | None:

@@ -280,6 +280,9 @@ def run_migrate(args: argparse.Namespace) -> int:
     store = open_from_args(args)  # opening creates or upgrades the schema
     print(f"schema up to date ({type(store).__name__}, version "
           f"{getattr(store, 'version', 1)})")
+    catch_up = getattr(store, "catch_up", None)  # SQLite: copy older records into the
+    if catch_up is not None:                     # search indexes now, not at the first search
+        print(f"search indexes up to date ({catch_up()} records indexed)")
     store.close()
     return 0
 
