@@ -210,10 +210,18 @@ def people_table(rows: Sequence[Sequence[str]], school_domains: Sequence[str] = 
     return PeopleTable(count, tuple(sorted(seen)), HIGH if header_backed else MEDIUM)
 
 
+def _may_hold_record(text: str) -> bool:
+    """``_RECORD_VALUE.search(text)``, fast: on ASCII text eleven C-speed finds instead of a
+    character-class scan (some 270 us on 50 KB of prose)."""
+    if text.isascii():
+        return "@" in text or any(d in text for d in "0123456789")
+    return _RECORD_VALUE.search(text) is not None
+
+
 def text_tables(text: str) -> list[list[list[str]]]:
     """Tables in running text: runs of lines whose cells are separated by tabs or by two or
     more spaces (pasted spreadsheet rows, PDF text laid out as on the page)."""
-    if "\t" not in text and "  " not in text and _RECORD_VALUE.search(text) is None:
+    if "\t" not in text and "  " not in text and not _may_hold_record(text):
         # no line has two cells, and none is a typed record (those need a digit or an @):
         # prose, known in C-speed searches instead of a line loop
         return []
