@@ -39,16 +39,24 @@ class QuarantinePages(PageBase):
                                          lang=self._lang()),
                      headers=headers, text=text, admin=session.role == "admin")
 
-    def _quarantine_confirm(self, session: Session, qid: str, act: str,
-                            error: str = "", status: int = 200) -> None:
+    def _admin_entry(self, session: Session, qid: str, act: str) -> Entry | None:
+        """The held message an admin acts on; None after the refusal was shown (not an
+        admin: on record; not held: 404)."""
         t = T[self._lang()]
         if session.role != "admin":
             self.app.audit(session, "denied", {"page": f"quarantine-{act}", "id": qid})
             self._message(session, t["quarantine"], t["no_access"], 403)
-            return
+            return None
         entry = self.app.quarantine.get(qid)
         if entry is None:
             self._message(session, "404", t["not_held"].format(id=qid), 404)
+        return entry
+
+    def _quarantine_confirm(self, session: Session, qid: str, act: str,
+                            error: str = "", status: int = 200) -> None:
+        t = T[self._lang()]
+        entry = self._admin_entry(session, qid, act)
+        if entry is None:
             return
         h = preview.summarise(entry, self.app.config.quarantine.retention_days,
                               lang=self._lang())
@@ -58,13 +66,8 @@ class QuarantinePages(PageBase):
     def _quarantine_act(self, session: Session, qid: str, act: str,
                         form: dict[str, str]) -> None:
         t = T[self._lang()]
-        if session.role != "admin":
-            self.app.audit(session, "denied", {"page": f"quarantine-{act}", "id": qid})
-            self._message(session, t["quarantine"], t["no_access"], 403)
-            return
-        entry = self.app.quarantine.get(qid)
+        entry = self._admin_entry(session, qid, act)
         if entry is None:
-            self._message(session, "404", t["not_held"].format(id=qid), 404)
             return
         reason = " ".join(form.get("reason", "").split())[:MAX_REASON]
         if not reason:

@@ -69,35 +69,23 @@ class RecordPages(PageBase):
             ref = ""
         elif ref:
             meaning.append(f"{t['ref']} {ref}")
-        actions: tuple[str, ...] = ()
-        if q.get("action", "").strip():
-            action = terms.understand(terms.ACTIONS, q["action"])
-            if action is None:
-                problems.append(t["bad_value"].format(field=t["action"], value=q["action"],
-                                                      allowed=_allowed(terms.ACTIONS, lang)))
-            else:
-                actions = (action,)
-                meaning.append(f"{t['action']} {terms.word(terms.ACTIONS, action, lang)}")
-        direction = ""
-        if q.get("direction", "").strip():
-            d = terms.understand(terms.DIRECTIONS, q["direction"])
-            if d is None:
-                problems.append(t["bad_value"].format(
-                    field=t["direction"], value=q["direction"],
-                    allowed=_allowed(terms.DIRECTIONS, lang)))
-            else:
-                direction = d
-                meaning.append(f"{t['direction']} {terms.word(terms.DIRECTIONS, d, lang)}")
-        outcome = ""
-        if q.get("outcome", "").strip():
-            o = terms.understand(terms.OUTCOME_WORDS, q["outcome"])
-            if o is None:
-                problems.append(t["bad_value"].format(
-                    field=t["outcome"], value=q["outcome"],
-                    allowed=_allowed(terms.OUTCOME_WORDS, lang)))
-            else:
-                outcome = o
-                meaning.append(f"{t['outcome']} {terms.word(terms.OUTCOME_WORDS, o, lang)}")
+        def one_of(field: str, table: dict[str, tuple[str, str, tuple[str, ...]]]) -> str:
+            """A Dutch or English value of ``field`` understood, said in words; "" when
+            absent or not understood (then said as a problem)."""
+            if not q.get(field, "").strip():
+                return ""
+            value = terms.understand(table, q[field])
+            if value is None:
+                problems.append(t["bad_value"].format(field=t[field], value=q[field],
+                                                      allowed=_allowed(table, lang)))
+                return ""
+            meaning.append(f"{t[field]} {terms.word(table, value, lang)}")
+            return value
+
+        action = one_of("action", terms.ACTIONS)
+        actions: tuple[str, ...] = (action,) if action else ()
+        direction = one_of("direction", terms.DIRECTIONS)
+        outcome = one_of("outcome", terms.OUTCOME_WORDS)
         rules: tuple[str, ...] = ()
         if q.get("rule", "").strip():
             text = q["rule"].strip().lower()
