@@ -7,6 +7,7 @@ fsynced, so a power cut leaves either the whole file or none.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 
@@ -30,8 +31,15 @@ def write_synced(path: Path, data: bytes | tuple[bytes, ...], mode: int = 0o644)
 
 
 def replace_synced(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Atomically replace ``path`` with ``data``, durable on return."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write_synced(tmp, data, mode)
-    os.replace(tmp, path)
+    """Atomically replace ``path`` with ``data``, durable on return. The temporary name is
+    the writer's own: two processes replacing the same file at once (the workers of one
+    gateway writing the same stop checkpoint) must not write into one temporary file, which
+    left a checkpoint of both halves (seen: "unreadable checkpoint: Extra data")."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write_synced(tmp, data, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
