@@ -53,6 +53,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import export, free_port  # noqa: E402
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -111,11 +114,6 @@ RSPAMD_OVERRIDES = {
         'exceptions = { REDIRECTOR_FALSE = ["${CONFDIR}/maps.d/redirectors.inc"]; };\n'),
 }
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 30, proc: subprocess.Popen[bytes] | None = None
@@ -629,14 +627,6 @@ def main() -> None:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
-
-def export(rev: str, into: Path) -> Path:
-    """The tree of git revision ``rev`` of this repository, to run skot as it was then."""
-    into.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 def rspamd_version() -> str:

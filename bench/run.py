@@ -45,17 +45,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from common import export, free_port  # noqa: E402
 from loadgen import Message, Result, in_flight, run  # noqa: E402
 
 from tests.fixtures import files  # noqa: E402
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
@@ -187,14 +183,6 @@ def smtp_source(tool: str, port: int, sessions: int, count: int, size: int,
     r.errors = 0 if proc.returncode == 0 else 1
     return r
 
-
-def export(rev: str, into: Path) -> Path:
-    """The tree of git revision ``rev`` of this repository, to run the gateway as it was."""
-    into.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 def gateway_config(tmp: Path, port: int, sink: int, audit_url: str,

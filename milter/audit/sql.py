@@ -101,6 +101,17 @@ CREATE INDEX IF NOT EXISTS records_ts_event ON records (ts, event);
 """
 
 
+# A purged record's copies go with its personal fields (both backends' purge triggers).
+UNINDEX = """DELETE FROM record_rules WHERE record_id = NEW.id;
+    UPDATE record_addresses SET n = n - 1
+        WHERE address IN (SELECT address FROM record_people WHERE record_id = NEW.id);
+    DELETE FROM record_addresses WHERE n <= 0
+        AND address IN (SELECT address FROM record_people WHERE record_id = NEW.id);
+    DELETE FROM record_people WHERE record_id = NEW.id;
+    DELETE FROM record_subjects WHERE record_id = NEW.id;
+"""
+
+
 def _rules_rows(row: str, each: str, get: str) -> str:
     """SELECT of one record's (id, ts, event, sender, rule, article) rows."""
     return (f"SELECT {row}.id, {row}.ts, {row}.event, lower({row}.sender), "
@@ -115,17 +126,10 @@ _SQLITE_GET = "json_extract({v}.value, '$.{k}')"
 def sqlite_index_schema() -> str:
     """The version-2 tables and the purge's trigger; the records are copied by
     ``sqlite_catch_up`` (a watermark of schema version 3 says how far)."""
-    return INDEX_TABLES.format(integer="INTEGER") + """
+    return INDEX_TABLES.format(integer="INTEGER") + f"""
 CREATE TRIGGER IF NOT EXISTS records_unindex AFTER UPDATE OF purged ON records
 WHEN NEW.purged = 1 BEGIN
-    DELETE FROM record_rules WHERE record_id = NEW.id;
-    UPDATE record_addresses SET n = n - 1
-        WHERE address IN (SELECT address FROM record_people WHERE record_id = NEW.id);
-    DELETE FROM record_addresses WHERE n <= 0
-        AND address IN (SELECT address FROM record_people WHERE record_id = NEW.id);
-    DELETE FROM record_people WHERE record_id = NEW.id;
-    DELETE FROM record_subjects WHERE record_id = NEW.id;
-END;
+{UNINDEX}END;
 """
 
 
@@ -196,14 +200,7 @@ BEGIN
             INSERT INTO record_subjects (record_id, subject) VALUES (NEW.id, lower(NEW.subject));
         END IF;
     ELSIF NEW.purged = 1 AND OLD.purged = 0 THEN
-        DELETE FROM record_rules WHERE record_id = NEW.id;
-        UPDATE record_addresses SET n = n - 1
-            WHERE address IN (SELECT address FROM record_people WHERE record_id = NEW.id);
-        DELETE FROM record_addresses WHERE n <= 0
-            AND address IN (SELECT address FROM record_people WHERE record_id = NEW.id);
-        DELETE FROM record_people WHERE record_id = NEW.id;
-        DELETE FROM record_subjects WHERE record_id = NEW.id;
-    END IF;
+{UNINDEX}    END IF;
     RETURN NULL;
 END $$ LANGUAGE plpgsql
 -- as its owner: a node role with INSERT on records only (deploy/postgres/roles.sql) needs no
