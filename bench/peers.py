@@ -12,6 +12,13 @@ one listener per path, every path relaying to the same smtp-sink:
     milter  smtp-source -> Postfix (+ skot milter) -> smtp-sink
     proxy   smtp-source -> Postfix -> skot before-queue proxy -> Postfix -> smtp-sink
 
+and two floors, the same shapes with the gateway's work taken out (what any Python filter
+pays for the language, asyncio and the protocol before it checks a thing):
+
+    bare        smtp-source -> Postfix (+ bench/bare_milter.py) -> smtp-sink
+    proxy-bare  smtp-source -> Postfix -> bench/baseline.py (bare aiosmtpd pass-through)
+                -> Postfix -> smtp-sink
+
 rspamd is Debian's package (installed with apt-get when missing), run privately: its own
 top-level config, config/run/db/log directories under the temporary directory, one loopback
 port, the proxy worker in milter mode scanning by itself (self-scan, no normal worker), every
@@ -243,16 +250,17 @@ class Services:
         self.tmp, self.workers = tmp, workers
         self.procs: list[subprocess.Popen[bytes]] = []
         self.postfix_conf: Path | None = None
-        self.filters: dict[str, int] = {}  # path -> pid of the filter's top process
+        self.filters: dict[str, list[int]] = {}  # path -> pids of the filter's top processes
         self.ports: dict[str, int] = {}
         self.sink_pid = 0
         self.rspamd_log_level = "warning"  # "info" logs every scan with its symbols
 
-    def spawn(self, cmd: list[str], port: int, **kw: object) -> subprocess.Popen[bytes]:
+    def spawn(self, cmd: list[str], port: int, timeout: float = 30, **kw: object
+              ) -> subprocess.Popen[bytes]:
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
         self.procs.append(p)
         try:
-            wait_port(port, proc=p)
+            wait_port(port, timeout, proc=p)
         except RuntimeError:
             done = p.poll() is not None and p.stderr is not None
             err = p.stderr.read().decode(errors="replace") if done and p.stderr else ""
@@ -333,8 +341,30 @@ worker "rspamd_proxy" {{
         self.rspamd_log = dirs["log"] / "rspamd.log"
         p = self.spawn(["/usr/bin/rspamd", "-f", *user, "-c", str(conf),
                         f"--var=LOCAL_CONFDIR={dirs['local']}", f"--var=RUNDIR={dirs['run']}",
-                        f"--var=DBDIR={dirs['db']}", f"--var=LOGDIR={dirs['log']}"], port)
-        self.filters["rspamd"] = p.pid
+                        f"--var=DBDIR={dirs['db']}", f"--var=LOGDIR={dirs['log']}"], port,
+                       timeout=180)  # it compiles its rules first: slow on a busy machine
+        self.filters["rspamd"] = [p.pid]
+        return port
+
+    def bare_milter(self) -> int:
+        """The milter floor (bench/bare_milter.py), as many processes as skot's workers."""
+        port = free_port()
+        p = self.spawn([sys.executable, str(ROOT / "bench" / "bare_milter.py"), str(port),
+                        str(self.workers)], port)
+        self.filters["bare"] = [p.pid]
+        time.sleep(0.5)  # the forked workers
+        return port
+
+    def bare_proxy(self, next_hop: int) -> int:
+        """The proxy floor (bench/baseline.py), one process per skot worker on one port."""
+        port = free_port()
+        cmd = [sys.executable, str(ROOT / "bench" / "baseline.py"), str(port), str(next_hop)]
+        self.filters["proxy-bare"] = [self.spawn(cmd, port).pid]
+        for _ in range(self.workers - 1):
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.procs.append(p)
+            assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
+            self.filters["proxy-bare"].append(p.pid)
         return port
 
     def skot(self, name: str, listen: str, milter: str, next_hop: str, root: Path = ROOT
@@ -375,7 +405,7 @@ listen = "{milter}"
         env = {**os.environ, "PYTHONPATH": str(root)}  # this tree's code, not the venv's
         p = self.spawn([sys.executable, "-m", "milter.cli", "serve", "--config", str(cfg)], port,
                        env=env, cwd=root)
-        self.filters[name] = p.pid
+        self.filters[name] = [p.pid]
         # wait for every worker, not just the first one, to be up
         time.sleep(1.0)
         return port
@@ -494,7 +524,7 @@ class Cell:
 def one_run(svc: Services, path: str, eml: Path, sessions: int, count: int,
             profile: Path | None = None) -> Run:
     svc.drain()
-    filt = tree(svc.filters[path]) if path in svc.filters else []
+    filt = [pid for top in svc.filters.get(path, []) for pid in tree(top)]
     spy = None
     if profile is not None and path in ("milter", "proxy"):
         # py-spy (pip install py-spy) samples the supervisor and its workers while they hold
@@ -503,7 +533,7 @@ def one_run(svc: Services, path: str, eml: Path, sessions: int, count: int,
                                 "--subprocesses", "--nonblocking", "--gil", "-r", "1000",
                                 "-f", "raw",
                                 "-o", str(profile / f"{path}-{eml.stem}.txt"),
-                                "-p", str(svc.filters[path])],
+                                "-p", str(svc.filters[path][0])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
     cpu0, sink0 = cpu_seconds(filt), cpu_seconds([svc.sink_pid])
@@ -539,7 +569,9 @@ def one_run(svc: Services, path: str, eml: Path, sessions: int, count: int,
 
 PATH_TITLES = {"plain": "Postfix alone", "rspamd": "Postfix + rspamd milter",
                "milter": "Postfix + skot milter",
-               "proxy": "Postfix → skot before-queue proxy → Postfix"}
+               "proxy": "Postfix → skot before-queue proxy → Postfix",
+               "bare": "Postfix + bare Python milter (floor: no policy, no audit)",
+               "proxy-bare": "Postfix → bare aiosmtpd proxy → Postfix (floor)"}
 
 
 def main() -> None:
@@ -550,7 +582,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2,
                     help="rspamd proxy workers = skot worker processes")
     ap.add_argument("--classes", default="2KB,50KB,docx")
-    ap.add_argument("--paths", default="plain,rspamd,milter,proxy")
+    ap.add_argument("--paths", default="plain,rspamd,milter,proxy,bare,proxy-bare")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--rspamd-log", default="warning",
                     help="rspamd's log level (info: every scan and its symbols, with --keep)")
@@ -576,6 +608,10 @@ def main() -> None:
         filters: dict[str, str] = {}
         if "rspamd" in paths:
             filters["rspamd"] = f"-o smtpd_milters=inet:127.0.0.1:{svc.rspamd()}"
+        if "bare" in paths:
+            filters["bare"] = f"-o smtpd_milters=inet:127.0.0.1:{svc.bare_milter()}"
+        if "proxy-bare" in paths:
+            filters["proxy-bare"] = f"-o smtpd_proxy_filter=127.0.0.1:{svc.bare_proxy(reinject)}"
         trees = {"": ROOT}
         if args.before:
             trees["-before"] = export(args.before, tmp / "before")
@@ -664,7 +700,11 @@ def print_table(cells: dict[tuple[str, str], Cell], classes: list[str], paths: l
               ("skot proxy before / Postfix", "proxy-before", "plain"),
               ("skot proxy / Postfix alone", "proxy", "plain"),
               ("skot milter / Postfix alone", "milter", "plain"),
-              ("rspamd milter / Postfix alone", "rspamd", "plain")]
+              ("rspamd milter / Postfix alone", "rspamd", "plain"),
+              ("bare Python milter / rspamd", "bare", "rspamd"),
+              ("skot milter / bare milter", "milter", "bare"),
+              ("bare aiosmtpd proxy / Postfix", "proxy-bare", "plain"),
+              ("skot proxy / bare proxy", "proxy", "proxy-bare")]
     print("ratios of the medians (throughput; filter CPU per message where both have it)")
     for title, a, b in ratios:
         if a not in paths or b not in paths:
