@@ -431,6 +431,43 @@ def bind_refusal(result: Mapping[str, Any]) -> str:
         f"the directory refused the bind: {desc}"
 
 
+def _staff_entry(conn: Any, settings: LdapSettings, mapping: RoleMap,
+                 address: str) -> tuple[str, Person]:
+    """The one directory entry with ``address`` (found by the service bind within the
+    configured filter) and its person, when the role is staff; else ``LoginRefused``."""
+    from ldap3.utils.conv import escape_filter_chars
+
+    amap = settings.attribute_map
+    flt = f"(&{settings.search_filter}({amap['address']}={escape_filter_chars(address)}))"
+    attributes = sorted({a for a in amap.values() if a} | {"cn"})
+    entries: list[tuple[str, Mapping[str, Any]]] = []
+    for base in settings.base_dns:
+        entries += _search(conn, base, flt, attributes, "directory.ldap.base_dns")
+    entries = [(dn, attrs) for dn, attrs in _decoded(entries)
+               if address in (v.strip().lower() for v in _values(attrs, amap["address"]))]
+    if not entries:
+        raise LoginRefused("not in the directory (no entry with this address)")
+    if len({normalize_dn(dn) for dn, _ in entries}) > 1:
+        raise LoginRefused("several directory entries have this address")
+    # The role as the gateway's own directory read decides it: the same OUs and groups.
+    group_members = {normalize_dn(g): _group_members(conn, g, f"directory.roles.{label}")
+                     for label, dns in mapping.roles.items() for g in dns}
+    people = build(entries[:1], settings, RoleMap(roles=mapping.roles), group_members)
+    person = next(iter(people.people.values()), None)  # the one entry, or none
+    if person is None:
+        raise LoginRefused("in none of the roles of [directory] roles")
+    if person.role != "staff":
+        raise LoginRefused(f"role {person.role} in the directory, not staff")
+    return entries[0][0], person
+
+
+def _checked(address: str) -> str:
+    address = address.strip().lower()
+    if "@" not in address or any(c in address for c in "\0\r\n"):
+        raise LoginRefused("not an address")
+    return address
+
+
 def login(settings: LdapSettings, mapping: RoleMap, address: str, password: str) -> Person:
     """Check a person's own directory password; their entry as a ``Person`` when they may
     sign in. The entry is found by the service bind (mail attribute = ``address``, within
@@ -443,40 +480,16 @@ def login(settings: LdapSettings, mapping: RoleMap, address: str, password: str)
     password is an "unauthenticated bind" that many servers answer with success."""
     import ldap3
     from ldap3.core.exceptions import LDAPException
-    from ldap3.utils.conv import escape_filter_chars
 
-    address = address.strip().lower()
     if not password:
         raise LoginRefused("empty password")
-    if "@" not in address or any(c in address for c in "\0\r\n"):
-        raise LoginRefused("not an address")
+    address = _checked(address)
     problem = plain_text_problem(settings)
     if problem:
         raise LdapError("directory.ldap.tls", problem)
-    amap = settings.attribute_map
     conn = connect(settings)
     try:
-        flt = f"(&{settings.search_filter}({amap['address']}={escape_filter_chars(address)}))"
-        attributes = sorted({a for a in amap.values() if a} | {"cn"})
-        entries: list[tuple[str, Mapping[str, Any]]] = []
-        for base in settings.base_dns:
-            entries += _search(conn, base, flt, attributes, "directory.ldap.base_dns")
-        entries = [(dn, attrs) for dn, attrs in _decoded(entries)
-                   if address in (v.strip().lower() for v in _values(attrs, amap["address"]))]
-        if not entries:
-            raise LoginRefused("not in the directory (no entry with this address)")
-        if len({normalize_dn(dn) for dn, _ in entries}) > 1:
-            raise LoginRefused("several directory entries have this address")
-        dn = entries[0][0]
-        # The role as the gateway's own directory read decides it: the same OUs and groups.
-        group_members = {normalize_dn(g): _group_members(conn, g, f"directory.roles.{label}")
-                         for label, dns in mapping.roles.items() for g in dns}
-        people = build(entries[:1], settings, RoleMap(roles=mapping.roles), group_members)
-        person = next(iter(people.people.values()), None)  # the one entry, or none
-        if person is None:
-            raise LoginRefused("in none of the roles of [directory] roles")
-        if person.role != "staff":
-            raise LoginRefused(f"role {person.role} in the directory, not staff")
+        dn, person = _staff_entry(conn, settings, mapping, address)
         try:
             ok = conn.rebind(user=dn, password=password, authentication=ldap3.SIMPLE)
         except LDAPException as exc:  # a bind the server turns down is a result, not this
@@ -485,5 +498,18 @@ def login(settings: LdapSettings, mapping: RoleMap, address: str, password: str)
         if not ok:
             raise LoginRefused(bind_refusal(conn.result or {}))
         return person
+    finally:
+        _close(conn)
+
+
+def still_staff(settings: LdapSettings, mapping: RoleMap, address: str) -> Person:
+    """A signed-in teacher is still staff in the directory: found by the service bind within
+    the filter, with the staff role (no password: she proved it at sign-in). Asked before a
+    release, so an account the school disabled or moved out of staff releases nothing for
+    the rest of its session. ``LoginRefused`` / ``LdapError`` as for ``login``."""
+    address = _checked(address)
+    conn = connect(settings)
+    try:
+        return _staff_entry(conn, settings, mapping, address)[1]
     finally:
         _close(conn)

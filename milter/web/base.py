@@ -70,6 +70,7 @@ class Session:
     csrf: str
     expires: float
     stamp: str = ""  # role and password hash at login: a change ends the session
+    via: str = ""    # "directory": signed in with the school account (checked again to act)
 
 
 @dataclass
@@ -263,7 +264,8 @@ class PageBase:
         # a users-file session ends when its line changes; a directory one when it expires
         session = Session(user.name, user.role, secrets.token_urlsafe(24),
                           time.time() + minutes * 60,
-                          users.stamp(self.app.users_file, user.name) if not via else "")
+                          users.stamp(self.app.users_file, user.name) if not via else "",
+                          via)
         with self.app.lock:
             self.app.sessions[token] = session
         self.app.audit(session, "login", {"role": user.role, "address": address, "via": via})

@@ -4,6 +4,7 @@ own release by the notice's link."""
 from __future__ import annotations
 
 from milter.audit.store import AuditEvent
+from milter.directory_ldap import LdapError, LoginRefused
 from milter.quarantine import Entry
 from milter.web import preview
 from milter.web.actions import ActionError, SelfReleaseRefused
@@ -122,6 +123,27 @@ class QuarantinePages(PageBase):
             self._self_refused(session, exc.key, exc.why, status, exc.entry, n=per_day)
             return None
 
+    def _still_staff(self, session: Session, entry: Entry) -> bool:
+        """A session from the school account is asked of the directory again before it
+        releases: a teacher the school disabled (or moved out of staff) since she signed in
+        is refused and signed out. A directory that cannot answer releases nothing either."""
+        directory = self.app.staff_directory
+        if session.via != "directory" or directory is None:
+            return True
+        try:
+            directory.recheck(session.user)
+        except LoginRefused as exc:
+            self._self_refused(session, "sr_left_directory", exc.why, 403, entry)
+            with self.app.lock:
+                self.app.sessions = {k: v for k, v in self.app.sessions.items()
+                                     if v is not session}
+            return False
+        except LdapError as exc:
+            self._self_refused(session, "directory_down", f"directory unavailable: {exc}",
+                               503, entry)
+            return False
+        return True
+
     def _own_page(self, session: Session, token: str, error: str = "",
                   status: int = 200) -> None:
         entry = self._own_entry(session, token)
@@ -150,6 +172,8 @@ class QuarantinePages(PageBase):
                 actor=f"web:{session.user}", reply=t["sr_reason_required"],
                 evidence={"why": "no reason given", "via": "web", "quarantine_id": entry.id}))
             self._own_page(session, token, t["sr_reason_required"], 400)
+            return
+        if not self._still_staff(session, entry):
             return
         try:
             line = self.app.actions.self_release(entry, session.user, reason)

@@ -45,3 +45,8 @@ class DirectoryLogin:
         address = name.strip().lower()
         directory_ldap.login(self.settings, self.mapping, address, password)
         return User(address, "staff")
+
+    def recheck(self, name: str) -> None:
+        """Before a release: still staff in the directory (``directory_ldap.still_staff``);
+        raises as ``check`` does."""
+        directory_ldap.still_staff(self.settings, self.mapping, name)

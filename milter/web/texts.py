@@ -109,6 +109,11 @@ T: dict[str, dict[str, str]] = {
         "sr_limit": "Je hebt in de afgelopen 24 uur al {n} berichten zelf vrijgegeven; meer "
                     "kan niet. Moet dit bericht toch verstuurd worden? Mail dan naar "
                     "{postmaster}.",
+        "sr_left_directory": "Je schoolaccount geeft je nu geen recht meer om berichten zelf "
+                             "vrij te geven (het staat niet meer als personeel in de "
+                             "accountgegevens van de school). Je bent afgemeld; het bericht "
+                             "blijft tegengehouden. Vraag de beheerder ({postmaster}) als dit "
+                             "niet klopt.",
         "sr_already": "Dit bericht is al vrijgegeven of verwijderd; er is niets opnieuw "
                       "verstuurd.",
         "sr_failed": "Het bericht kon nu niet worden verstuurd en blijft tegengehouden. "
@@ -220,6 +225,10 @@ T: dict[str, dict[str, str]] = {
         "sr_limit": "You have already released {n} messages yourself in the last 24 hours; "
                     "no more can be released. If this one must be sent, write to "
                     "{postmaster}.",
+        "sr_left_directory": "Your school account no longer lets you release messages "
+                             "yourself (it is no longer listed as staff in the school's "
+                             "account records). You have been signed out; the message stays "
+                             "held. Ask the administrator ({postmaster}) if this is wrong.",
         "sr_already": "This message was already released or deleted; nothing was sent "
                       "again.",
         "sr_failed": "The message could not be sent now and stays held. Try again later. "

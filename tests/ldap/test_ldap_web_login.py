@@ -7,6 +7,7 @@ page, and no directory entry ever becomes more than staff."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import socket
 import threading
@@ -307,3 +308,61 @@ def test_directory_sign_in_needs_the_ldap_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         config_mod.load(cfg)
     assert err.value.key == "web.staff_ldap_login" and 'source = "ldap"' in str(err.value)
+
+
+def test_a_teacher_who_left_since_she_signed_in_releases_nothing(
+        linked: dict[str, Any], school: Slapd) -> None:
+    """A directory session is asked of the directory again before it releases: the school
+    moves Sam out of staff while her session is open; her release is refused (in Dutch, on
+    record with why), she is signed out, nothing is sent and the message stays held. Back in
+    staff, she signs in again and releases it."""
+    site = linked
+    link = hold(site)
+    status, location, cookie, _ = attempt(site, "someone@school.example", SAM_PW, after=link)
+    assert (status, location) == (303, link) and cookie
+    csrf = form_csrf(request(site, "GET", link, cookie=cookie).read().decode())
+    with school.admin() as conn:  # she left: her account moves out of the staff OU
+        assert conn.modify_dn(f"uid=sam,ou=Personeel,{SUFFIX}", "uid=sam",
+                              new_superior=f"ou=Service,{SUFFIX}")
+    try:
+        resp = request(site, "POST", link, urllib.parse.urlencode(
+            {"csrf": csrf, "reason": "De ouders vroegen erom."}), cookie=cookie)
+        page = resp.read().decode()
+        assert resp.status == 403 and "geen recht meer om berichten zelf" in page
+        assert "Je bent afgemeld; het bericht blijft tegengehouden" in page
+        assert to_parent(site["sink"]) == []
+        (refused,) = events(site["tmp"], "self-release-refused")
+        assert refused.evidence["why"] == "not in the directory (no entry with this address)"
+        assert refused.sender == "someone@school.example" and refused.txid
+        assert events(site["tmp"], "quarantine-release") == []
+        resp = request(site, "GET", link, cookie=cookie)   # the session is gone
+        assert resp.status == 303 and resp.getheader("Location", "").startswith("/login")
+        assert attempt(site, "someone@school.example", SAM_PW)[0] == 401
+    finally:
+        with school.admin() as conn:
+            assert conn.modify_dn(f"uid=sam,ou=Service,{SUFFIX}", "uid=sam",
+                                  new_superior=f"ou=Personeel,{SUFFIX}")
+    status, location, cookie, _ = attempt(site, "someone@school.example", SAM_PW, after=link)
+    assert (status, location) == (303, link) and cookie
+    status, page = post_reason(site, link, cookie, "De ouders vroegen erom.")
+    assert status == 200 and "Je bericht is vrijgegeven en verstuurd" in page
+    assert len(to_parent(site["sink"])) == 1
+
+
+def test_a_directory_that_cannot_answer_at_release_releases_nothing(
+        linked: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked again before the release and the directory is down: refused with the directory
+    words (503), on record, nothing sent; the session stays (nobody's fault)."""
+    site = linked
+    link = hold(site)
+    _, _, cookie, _ = attempt(site, "someone@school.example", SAM_PW, after=link)
+    login = site["app"].staff_directory
+    down = dataclasses.replace(login, settings=dataclasses.replace(
+        login.settings, urls=(f"ldap://127.0.0.1:{free_port()}",), timeout=1))
+    monkeypatch.setattr(site["app"], "staff_directory", down)
+    status, page = post_reason(site, link, cookie, "De ouders vroegen erom.")
+    assert status == 503 and DOWN in page
+    assert to_parent(site["sink"]) == []
+    (refused,) = events(site["tmp"], "self-release-refused")
+    assert refused.evidence["why"].startswith("directory unavailable: directory.ldap.url")
+    assert request(site, "GET", link, cookie=cookie).status == 200   # still signed in
