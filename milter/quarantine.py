@@ -94,6 +94,9 @@ class Quarantine(Protocol):
 
     def entries(self) -> list[Entry]: ...
 
+    def in_progress(self) -> list[Entry]:
+        """The entries a live release or delete has claimed and not yet finished."""
+
     def older_than(self, seconds: float, now: float | None = None) -> list[Entry]: ...
 
     def claim(self, qid: str, actor: str) -> Entry | None:
@@ -239,6 +242,17 @@ class QuarantineStore:
                 out.append(entry)
         return out
 
+    def in_progress(self) -> list[Entry]:
+        if not self.directory.is_dir():
+            return []
+        out = []
+        for child in sorted(self.directory.glob(".claim-*")):
+            self._recover_stale(child.name[len(".claim-"):], child)
+            entry = self._read(child.name[len(".claim-"):], child)
+            if entry is not None:
+                out.append(entry)
+        return out
+
     def delete(self, qid: str) -> bool:
         entry = self.claim(qid, "delete")
         if entry is None:
@@ -349,9 +363,11 @@ async def release_async(cfg: Config, store: Quarantine, entry: Entry, actor: str
     return reply.line
 
 
-def find_by_token(store: Quarantine, token_sha256: str) -> Entry | None:
-    """The held message a self-release token belongs to (only its hash is stored)."""
-    for entry in store.entries():
+def find_by_token(store: Quarantine, token_sha256: str, in_progress: bool = False
+                  ) -> Entry | None:
+    """The held message a self-release token belongs to (only its hash is stored); with
+    ``in_progress``, the one a release or delete is busy with instead."""
+    for entry in store.in_progress() if in_progress else store.entries():
         if entry.meta.get("envelope", {}).get("release_token_sha256") == token_sha256:
             return entry
     return None

@@ -123,6 +123,11 @@ class PostgresQuarantine:
         return [self._entry(r) for r in self._run(
             f"SELECT {_COLUMNS} FROM quarantine WHERE {_HELD} ORDER BY id", (self._stale(),))]
 
+    def in_progress(self) -> list[Entry]:
+        return [self._entry(r) for r in self._run(
+            f"SELECT {_COLUMNS} FROM quarantine WHERE state = 'releasing' AND NOT {_HELD} "
+            "ORDER BY id", (self._stale(),))]
+
     def older_than(self, seconds: float, now: float | None = None) -> list[Entry]:
         cutoff = (now if now is not None else time.time()) - seconds
         return [self._entry(r) for r in self._run(

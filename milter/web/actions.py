@@ -71,6 +71,10 @@ class QuarantineActions:
         if entry is None and selfrelease.valid_token(token) and selfrelease.handled(
                 audit, selfrelease.token_hash(token), self.config.quarantine.retention_days + 1):
             raise SelfReleaseRefused("sr_already", "already released or deleted")
+        if entry is None and selfrelease.valid_token(token) and quarantine_mod.find_by_token(
+                self.quarantine, selfrelease.token_hash(token), in_progress=True):
+            # an admin (or her own reply) is releasing or deleting it this very moment
+            raise SelfReleaseRefused("sr_busy", "being released or deleted just now")
         if entry is None:
             raise SelfReleaseRefused("sr_unknown", "unknown link")
         sender = str(entry.meta.get("envelope", {}).get("mail_from", "")).lower()

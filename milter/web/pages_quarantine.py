@@ -117,7 +117,8 @@ class QuarantinePages(PageBase):
         try:
             return self.app.actions.own_held(token, session.user, self.app.store)
         except SelfReleaseRefused as exc:
-            status = {"sr_unknown": 404, "sr_limit": 429, "sr_already": 409}.get(exc.key, 403)
+            status = {"sr_unknown": 404, "sr_limit": 429, "sr_already": 409,
+                      "sr_busy": 409}.get(exc.key, 403)
             per_day = str(self.app.actions.policy.self_release.per_day
                           if self.app.actions.policy is not None else 0)
             self._self_refused(session, exc.key, exc.why, status, exc.entry, n=per_day)

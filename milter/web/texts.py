@@ -114,6 +114,9 @@ T: dict[str, dict[str, str]] = {
                              "accountgegevens van de school). Je bent afgemeld; het bericht "
                              "blijft tegengehouden. Vraag de beheerder ({postmaster}) als dit "
                              "niet klopt.",
+        "sr_busy": "Dit bericht wordt op dit moment al vrijgegeven of verwijderd (door de "
+                   "beheerder of met je antwoord op de melding). Kijk over een minuut opnieuw "
+                   "via deze link.",
         "sr_already": "Dit bericht is al vrijgegeven of verwijderd; er is niets opnieuw "
                       "verstuurd.",
         "sr_failed": "Het bericht kon nu niet worden verstuurd en blijft tegengehouden. "
@@ -229,6 +232,9 @@ T: dict[str, dict[str, str]] = {
                              "yourself (it is no longer listed as staff in the school's "
                              "account records). You have been signed out; the message stays "
                              "held. Ask the administrator ({postmaster}) if this is wrong.",
+        "sr_busy": "This message is being released or deleted right now (by the "
+                   "administrator or by your reply to the notice). Look again through this "
+                   "link in a minute.",
         "sr_already": "This message was already released or deleted; nothing was sent "
                       "again.",
         "sr_failed": "The message could not be sent now and stays held. Try again later. "

@@ -343,15 +343,16 @@ def test_a_release_that_died_midway_is_listed_and_releasable_again(pg_url: str) 
     dead = a.claim(qid, "admin-a")  # ... and its process is killed before finishing
     assert dead is not None
     assert b.claim(qid, "admin-b") is None and b.entries() == []  # a live claim holds
+    assert [e.id for e in b.in_progress()] == [qid]   # every node sees it being released
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("UPDATE quarantine SET claimed_at = claimed_at - 3601")
-    assert [e.id for e in b.entries()] == [qid]
+    assert [e.id for e in b.entries()] == [qid] and b.in_progress() == []
     taken = b.claim(qid, "admin-b")
     assert taken is not None
     a.finish(dead)    # the old claim no longer counts: it removes nothing
     assert b.claim(qid, "admin-c") is None
     b.finish(taken)
-    assert b.entries() == [] and a.get(qid) is None
+    assert b.entries() == [] and a.get(qid) is None and a.in_progress() == []
     a.close()
     b.close()
 

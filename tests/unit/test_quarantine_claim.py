@@ -63,8 +63,10 @@ def test_a_claim_left_by_a_dead_process_can_be_taken_again(tmp_path: Path) -> No
     assert store.claim(qid, "crashed") is not None
     claim_file = tmp_path / "q" / f".claim-{qid}" / "claim.json"
     assert store.claim(qid, "admin") is None  # a live claim is respected
+    assert [e.id for e in store.in_progress()] == [qid] and store.entries() == []
     claim_file.write_text(json.dumps({"actor": "crashed",
                                       "at": time.time() - STALE_CLAIM_SECONDS - 1}))
+    assert store.in_progress() == []
     assert [e.id for e in store.entries()] == [qid]  # listed (and purgeable) again
     entry = store.claim(qid, "admin")
     assert entry is not None and entry.id == qid

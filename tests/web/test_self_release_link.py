@@ -275,11 +275,19 @@ def test_an_admin_release_first_makes_the_link_say_already_released(
     page = request(site, "GET", link, cookie=cookie).read().decode()
     store = site["gw"].running.gateway.quarantine
     (entry,) = store.entries()
-    assert store.claim(entry.id, "web:bert") is not None  # the admin got there first
+    claimed = store.claim(entry.id, "web:bert")  # the admin got there first
+    assert claimed is not None
     resp = request(site, "POST", link, urllib.parse.urlencode(
         {"csrf": form_csrf(page), "reason": "Het mag."}), cookie=cookie)
-    assert resp.status in (404, 409)  # claimed: no longer found, or lost the claim
+    # while the admin's release is under way the page says so (not "unknown link")
+    assert resp.status == 409
+    assert "wordt op dit moment al vrijgegeven of verwijderd" in resp.read().decode()
     assert to_parent(site["sink"]) == []
+    assert events(site["tmp"], "self-release-refused")[-1].evidence["why"] == \
+        "being released or deleted just now"
+    store.unclaim(claimed)  # the admin's send failed: held again, the link works again
+    resp = request(site, "GET", link, cookie=cookie)
+    assert resp.status == 200 and "Vrijgeven en versturen" in resp.read().decode()
 
 
 def test_a_staff_account_sees_nothing_else(linked: dict[str, Any]) -> None:
