@@ -77,6 +77,13 @@ def iban(rng: random.Random) -> str:
     return " ".join(raw[i:i + 4] for i in range(0, len(raw), 4)) if rng.random() < .5 else raw
 
 
+def wrapped(line: str, width: int) -> str:
+    """A line as a mail program hard-wraps it (at spaces, ``width`` characters)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(line, width))
+
+
 def name(rng: random.Random) -> str:
     return f"{rng.choice(FIRST)} {rng.choice(LAST)}"
 
@@ -544,6 +551,10 @@ def leaks(rng: random.Random, n: int, photo: bytes) -> list[Sample]:
             XLSX)])),
         ("iban", "body", "parents' IBANs in the body", lambda: mail(letter(rng, [
             f"{name(rng)}: {iban(rng)}" for _ in range(rng.randint(3, 6))]))),
+        ("iban", "body", "parents' IBANs, the letter hard-wrapped", lambda: mail(letter(rng, [
+            wrapped(f"{name(rng)} betaalt de ouderbijdrage van 45 euro vanaf rekening "
+                    f"{iban(rng)}, graag voor 1 oktober.", rng.randint(48, 72))
+            for _ in range(rng.randint(3, 6))]))),
         # the red-team's leaks (tests/unit/test_detection_redteam.py)
         ("people", "body", "class list typed as plain text", lambda: mail(letter(rng, [
             "De klassenlijst:", plain_list(rng)]))),

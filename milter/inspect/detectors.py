@@ -153,7 +153,42 @@ def _iban_starts(text: str) -> Iterator[int]:
         prev = p
 
 
-def _iban_matches(text: str) -> Iterator[re.Match[str]]:
+# A line break inside an IBAN: a mail hard-wrapped at 72 characters, a narrow PDF column,
+# a quoted reply ("> " after the break).
+_WRAP = re.compile(r"[ \t]*\r?\n[ \t>]*")
+_MAX_WRAPS = 2
+
+
+def _wrapped_iban(text: str, pos: int) -> tuple[str, int] | None:
+    """The IBAN starting at ``pos`` that a line break (or two) cuts in pieces, with where it
+    ends; None unless one is there. Exactly as many characters as the country's IBAN has,
+    groups separated by one space or a break, and nothing alphanumeric right after: joined
+    lines only make an IBAN where the country's length and the check digits agree, so the
+    next line's reference or amount does not become part of one."""
+    want = IBAN_LENGTHS.get(text[pos:pos + 2].upper())
+    if want is None:
+        return None
+    chars: list[str] = []
+    i, n, wraps = pos, len(text), 0
+    while len(chars) < want and i < n:
+        c = text[i]
+        if c.isascii() and c.isalnum():
+            chars.append(c)
+            i += 1
+        elif c == " " and i + 1 < n and text[i + 1].isascii() and text[i + 1].isalnum():
+            i += 1
+        elif wraps < _MAX_WRAPS and (m := _WRAP.match(text, i)) is not None:
+            wraps, i = wraps + 1, m.end()
+        else:
+            break
+    if not wraps or len(chars) != want or (i < n and text[i].isalnum()):
+        return None
+    candidate = "".join(chars)
+    return (candidate, i) if iban_valid(candidate) else None
+
+
+def _iban_matches(text: str) -> Iterator[str]:
+    """Each valid IBAN in ``text`` as written (spaces kept), in order."""
     last_end = -1
     for n, pos in enumerate(_iban_starts(text)):
         if not n & 1023:
@@ -163,7 +198,12 @@ def _iban_matches(text: str) -> Iterator[re.Match[str]]:
         m = _IBAN_CI.match(text, pos)
         if m and iban_valid(m.group(1)):
             last_end = m.end(1)
-            yield m
+            yield m.group(1)
+        elif "\n" in text[pos:pos + 48]:
+            wrapped = _wrapped_iban(text, pos)
+            if wrapped is not None:
+                last_end = wrapped[1]
+                yield wrapped[0]
 
 
 def count_iban(text: str) -> int:
@@ -400,7 +440,7 @@ def bsn_in_rows(rows: Sequence[Sequence[str]], keywords: Sequence[str],
 
 def iban_numbers(text: str) -> set[str]:
     """Distinct valid IBANs in ``text``, normalised (upper case, no spaces)."""
-    return {m.group(1).replace(" ", "").upper() for m in _iban_matches(text)}
+    return {m.replace(" ", "").upper() for m in _iban_matches(text)}
 
 
 def normalise_iban(value: str) -> str:
