@@ -464,7 +464,6 @@ def marking_levels(text: str, words: Sequence[str], case_sensitive: Sequence[str
 # to "i" and a combining dot, the Kelvin sign to "k"); test_text_search checks the list. In a
 # text with one of these, folding its ASCII letters is not what str.lower does.
 LOWER_TO_ASCII = ("\u0130", "\u212a")
-_FOLD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
 _NOT_CAPITALS = bytes(b for b in range(256) if not (65 <= b <= 90 or 48 <= b <= 57))
 _ASCII_RUN = re.compile(r"[\x00-\x7f]+")
 _SHARED = 5  # words that begin or end alike in this many characters are searched for as one
@@ -477,14 +476,14 @@ class _WordSearch:
     Words that begin or end alike ("allergie"/"allergisch", the four "...dossier") are
     searched for by the part they share, each hit of it checked for each word. A
     case-sensitive word (OPP, ADHD: short, the slowest to search for) is searched for only
-    if its capitals are, one after another, among the text's capitals and digits, a few per
-    cent of the text kept by one C-speed translate. In a text with letters beyond ASCII (é,
-    ë, ’), where ``text.lower()`` is slow (some 250 us for 50 KB, ten times an ASCII one),
-    a shared part is searched for in the lower case only if its longest ASCII piece is in
-    the text's UTF-8 with its ASCII letters folded (a third of that), and the lower case is
-    made only then. What is kept of a word that occurs occurs in what is kept of the text
-    (a byte-wise translation keeps everything between), so these checks only ever skip a
-    search that would have found nothing."""
+    if its capitals are, one after another, among the text's capitals and digits (a few per
+    cent of the text, kept by one bytes.translate: half the cost of those searches). In a
+    text with letters beyond ASCII (é, ë, ’), where ``text.lower()`` is slow (some 300 us for
+    50 KB, ten times an ASCII one), a shared part is looked for first in the text's bytes
+    with their ASCII letters lower-cased (bytes.lower), by its longest ASCII piece, and the
+    lower case is made only when one is there. What is kept of a word that occurs occurs in
+    what is kept of the text (a byte-wise translation keeps everything between), so these
+    checks only ever skip a search that would have found nothing."""
 
     def __init__(self, folded: Sequence[str], exact: Sequence[str]) -> None:
         groups = _shared_parts([(w, [(w, 0)]) for w in folded])
@@ -497,19 +496,27 @@ class _WordSearch:
         occurs, where it starts a word: no letter before it and, if case-sensitive, none
         after; keyed by the word as searched for (the case-insensitive ones lower-cased, found
         in the lower case) and whether it is case-sensitive."""
-        raw = _encode(text)
         found: dict[tuple[str, bool], list[int]] = {}
+        raw = None
         if self._exact:
+            raw = _one_byte(text)
             capitals = raw.translate(None, _NOT_CAPITALS)
             for w, kept in self._exact:
                 if kept in capitals:
                     _add_starts(found, text, w, [(w, 0)], True)
         groups = self._groups
         if not text.isascii() and not any(c in text for c in LOWER_TO_ASCII):
-            folded = raw.translate(_FOLD)
-            groups = [g for g in groups if g[1] in folded]
-            if not groups and not found:
-                return None, found
+            folded = (raw if raw is not None else _one_byte(text)).lower()
+            for i, (_, piece, _) in enumerate(groups):
+                if piece in folded:
+                    # the lower case is needed now: this part and the rest are searched for
+                    # there (searching for them here first would only double the work)
+                    groups = groups[i:]
+                    break
+            else:
+                if not found:
+                    return None, found
+                groups = []
         lower = text.lower()
         for key, _, members in groups:  # _add_starts, inlined: a call per word counts in
             pos = lower.find(key)       # the short texts (subjects, file names)
@@ -567,6 +574,15 @@ def _encode(text: str) -> bytes:
     """UTF-8 one character at a time, lone surrogates too (a text decoded with
     surrogateescape has them)."""
     return text.encode("utf-8", "surrogatepass")
+
+
+def _one_byte(text: str) -> bytes:
+    """The text as bytes, each character on its own: Latin-1 where it fits (a copy, with
+    the positions of the text), else UTF-8."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return _encode(text)
 
 
 @functools.lru_cache(maxsize=16)
