@@ -651,10 +651,15 @@ def _care_notes(text: str, lower: str, out: dict[str, int], prose: list[tuple[st
     by_sentence: dict[tuple[int, int], set[str]] = {}
     for w, pos in hits:
         by_sentence.setdefault(_sentence(text, pos), set()).add(w)
-    named = {span: ws for span, ws in by_sentence.items()
-             if _names_person(text[span[0]:span[1]], terms)}
     marks = {w for w, _ in prose}
-    if where == "body" and len(out) >= 2 and any(ws & marks for ws in named.values()):
+    several = where == "body" and len(out) >= 2
+    # whether a sentence names someone is asked only where the answer counts: a marking
+    # among several, or two words of which one is a health word (a single "allergie" in a
+    # letter to all parents is read no further)
+    named = {span: ws for span, ws in by_sentence.items()
+             if ((several and ws & marks) or (len(ws) >= 2 and ws - marks))
+             and _names_person(text[span[0]:span[1]], terms)}
+    if several and any(ws & marks for ws in named.values()):
         for w in marks:
             out[w] = max(out[w], MEDIUM)
     for (start, end), ws in named.items():

@@ -106,6 +106,15 @@ _pieces = st.sampled_from([
     "\u0130", "\u212a", "\u212aonfidential", "vertrouwelij\u212a", "\u0130ADD", "\u03a3",
     "\u03a3OPP", "\udcff", "\u00a0", "ß", "\u1e9e"])
 _texts = st.lists(st.one_of(_pieces, st.text(max_size=6)), max_size=40).map("".join)
+# Sentences of names, titles, verbs, health words and markings: what care notes are made of
+# ("Sem Bakker heeft medicatie voor ADHD."), among the rest.
+_sentence = st.tuples(
+    st.lists(st.sampled_from(["Sem", "Bakker", "Juf", "Anna", "heeft", "gebruikt", "allergie",
+                              "medicatie", "ADHD", "diagnose", "vertrouwelijk", "Vertrouwelijk",
+                              "handelingsplan", "OPP", "zorgdossier", "voor", "niet", "de"]),
+             min_size=1, max_size=8).map(" ".join),
+    st.sampled_from([". ", "\n", "\n\n", ": ", " "])).map("".join)
+_notes = st.lists(st.one_of(_sentence, _pieces), max_size=12).map("".join)
 
 
 # A second word list: a case-sensitive word that is, lower-cased, also a case-insensitive
@@ -118,7 +127,7 @@ CONFIGS = [(WORDS, CASE_SENSITIVE, HEALTH_WORDS),
 
 
 @settings(max_examples=800, deadline=None)
-@given(_texts, st.sampled_from(["body", "attachment", "subject", "name"]),
+@given(st.one_of(_texts, _notes), st.sampled_from(["body", "attachment", "subject", "name"]),
        st.sampled_from(CONFIGS))
 def test_marking_levels_are_those_of_one_search_per_word(
         text: str, where: str, config: tuple[list[str], list[str], list[str]]) -> None:
