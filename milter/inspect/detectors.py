@@ -6,6 +6,8 @@ The audit store must not become a list of BSNs, so every detector returns a numb
 from __future__ import annotations
 
 import bisect
+import functools
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -478,29 +480,159 @@ def marking_levels(text: str, words: Sequence[str], case_sensitive: Sequence[str
     names no one). ``health`` words (allergie, medicatie, ADHD) count only in the prose of a
     body or attachment, and only two or more of them (or with a marking) in one sentence
     that names someone: a note about a pupil's health, medium."""
-    lower = text.lower()
+    search = _word_search(tuple(words), tuple(case_sensitive), tuple(health))
+    lower, starts = search.starts(text)
+    if lower is None or not starts:
+        return {}  # no word there (an ordinary letter), or none can be: no lower case made
     out: dict[str, int] = {}
     prose: list[tuple[str, int]] = []   # body markings in prose, with where they stand
     for w in words:
         exact = w in case_sensitive
-        hay, needle = (text, w) if exact else (lower, w.lower())
-        pos = hay.find(needle)
-        while pos >= 0:
-            end = pos + len(needle)
-            before = hay[pos - 1] if pos else " "
-            after = hay[end:end + 1] or " "
-            if before.isalpha() or (exact and after.isalpha()):
-                pos = hay.find(needle, pos + 1)
-                continue
-            level = _marking_level(text, lower, pos, end, where)
+        needle = w if exact else w.lower()
+        for pos in starts.get((needle, exact), ()):
+            level = _marking_level(text, lower, pos, pos + len(needle), where)
             if level > out.get(w, NONE):
                 out[w] = level
             if level in (LOW, MEDIUM) and where in ("body", "attachment"):
                 prose.append((w, pos))
-            pos = hay.find(needle, pos + 1)
     if where in ("body", "attachment") and (prose or health):
-        _care_notes(text, lower, out, prose, health, where)
+        _care_notes(text, lower, out, prose, health, where, starts)
     return {w: lvl for w, lvl in out.items() if lvl > NONE}
+
+
+# Non-ASCII characters whose lower case holds an ASCII character (the Turkish dotted I lowers
+# to "i" and a combining dot, the Kelvin sign to "k"); test_text_search checks the list. In a
+# text with one of these, folding its ASCII letters is not what str.lower does.
+LOWER_TO_ASCII = ("\u0130", "\u212a")
+_NOT_CAPITALS = bytes(b for b in range(256) if not (65 <= b <= 90 or 48 <= b <= 57))
+_ASCII_RUN = re.compile(r"[\x00-\x7f]+")
+_SHARED = 5  # words that begin or end alike in this many characters are searched for as one
+
+
+class _WordSearch:
+    """Where a policy's marking and health words start a word of a text, found with fewer
+    passes over it than there are words.
+
+    Words that begin or end alike ("allergie"/"allergisch", the four "...dossier") are
+    searched for by the part they share, each hit of it checked for each word. A
+    case-sensitive word (OPP, ADHD: short, the slowest to search for) is searched for only
+    if its capitals are, one after another, among the text's capitals and digits (a few per
+    cent of the text, kept by one bytes.translate: half the cost of those searches). In a
+    text with letters beyond ASCII (é, ë, ’), where ``text.lower()`` is slow (some 300 us for
+    50 KB, ten times an ASCII one), a shared part is looked for first in the text's bytes
+    with their ASCII letters lower-cased (bytes.lower), by its longest ASCII piece, and the
+    lower case is made only when one is there. What is kept of a word that occurs occurs in
+    what is kept of the text (a byte-wise translation keeps everything between), so these
+    checks only ever skip a search that would have found nothing."""
+
+    def __init__(self, folded: Sequence[str], exact: Sequence[str]) -> None:
+        groups = _shared_parts([(w, [(w, 0)]) for w in folded])
+        self._groups = [(key, max((r.encode() for r in _ASCII_RUN.findall(key)), key=len,
+                                  default=b""), members) for key, members in groups]
+        self._exact = [(w, _encode(w).translate(None, _NOT_CAPITALS)) for w in exact]
+
+    def starts(self, text: str) -> tuple[str | None, dict[tuple[str, bool], list[int]]]:
+        """``text.lower()`` (None if no word can be in the text) and, for each word that
+        occurs, where it starts a word: no letter before it and, if case-sensitive, none
+        after; keyed by the word as searched for (the case-insensitive ones lower-cased, found
+        in the lower case) and whether it is case-sensitive."""
+        found: dict[tuple[str, bool], list[int]] = {}
+        raw = None
+        if self._exact:
+            raw = _one_byte(text)
+            capitals = raw.translate(None, _NOT_CAPITALS)
+            for w, kept in self._exact:
+                if kept in capitals:
+                    _add_starts(found, text, w, [(w, 0)], True)
+        groups = self._groups
+        if not text.isascii() and not any(c in text for c in LOWER_TO_ASCII):
+            folded = (raw if raw is not None else _one_byte(text)).lower()
+            for i, (_, piece, _) in enumerate(groups):
+                if piece in folded:
+                    # the lower case is needed now: this part and the rest are searched for
+                    # there (searching for them here first would only double the work)
+                    groups = groups[i:]
+                    break
+            else:
+                if not found:
+                    return None, found
+                groups = []
+        lower = text.lower()
+        for key, _, members in groups:  # _add_starts, inlined: a call per word counts in
+            pos = lower.find(key)       # the short texts (subjects, file names)
+            while pos >= 0:
+                for w, at in members:
+                    start = pos - at
+                    if start >= 0 and lower.startswith(w, start) \
+                            and not (start and lower[start - 1].isalpha()):
+                        found.setdefault((w, False), []).append(start)
+                pos = lower.find(key, pos + 1)
+        return lower, found
+
+
+def _add_starts(found: dict[tuple[str, bool], list[int]], hay: str, key: str,
+                members: list[tuple[str, int]], exact: bool) -> None:
+    """Every hit of ``key`` in ``hay``, for each word that holds it ``at`` characters in,
+    where that word is there and starts a word."""
+    pos = hay.find(key)
+    while pos >= 0:
+        for w, at in members:
+            start = pos - at
+            if start >= 0 and hay.startswith(w, start) \
+                    and not (start and hay[start - 1].isalpha()) \
+                    and not (exact and hay[start + len(w):start + len(w) + 1].isalpha()):
+                found.setdefault((w, exact), []).append(start)
+        pos = hay.find(key, pos + 1)
+
+
+def _shared_parts(groups: list[tuple[str, list[tuple[str, int]]]]
+                  ) -> list[tuple[str, list[tuple[str, int]]]]:
+    """Join words whose search keys begin or end alike in ``_SHARED`` characters or more,
+    searched for by the shared part (each word with where in it that part stands)."""
+    i = 0
+    while i < len(groups):
+        for j in range(i + 1, len(groups)):
+            (a, ma), (b, mb) = groups[i], groups[j]
+            head = len(os.path.commonprefix([a, b]))
+            tail = len(os.path.commonprefix([a[::-1], b[::-1]]))
+            if max(head, tail) >= _SHARED:
+                if head >= tail:
+                    key, ma = a[:head], ma
+                else:
+                    key = a[len(a) - tail:]
+                    ma = [(w, at + len(a) - tail) for w, at in ma]
+                    mb = [(w, at + len(b) - tail) for w, at in mb]
+                groups[i] = (key, ma + mb)
+                del groups[j]
+                break
+        else:
+            i += 1
+    return groups
+
+
+def _encode(text: str) -> bytes:
+    """UTF-8 one character at a time, lone surrogates too (a text decoded with
+    surrogateescape has them)."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _one_byte(text: str) -> bytes:
+    """The text as bytes, each character on its own: Latin-1 where it fits (a copy, with
+    the positions of the text), else UTF-8."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return _encode(text)
+
+
+@functools.lru_cache(maxsize=16)
+def _word_search(words: tuple[str, ...], case_sensitive: tuple[str, ...],
+                 health: tuple[str, ...]) -> _WordSearch:
+    """The search of a policy's markings and health words (made once per word list)."""
+    folded = {w.lower() for w in words if w not in case_sensitive}
+    folded |= {h.lower() for h in health if not h.isupper()}
+    exact = {w for w in words if w in case_sensitive} | {h for h in health if h.isupper()}
+    return _WordSearch(sorted(folded), sorted(exact))
 
 
 HEALTH = "gezondheid"  # what a health note is reported as
@@ -545,28 +677,29 @@ _WORD_RE = re.compile(r"[^\W\d_][\w'’-]*")
 
 
 def _care_notes(text: str, lower: str, out: dict[str, int], prose: list[tuple[str, int]],
-                health: Sequence[str], where: str) -> None:
+                health: Sequence[str], where: str,
+                starts: dict[tuple[str, bool], list[int]]) -> None:
     hits = list(prose)
     for h in health:
         exact = h.isupper()
-        hay, needle = (text, h) if exact else (lower, h.lower())
-        pos = hay.find(needle)
-        while pos >= 0:
-            end = pos + len(needle)
-            if not (pos and hay[pos - 1].isalpha()) and not (exact and hay[end:end + 1].isalpha()) \
-                    and not _NEGATED.search(lower, max(0, pos - 12), pos):
+        for pos in starts.get((h if exact else h.lower(), exact), ()):
+            if not _NEGATED.search(lower, max(0, pos - 12), pos):
                 hits.append((h, pos))
-            pos = hay.find(needle, pos + 1)
     if not hits:
         return
     terms = {w.lower() for w, _ in hits}
     by_sentence: dict[tuple[int, int], set[str]] = {}
     for w, pos in hits:
         by_sentence.setdefault(_sentence(text, pos), set()).add(w)
-    named = {span: ws for span, ws in by_sentence.items()
-             if _names_person(text[span[0]:span[1]], terms)}
     marks = {w for w, _ in prose}
-    if where == "body" and len(out) >= 2 and any(ws & marks for ws in named.values()):
+    several = where == "body" and len(out) >= 2
+    # whether a sentence names someone is asked only where the answer counts: a marking
+    # among several, or two words of which one is a health word (a single "allergie" in a
+    # letter to all parents is read no further)
+    named = {span: ws for span, ws in by_sentence.items()
+             if ((several and ws & marks) or (len(ws) >= 2 and ws - marks))
+             and _names_person(text[span[0]:span[1]], terms)}
+    if several and any(ws & marks for ws in named.values()):
         for w in marks:
             out[w] = max(out[w], MEDIUM)
     for (start, end), ws in named.items():
