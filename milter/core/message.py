@@ -174,7 +174,10 @@ class Part:
 # replaced by one such line (the token); a part's bytes are then taken straight from the raw
 # message. The body of an encoded attachment is one long run, and so is most plain text:
 # parsing a 10 MB attachment line by line in Python cost a second and 100 MB.
-_RUN = re.compile(rb"\n((?:(?!From )[^\r\n:\t \-][^\r\n:]*+\r\n)++)")
+# The classes are written as the bytes they allow, not as ``[^\r\n:]``: the regex engine
+# tests a negated class in three steps a byte, an allowed one in one (half the time).
+_RUN = re.compile(rb"\n((?:(?!From )[\x00-\x08\x0b\x0c\x0e-\x1f!-,.-9;-\xff]"
+                  rb"[\x00-\x09\x0b\x0c\x0e-9;-\xff]*+\r\n)++)")
 _MIN_LINES = 32
 _B64_RUN = re.compile(rb"\n((?:[A-Za-z0-9+/]++\r\n){%d,}+)" % _MIN_LINES)  # found faster
 _B64_LINES = re.compile(rb"(?:[A-Za-z0-9+/]++(?:\r\n|\Z))*+")

@@ -35,11 +35,13 @@ _MEDIA_DIRS = ("word/media/", "ppt/media/", "xl/media/")
 
 # The pieces of text in reading order, and where each paragraph ends. A run's tab is a bare
 # <w:tab/>; tab stops in a paragraph's properties have attributes and are not text.
+# The "<" every piece starts with stands before the alternatives, not in each: the regex
+# engine then skips to the next "<" at once instead of trying every byte (3x on Word's XML).
 _PIECES = {
-    "docx": re.compile(r"<w:t(?:\s[^>]*)?>([^<]*)</w:t>|<w:(tab|cr)/>|<w:(br)\b[^>]*/>"
-                       r"|(</w:p>|<w:p/>)"),
-    "pptx": re.compile(r"<a:t(?:\s[^>]*)?>([^<]*)</a:t>|<a:(tab)/>|<a:(br)\b[^>]*/>"
-                       r"|(</a:p>|<a:p/>)"),
+    "docx": re.compile(r"<(?:w:t(?:\s[^>]*)?>([^<]*)</w:t>|w:(tab|cr)/>|w:(br)\b[^>]*/>"
+                       r"|(/w:p>|w:p/>))"),
+    "pptx": re.compile(r"<(?:a:t(?:\s[^>]*)?>([^<]*)</a:t>|a:(tab)/>|a:(br)\b[^>]*/>"
+                       r"|(/a:p>|a:p/>))"),
 }
 
 
