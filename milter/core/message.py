@@ -148,10 +148,10 @@ class Part:
 
     @cached_property
     def _charset(self) -> str | None:
-        try:
-            return self._msg.get_content_charset()
-        except Exception:  # noqa: BLE001
-            return None
+        value = _first_raw(self._msg, "content-type")
+        if isinstance(value, str) and value.isascii() and len(value) <= _CACHED_VALUE:
+            return _cached_charset(value)  # what the stdlib reads from this value
+        return _content_charset(self._msg)
 
     @cached_property
     def text(self) -> str:
@@ -292,6 +292,32 @@ def _stored(msg: StdMessage) -> object:
     """The payload as the parser stored it: ``get_payload()`` would decode 8-bit text by
     its declared charset first."""
     return msg._payload  # type: ignore[attr-defined]
+
+
+def _content_charset(msg: StdMessage) -> str | None:
+    try:
+        return msg.get_content_charset()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _first_raw(msg: StdMessage, name: str) -> object:
+    """The first ``name`` field's value as the parser stored it (what ``get`` hands the
+    policy), or None."""
+    for k, v in msg._headers:  # type: ignore[attr-defined]
+        if k.lower() == name:
+            return v
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_charset(value: str) -> str | None:
+    """The charset of a Content-Type value, read by the stdlib once per value (its
+    parameter parsing cost as much as a small message's parse): an ASCII value is handed
+    out unchanged by our policy and by compat32 alike, so this reading is the part's."""
+    probe = StdMessage(policy=compat32)
+    probe["Content-Type"] = value
+    return _content_charset(probe)
 
 
 def _filename(msg: StdMessage) -> str:
