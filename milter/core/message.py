@@ -334,7 +334,14 @@ def _filename(msg: StdMessage) -> str:
 
 
 def _header_value(msg: StdMessage, header: str) -> str | None:
-    """The first ``header`` field's value, unfolded, or None."""
+    """The first ``header`` field's value as ``get`` gives it, or None. ``header``: a
+    lower-case name outside ``_RICH``, whose ASCII value our policy hands out as stored, so
+    that value is taken straight (each node's are read about ten times in the walk)."""
+    stored = _first_raw(msg, header)
+    if stored is None:
+        return None
+    if isinstance(stored, str) and stored.isascii():
+        return stored
     try:
         raw = msg.get(header)
     except Exception:  # noqa: BLE001

@@ -1,9 +1,10 @@
-"""The text read from Word and PowerPoint XML is the text the detectors always saw: the
-reader's one-pass regex, rewritten for speed, is compared with the pattern it replaced on
+"""The text and rows read from Word, PowerPoint and Excel XML are what the detectors always
+saw: the reader's patterns, rewritten for speed, are compared with the ones they replaced on
 the fixture documents, on Word-like markup and on generated markup."""
 
 from __future__ import annotations
 
+import html
 import io
 import re
 import zipfile
@@ -11,7 +12,8 @@ import zipfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from milter.inspect.ooxml import _paragraphs
+from milter.inspect import Budget, Item, Limits
+from milter.inspect.ooxml import _XL_CELL, _XL_IS, _inline_text, _paragraphs, _xl_rows, read_ooxml
 from tests.fixtures import files
 
 # The patterns as they were before (one alternative per piece, each starting with "<").
@@ -81,3 +83,50 @@ def test_generated_markup_reads_the_same(pieces: list[str]) -> None:
     xml = "".join(pieces)
     for kind in ("docx", "pptx"):
         assert _paragraphs(xml, kind) == paragraphs_before(xml, kind)
+
+
+_ROW_BEFORE = re.compile(r"<row[ >].*?</row>", re.S)
+_CELL_BEFORE = re.compile(r"<c ([^>]*?)(?:/>|>(.*?)</c>)", re.S)
+
+
+def sheet_rows_before(xml: str) -> list[list[str]]:
+    """The inline-string and number cells of a sheet, as the reader read them before."""
+    rows = []
+    for row in _ROW_BEFORE.findall(xml):
+        cells = []
+        for attrs, body in _CELL_BEFORE.findall(row):
+            if 't="inlineStr"' in attrs:
+                cells.append(html.unescape("".join(_XL_IS.findall(body or ""))))
+            else:
+                m = re.search(r"<v>([^<]*)</v>", body or "")
+                cells.append(m.group(1) if m else "")
+        rows.append(cells)
+    return rows
+
+
+def test_fixture_sheets_read_the_same() -> None:
+    rows = [*files.pupil_rows(30), ["a & b", "<x>", "", 3.5, "Jan\tde Vries"]]
+    data = files.xlsx(rows)
+    item = Item("lijst.xlsx", "xlsx", len(data))
+    read_ooxml(item, data, Budget(Limits()))
+    (name, sheet), = [(n, x) for n, x in xml_parts(data) if n.startswith("xl/worksheets/")]
+    assert item.rows == sheet_rows_before(sheet)
+    assert len(item.rows) == 32
+
+
+SHEET_PIECES = [
+    "<row>", '<row r="1">', "</row>", "<rows>", "<row/>", "<c ", '<c r="A1"', ' t="inlineStr"',
+    ' t="s"', ' a="x/y"', "/", ">", "/>", "</c>", "<is>", "</is>", "<t>", '<t xml:space="x">',
+    "</t>", "<v>", "</v>", "12", "Jan", "&amp;", "<r>", "</r>", "<", "\n", " ", "<c>", "<col ",
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(SHEET_PIECES), max_size=60))
+def test_generated_sheet_markup_reads_the_same(pieces: list[str]) -> None:
+    xml = "".join(pieces)
+    assert list(_xl_rows(xml)) == _ROW_BEFORE.findall(xml)
+    for text in (xml, *_ROW_BEFORE.findall(xml)):
+        assert _XL_CELL.findall(text) == _CELL_BEFORE.findall(text)
+    for body in (xml, "<is><t>" + xml + "</t></is>"):
+        assert _inline_text(body) == "".join(_XL_IS.findall(body))
