@@ -23,8 +23,10 @@ _CELL = re.compile(r"<w:tc[ >].*?</w:tc>", re.S)
 _XL_ROW_START = re.compile(r"<row[ >]")
 # A cell: ``<c ([^>]*?)(?:/>|>(.*?)</c>)`` (re.S) written possessive and tempered, which
 # matches the same (attributes up to the first ">", without a "/" before it; the body up to
-# the first "</c>") without trying the rest of the pattern at every character.
-_XL_CELL = re.compile(r"<c ([^>/]*+(?:/(?!>)[^>/]*+)*+)(?:/>|>((?:[^<]++|<(?!/c>))*+)</c>)")
+# the first "</c>") without trying the rest of the pattern at every character. A body that
+# is one inline string, as most writers write it, is taken in one step.
+_XL_CELL = re.compile(r"<c ([^>/]*+(?:/(?!>)[^>/]*+)*+)(?:/>|>((?:<is><t>[^<]*+</t></is>"
+                      r"(?=</c>))?(?:[^<]++|<(?!/c>))*+)</c>)")
 _XL_V = re.compile(r"<v>([^<]*)</v>")
 _XL_IS = re.compile(r"<t(?:\s[^>]*)?>([^<]*)</t>")
 _LABEL_ID = re.compile(r"""\bid=["']\{?([0-9a-fA-F-]{36})\}?["']""")
