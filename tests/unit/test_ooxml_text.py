@@ -13,7 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from milter.inspect import Budget, Item, Limits
-from milter.inspect.ooxml import _XL_CELL, _XL_IS, _inline_text, _paragraphs, _xl_rows, read_ooxml
+from milter.inspect.ooxml import (
+    _CELL_START,
+    _ROW_START,
+    _XL_CELL,
+    _XL_IS,
+    _XL_ROW_START,
+    _elements,
+    _inline_text,
+    _paragraphs,
+    read_ooxml,
+)
 from tests.fixtures import files
 
 # The patterns as they were before (one alternative per piece, each starting with "<").
@@ -62,6 +72,14 @@ def test_fixture_documents_read_the_same() -> None:
                 assert _paragraphs(xml, kind) == paragraphs_before(xml, kind), name
                 seen += bool(paragraphs_before(xml, kind))
     assert seen >= 4
+    data = docs[1]
+    item = Item("lijst.docx", "docx", len(data))
+    read_ooxml(item, data, Budget(Limits()))
+    xml = dict(xml_parts(data))["word/document.xml"]
+    assert item.rows == [[html.unescape(" ".join(paragraphs_before(c, "docx")))
+                          for c in re.findall(r"<w:tc[ >].*?</w:tc>", row, re.S)]
+                         for row in re.findall(r"<w:tr[ >].*?</w:tr>", xml, re.S)]
+    assert item.rows[1] == ["Jan de Vries", "01-02-2015"]
 
 
 WORD_PIECES = [
@@ -73,7 +91,8 @@ WORD_PIECES = [
     "<w:tc>", "</w:tc>", '<w:proofErr w:type="spellStart"/>', "<w:txbxContent>",
     "</w:txbxContent>", "<w:tt>x</w:tt>", "<w:t>open", "</w:t>", "< w:t>y</w:t>", "<",
     "<a:p>", "</a:p>", "<a:p/>", "<a:t>Dia</a:t>", "<a:tab/>", "<a:br/>", "<a:cr/>",
-    "tekst", "\n", " ",
+    "tekst", "\n", " ", '<w:tr w:rsidR="1">', "<w:trPr/>", "<w:tcPr/>", "<w:tc ", "</w:tc",
+    ">", "<w:trx>",
 ]
 
 
@@ -83,6 +102,11 @@ def test_generated_markup_reads_the_same(pieces: list[str]) -> None:
     xml = "".join(pieces)
     for kind in ("docx", "pptx"):
         assert _paragraphs(xml, kind) == paragraphs_before(xml, kind)
+    rows = re.findall(r"<w:tr[ >].*?</w:tr>", xml, re.S)
+    assert list(_elements(xml, _ROW_START, "</w:tr>")) == rows
+    for row in rows:
+        assert list(_elements(row, _CELL_START, "</w:tc>")) == re.findall(
+            r"<w:tc[ >].*?</w:tc>", row, re.S)
 
 
 _ROW_BEFORE = re.compile(r"<row[ >].*?</row>", re.S)
@@ -125,7 +149,7 @@ SHEET_PIECES = [
 @given(st.lists(st.sampled_from(SHEET_PIECES), max_size=60))
 def test_generated_sheet_markup_reads_the_same(pieces: list[str]) -> None:
     xml = "".join(pieces)
-    assert list(_xl_rows(xml)) == _ROW_BEFORE.findall(xml)
+    assert list(_elements(xml, _XL_ROW_START, "</row>")) == _ROW_BEFORE.findall(xml)
     for text in (xml, *_ROW_BEFORE.findall(xml)):
         assert _XL_CELL.findall(text) == _CELL_BEFORE.findall(text)
     for body in (xml, "<is><t>" + xml + "</t></is>"):
