@@ -21,6 +21,7 @@ from milter.inspect import Budget, Item
 _ROW_START = re.compile(r"<w:tr[ >]")
 _CELL_START = re.compile(r"<w:tc[ >]")
 _XL_ROW_START = re.compile(r"<row[ >]")
+_XL_SI_START = re.compile(r"<si>")
 # A cell: ``<c ([^>]*?)(?:/>|>(.*?)</c>)`` (re.S) written possessive and tempered, which
 # matches the same (attributes up to the first ">", without a "/" before it; the body up to
 # the first "</c>") without trying the rest of the pattern at every character. A body that
@@ -86,12 +87,12 @@ def _elements(xml: str, start: re.Pattern[str], end: str) -> Iterator[str]:
             yield piece[found.start():] + end
 
 
-def _inline_text(body: str) -> str:
-    """``"".join(_XL_IS.findall(body))``; for the usual ``<is><t>text</t></is>`` (what
-    most writers put in a cell) without the regex."""
-    if len(body) >= 16 and body.startswith("<is><t>") and body.endswith("</t></is>") \
-            and "<" not in body[7:-9]:
-        return body[7:-9]
+def _inline_text(body: str, head: str = "<is><t>", tail: str = "</t></is>") -> str:
+    """``"".join(_XL_IS.findall(body))``; for the usual ``<is><t>text</t></is>`` in a cell
+    (``<t>text</t>`` in a shared string: ``head``, ``tail``) without the regex."""
+    if len(body) >= len(head) + len(tail) and body.startswith(head) \
+            and body.endswith(tail) and "<" not in body[len(head):len(body) - len(tail)]:
+        return body[len(head):len(body) - len(tail)]
     return "".join(_XL_IS.findall(body))
 
 
@@ -132,9 +133,9 @@ def read_ooxml(item: Item, data: bytes, budget: Budget,
         elif item.kind == "xlsx":
             shared: list[str] = []
             if "xl/sharedStrings.xml" in names:
-                for si in re.findall(r"<si>(.*?)</si>", _read(zf, "xl/sharedStrings.xml",
-                                                               budget), re.S):
-                    shared.append(html.unescape("".join(_XL_IS.findall(si))))
+                for si in _elements(_read(zf, "xl/sharedStrings.xml", budget),
+                                    _XL_SI_START, "</si>"):  # <si>(.*?)</si>, re.S
+                    shared.append(html.unescape(_inline_text(si[4:-5], "<t>", "</t>")))
             for n in sorted(n for n in names if re.match(r"xl/worksheets/sheet\d+\.xml$", n)):
                 for row in _elements(_read(zf, n, budget), _XL_ROW_START, "</row>"):
                     cells = []

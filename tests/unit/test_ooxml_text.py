@@ -19,6 +19,7 @@ from milter.inspect.ooxml import (
     _XL_CELL,
     _XL_IS,
     _XL_ROW_START,
+    _XL_SI_START,
     _elements,
     _inline_text,
     _paragraphs,
@@ -113,13 +114,19 @@ _ROW_BEFORE = re.compile(r"<row[ >].*?</row>", re.S)
 _CELL_BEFORE = re.compile(r"<c ([^>]*?)(?:/>|>(.*?)</c>)", re.S)
 
 
-def sheet_rows_before(xml: str) -> list[list[str]]:
-    """The inline-string and number cells of a sheet, as the reader read them before."""
+def sheet_rows_before(xml: str, strings: str = "") -> list[list[str]]:
+    """The cells of a sheet, as the reader read them before."""
+    shared = [html.unescape("".join(_XL_IS.findall(si)))
+              for si in re.findall(r"<si>(.*?)</si>", strings, re.S)]
     rows = []
     for row in _ROW_BEFORE.findall(xml):
         cells = []
         for attrs, body in _CELL_BEFORE.findall(row):
-            if 't="inlineStr"' in attrs:
+            if 't="s"' in attrs:
+                m = re.search(r"<v>([^<]*)</v>", body or "")
+                ok = m and m.group(1).isdigit() and int(m.group(1)) < len(shared)
+                cells.append(shared[int(m.group(1))] if m and ok else "")
+            elif 't="inlineStr"' in attrs:
                 cells.append(html.unescape("".join(_XL_IS.findall(body or ""))))
             else:
                 m = re.search(r"<v>([^<]*)</v>", body or "")
@@ -138,10 +145,29 @@ def test_fixture_sheets_read_the_same() -> None:
     assert len(item.rows) == 32
 
 
+def test_shared_strings_read_the_same() -> None:
+    """Excel itself writes each text once, in xl/sharedStrings.xml, and cells point at it."""
+    strings = ('<sst><si><t>Naam</t></si><si><t xml:space="preserve">Jan &amp; co </t></si>'
+               "<si><r><t>Vr</t></r><r><t>ies</t></r></si><si><t/></si></sst>")
+    sheet = ('<worksheet><sheetData><row r="1"><c r="A1" t="s"><v>0</v></c><c t="s"><v>1</v>'
+             '</c><c t="s"><v>2</v></c><c t="s"><v>3</v></c><c t="s"><v>9</v></c><c r="F1">'
+             "<v>42</v></c></row></sheetData></worksheet>")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("[Content_Types].xml", "<Types/>")
+        zf.writestr("xl/sharedStrings.xml", strings)
+        zf.writestr("xl/worksheets/sheet1.xml", sheet)
+    item = Item("lijst.xlsx", "xlsx", 0)
+    read_ooxml(item, buf.getvalue(), Budget(Limits()))
+    assert item.rows == sheet_rows_before(sheet, strings)
+    assert item.rows == [["Naam", "Jan & co ", "Vries", "", "", "42"]]
+
+
 SHEET_PIECES = [
     "<row>", '<row r="1">', "</row>", "<rows>", "<row/>", "<c ", '<c r="A1"', ' t="inlineStr"',
     ' t="s"', ' a="x/y"', "/", ">", "/>", "</c>", "<is>", "</is>", "<t>", '<t xml:space="x">',
     "</t>", "<v>", "</v>", "12", "Jan", "&amp;", "<r>", "</r>", "<", "\n", " ", "<c>", "<col ",
+    "<si>", "</si>", "<sst>", "<si/>", "<s",
 ]
 
 
@@ -154,3 +180,7 @@ def test_generated_sheet_markup_reads_the_same(pieces: list[str]) -> None:
         assert _XL_CELL.findall(text) == _CELL_BEFORE.findall(text)
     for body in (xml, "<is><t>" + xml + "</t></is>"):
         assert _inline_text(body) == "".join(_XL_IS.findall(body))
+    shared = [si[4:-5] for si in _elements(xml, _XL_SI_START, "</si>")]
+    assert shared == re.findall(r"<si>(.*?)</si>", xml, re.S)
+    for body in (*shared, xml, "<t>" + xml + "</t>"):
+        assert _inline_text(body, "<t>", "</t>") == "".join(_XL_IS.findall(body))
