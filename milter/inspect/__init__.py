@@ -8,6 +8,7 @@ encrypted, or fails to parse becomes an ``Item`` with ``uninspectable`` set: pol
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from milter.core.limits import Limits as Limits  # re-exported: readers and callers use it here
@@ -22,7 +23,6 @@ class Item:
     name: str
     kind: str                     # real type from the bytes: pdf, docx, zip, image, ...
     size: int
-    sha256: str = ""
     text: str = ""
     rows: list[list[str]] = field(default_factory=list)   # table rows (csv, xlsx, docx, html)
     labels: list[str] = field(default_factory=list)       # sensitivity label names and ids
@@ -31,6 +31,13 @@ class Item:
     images: list[int] = field(default_factory=list)       # sizes of pictures embedded in it
     is_body: bool = False
     depth: int = 0
+    # The digest, made when evidence asks for it: most items never show in evidence, and
+    # hashing every message's body cost as much as reading it.
+    digest: Callable[[], str] = field(default=str, repr=False, compare=False)
+
+    @property
+    def sha256(self) -> str:
+        return self.digest()
 
     @property
     def media(self) -> str:

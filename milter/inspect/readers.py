@@ -7,11 +7,12 @@ and turns their output into ``Item``s.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from milter.core.message import Part
 from milter.inspect import Budget, Item
@@ -155,7 +156,7 @@ def read_part(part: Part, budget: Budget) -> list[Item]:
     item = read_bytes(name, data, budget, depth=0, items=items,
                       charset=part.text_charset(),
                       html_part=part.content_type == "text/html",
-                      sha256=part.sha256)  # the part's, which the audit summary shows too
+                      digest=lambda: part.sha256)  # the part's, as the audit summary shows
     item.is_body = not part.is_attachment
     encrypted = encrypted_mail(part.content_type, name, data)
     if encrypted:  # whole-message encryption: nothing inside can be read (HOSTILE-INPUTS 25)
@@ -167,12 +168,13 @@ def read_part(part: Part, budget: Budget) -> list[Item]:
 
 def read_bytes(name: str, data: bytes, budget: Budget, depth: int, items: list[Item],
                charset: str | None = None, html_part: bool = False,
-               sha256: str = "") -> Item:
-    """Read one object; members of archives are appended to ``items``. ``sha256``: the
-    digest of ``data`` when the caller has it already."""
+               digest: Callable[[], str] | None = None) -> Item:
+    """Read one object; members of archives are appended to ``items``. ``digest``: gives
+    the SHA-256 of ``data`` when asked (a part's, which keeps its payload anyway); without
+    it the digest is made now, so that no member's bytes stay held."""
     kind, zf = _sniff(data, name)
     try:
-        return _read(name, data, kind, zf, budget, depth, items, charset, html_part, sha256)
+        return _read(name, data, kind, zf, budget, depth, items, charset, html_part, digest)
     finally:
         if zf is not None:
             zf.close()
@@ -180,11 +182,12 @@ def read_bytes(name: str, data: bytes, budget: Budget, depth: int, items: list[I
 
 def _read(name: str, data: bytes, kind: str, zf: zipfile.ZipFile | None, budget: Budget,
           depth: int, items: list[Item], charset: str | None, html_part: bool,
-          sha256: str) -> Item:
+          digest: Callable[[], str] | None) -> Item:
     if kind == "text" and html_part:
         kind = "html"  # an HTML body without an <html> tag is still read as HTML
-    item = Item(name=name, kind=kind, size=len(data),
-                sha256=sha256 or hashlib.sha256(data).hexdigest(), depth=depth)
+    if digest is None:
+        digest = functools.partial(str, hashlib.sha256(data).hexdigest())
+    item = Item(name=name, kind=kind, size=len(data), depth=depth, digest=digest)
     limit = budget.limits.max_text_chars
     if not budget.time_left():
         item.uninspectable = "inspection time budget exhausted"
@@ -220,9 +223,22 @@ def _read(name: str, data: bytes, kind: str, zf: zipfile.ZipFile | None, budget:
 
 
 def _csv_like(text: str) -> bool:
-    lines = text.splitlines()[:5]
+    lines = _first_lines(text, 5)
     return len(lines) >= 2 and all(line.count(";") >= 2 or line.count(",") >= 2
                                    for line in lines)
+
+
+def _first_lines(text: str, n: int) -> list[str]:
+    """``text.splitlines()[:n]`` without splitting all of a long text: a head of it that
+    holds more than ``n`` lines has the same first ``n`` (each of those ends before the
+    next line starts)."""
+    size = 4096
+    while size < len(text):
+        lines = text[:size].splitlines()
+        if len(lines) > n:
+            return lines[:n]
+        size *= 8
+    return text.splitlines()[:n]
 
 
 def _csv_rows(text: str, max_rows: int = 20000) -> list[list[str]]:

@@ -137,3 +137,18 @@ def test_summary_keeps_no_body(rt: Runtime) -> None:
     ev = rt.evaluate(Envelope("someone@school.example", ("x@ext.example",), "127.0.0.1"), raw)
     assert "Jantje" not in str(ev.summary)
     assert ev.summary["sha256"] and ev.summary["message_id"] == "<m1@school.example>"
+
+
+@pytest.mark.parametrize("content_type", [
+    'text/plain; charset="UTF-8"', "text/plain; CHARSET=Windows-1252", "text/plain",
+    "text/plain;\r\n charset*=utf-8''iso-8859-1", "text/plain; charset*0=utf; charset*1=-8",
+    "text/plain; charset=ISO-8859-1; charset=utf-8", 'text/plain; charset="a;b"',
+    "text/plain; charset*=utf-8'en'%C3%A9", "text/plain; charset=", "text/plain; charset=x (y)",
+    "text/plain; charset=caf\xe9", "text/plain; charset=" + "x" * 600,
+])
+def test_body_charset_is_the_one_mail_programs_read(content_type: str) -> None:
+    """The part's charset (read once per Content-Type value) is the stdlib's reading."""
+    raw = ("From: a@school.example\r\nContent-Type: " + content_type
+           + "\r\n\r\nhallo\r\n").encode("utf-8")
+    part = parse(raw).parts[0]
+    assert part.text_charset() == part._msg.get_content_charset()
