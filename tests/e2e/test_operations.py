@@ -172,6 +172,8 @@ def test_worker_processes_share_the_port_and_one_chain(served: Any, tmp_path: Pa
     from milter.cli import main
 
     proc, port = served(gateway_extra="workers = 2")
+    proc.wait_log_count("ready", 2)  # the port opens with the first; a SIGHUP before the
+    # second is up would stop it before it says so (seen under load)
     codes = [send(port, make_message(), "someone@school.example") for _ in range(12)]
     assert codes == [250] * 12
     proc.signal(signal.SIGHUP)
