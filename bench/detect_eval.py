@@ -77,11 +77,16 @@ def iban(rng: random.Random) -> str:
     return " ".join(raw[i:i + 4] for i in range(0, len(raw), 4)) if rng.random() < .5 else raw
 
 
-def wrapped(line: str, width: int) -> str:
-    """A line as a mail program hard-wraps it (at spaces, ``width`` characters)."""
+def wrapped_in_iban(rng: random.Random, before: str) -> str:
+    """``before`` and an IBAN (in groups), hard-wrapped at spaces as a mail program does, at
+    a width that breaks the line inside the IBAN (after its first, second, third or fourth
+    group)."""
     import textwrap
 
-    return "\n".join(textwrap.wrap(line, width))
+    account = iban(rng).replace(" ", "")
+    grouped = " ".join(account[i:i + 4] for i in range(0, len(account), 4))
+    width = len(before) + 1 + rng.choice([4, 9, 14, 19])
+    return "\n".join(textwrap.wrap(f"{before} {grouped}, graag voor 1 oktober.", width))
 
 
 def name(rng: random.Random) -> str:
@@ -552,8 +557,7 @@ def leaks(rng: random.Random, n: int, photo: bytes) -> list[Sample]:
         ("iban", "body", "parents' IBANs in the body", lambda: mail(letter(rng, [
             f"{name(rng)}: {iban(rng)}" for _ in range(rng.randint(3, 6))]))),
         ("iban", "body", "parents' IBANs, the letter hard-wrapped", lambda: mail(letter(rng, [
-            wrapped(f"{name(rng)} betaalt de ouderbijdrage van 45 euro vanaf rekening "
-                    f"{iban(rng)}, graag voor 1 oktober.", rng.randint(48, 72))
+            wrapped_in_iban(rng, f"{name(rng)} betaalt de ouderbijdrage vanaf rekening")
             for _ in range(rng.randint(3, 6))]))),
         # the red-team's leaks (tests/unit/test_detection_redteam.py)
         ("people", "body", "class list typed as plain text", lambda: mail(letter(rng, [
