@@ -469,7 +469,12 @@ class MilterProtocol(asyncio.Protocol):
             self.ending = None
             self._broken(exc)
             return
-        except BaseException:
+        except Exception:
+            self.ending = None
+            log.exception("milter end of message failed, closing the connection")
+            self._close()
+            return
+        except BaseException:  # cancelled: the gateway stops
             self.ending = None
             self._close()
             raise
