@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -136,15 +136,20 @@ class Gateway:
         if auth is not None:
             budget += runtime.config.dns.timeout * 4  # SPF, DKIM, DMARC and a retry
         loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self.inspectors, runtime.evaluate, envelope, content,
-                                    None, auth)
+        # One future and one timer: run_in_executor, shield and wait_for would chain four
+        # futures and their callbacks for the same hand-over, per message.
+        done: asyncio.Future[Evaluation] = loop.create_future()
+        work = self.inspectors.submit(runtime.evaluate, envelope, content, None, auth)
+        work.add_done_callback(lambda w: _hand_back(loop, w, done))
+        backstop = loop.call_later(budget, _give_up, done)
         try:
-            return await asyncio.wait_for(asyncio.shield(work), timeout=budget)
-        except TimeoutError:
+            return await done
+        except _Backstop:
             log.error("tx=%s inspection did not stop within %.0fs; held as A1.uninspectable",
                       envelope.txid, budget)
             return runtime.out_of_time(envelope, content)
         finally:
+            backstop.cancel()
             metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
 
     def added_fields(self, evaluation: Evaluation, authserv_id: str,
@@ -171,6 +176,35 @@ class Gateway:
         assert evaluation is not None
         return warning.delivered(evaluation.raw, evaluation.message, evaluation.verdict,
                                  tx.runtime.policy, banner)
+
+
+class _Backstop(Exception):
+    """An inspection thread did not answer within the budget and the backstop."""
+
+
+def _give_up(done: asyncio.Future[Any]) -> None:
+    if not done.done():
+        done.set_exception(_Backstop())
+
+
+def _hand_back(loop: asyncio.AbstractEventLoop, work: Future[Any],
+               done: asyncio.Future[Any]) -> None:
+    """The inspection thread's outcome to the waiting coroutine (inspection thread)."""
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+        loop.call_soon_threadsafe(_settle, work, done)
+
+
+def _settle(work: Future[Any], done: asyncio.Future[Any]) -> None:
+    if done.done():  # given up (backstop) or its waiter was cancelled
+        return
+    if work.cancelled():  # the pool shut down before it ran
+        done.cancel()
+        return
+    exc = work.exception()
+    if exc is not None:
+        done.set_exception(exc)
+    else:
+        done.set_result(work.result())
 
 
 @dataclass

@@ -6,6 +6,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import pytest
 
 from milter.audit.sqlite import SQLiteStore
+from milter.core.engine import Engine
+from milter.core.verdict import Finding
 from milter.fronts.milter import codec
 from milter.fronts.milter.server import NO_REPLY, NO_REPLY_ALL
 from tests.conftest import make_message, write_config
@@ -374,3 +377,32 @@ def test_idle_connection_is_closed_after_idle_timeout(tmp_path: Path) -> None:
         mta.close()
     finally:
         g.stop()
+def test_a_decision_longer_than_the_idle_timeout_is_still_answered(tmp_path: Path) -> None:
+    """The idle timeout is the MTA's silence, not our own: a message whose policy takes
+    longer than ``idle_timeout`` gets its answer, and the connection carries on."""
+    cfg = write_config(tmp_path, listen="", extra=f'[milter]\nlisten = "127.0.0.1:{free_port()}"'
+                                                  "\nidle_timeout = 1.0\n")
+    g = GatewayThread(cfg)
+    try:
+        def slow(*_: Any) -> Finding | None:
+            time.sleep(2.5)
+            return None
+
+        async def swap() -> None:
+            gw = g.running.gateway
+            rt = gw.runtime
+            gw.runtime = replace(rt, engine=Engine(rt.policy, {**rt.engine.rules,
+                                                               "B1.sender-domain": slow}))
+
+        g.call(swap())
+        mta = MTA(g.running.milter_port)
+        mta.negotiate()
+        assert mta.message(make_message(), "someone@school.example",
+                           ["o@example.org"])[-1].cmd == b"c"
+        assert mta.message(make_message(), "someone@school.example",
+                           ["o@example.org"])[-1].cmd == b"c"
+        mta.close()
+    finally:
+        g.stop()
+
+

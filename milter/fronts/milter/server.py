@@ -12,11 +12,9 @@ connections, so that no MTA (or impostor) can exhaust memory or file descriptors
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from milter import metrics
 from milter.core.verdict import too_big
@@ -349,40 +347,181 @@ class MilterConnection:
         return out
 
 
-async def serve_connection(gateway: Gateway, reader: asyncio.StreamReader,
-                           writer: asyncio.StreamWriter) -> None:
-    """Drive one MTA connection (each transaction pins the runtime current at its MAIL)."""
-    session = MilterConnection(gateway)
-    idle_timeout = gateway.runtime.config.milter.idle_timeout
-    decoder = codec.Decoder(skip_macros=SKIP_MACROS)
-    counted = 0  # packets counted in the metric so far
-    try:
-        while True:
-            async with asyncio.timeout(idle_timeout):  # no task per read (wait_for makes one)
-                data = await reader.read(65536)
-            if not data:
-                return
-            for event in decoder.feed(data):
-                if isinstance(event, codec.Quit) and not event.new_connection:
-                    return
+class MilterProtocol(asyncio.Protocol):
+    """One MTA connection. Packets are decoded and answered in ``data_received``: a message
+    is some twenty reads (Postfix writes each packet, and waits for none of the answers we
+    declined), and a StreamReader costs a buffer copy, a future and a task wake-up per read,
+    plus a timeout object. Only the end of a message (policy and audit) runs as a task;
+    reading pauses until it is answered, and what came meanwhile is handled after it, in
+    order, as libmilter does. Each transaction pins the runtime current at its MAIL.
+
+    The idle timeout is one timer, moved only when it fires (``last`` is the time of the
+    last read): it counts while we wait for the MTA, not while we decide or while the MTA
+    does not read our answers (the transport's write buffer is full: reading pauses, as
+    ``drain`` did)."""
+
+    def __init__(self, gateway: Gateway, cap: ConnectionCap) -> None:
+        self.gateway = gateway
+        self.cap = cap
+        self.session = MilterConnection(gateway)
+        self.decoder = codec.Decoder(skip_macros=SKIP_MACROS)
+        self.counted = 0  # packets counted in the metric so far
+        self.loop = asyncio.get_running_loop()
+        self.idle_timeout = gateway.runtime.config.milter.idle_timeout
+        self.last = self.loop.time()
+        self.timer: asyncio.TimerHandle | None = None
+        self.transport: asyncio.Transport | None = None
+        self.backlog: list[codec.Event] = []  # decoded, not yet handled (after an end)
+        self.ending: asyncio.Task[None] | None = None  # an end of message being decided
+        self.write_paused = False  # the MTA does not read our answers
+        self.admitted = False
+        self.closed = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if not self.cap.admit():
+            self.closed = True
+            transport.close()
+            return
+        self.admitted = True
+        self.timer = self.loop.call_at(self.last + self.idle_timeout, self._idle_check)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.last = self.loop.time()
+        try:
+            events = self.decoder.feed(data)
+        except codec.ProtocolError as exc:
+            self._broken(exc)
+            return
+        if self.backlog:
+            self.backlog += events
+        else:
+            self.backlog = events
+        if self.ending is None:
+            self._run()
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes (after writing what it holds)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if exc is not None:
+            log.info("milter connection ended: %s", type(exc).__name__)
+        if self.admitted:
+            self.admitted = False
+            self.cap.open -= 1
+        self._count()
+
+    # -- the work ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        """Handle the events decoded so far, in order; an end of message hands the rest
+        to its task."""
+        transport = self.transport
+        assert transport is not None
+        events, self.backlog = self.backlog, []
+        out: list[bytes] = []
+        session = self.session
+        broken: codec.ProtocolError | None = None
+        try:
+            for i, event in enumerate(events):
                 if isinstance(event, codec.EndOfMessage):
-                    reply = await session.handle(event)
-                    metrics.MILTER_PACKETS.inc(decoder.packets - counted)
-                    counted = decoder.packets
-                else:
-                    reply = session.handle_now(event)
+                    self.backlog = events[i + 1:]
+                    transport.pause_reading()
+                    self.ending = self.loop.create_task(self._end(event))
+                    break
+                if isinstance(event, codec.Quit) and not event.new_connection:
+                    self.closed = True
+                    break
+                reply = session.handle_now(event)
                 if reply:
-                    writer.write(reply)
-            await writer.drain()
-    except codec.ProtocolError as exc:
+                    out.append(reply)
+        except codec.ProtocolError as exc:
+            broken = exc
+        if out:  # the answers so far, in one write
+            transport.write(b"".join(out))
+        if broken is not None:
+            self._broken(broken)
+        elif self.closed:
+            transport.close()
+
+    async def _end(self, event: codec.EndOfMessage) -> None:
+        try:
+            reply = await self.session.handle(event)
+        except codec.ProtocolError as exc:
+            self.ending = None
+            self._broken(exc)
+            return
+        except Exception:
+            self.ending = None
+            log.exception("milter end of message failed, closing the connection")
+            self._close()
+            return
+        except BaseException:  # cancelled: the gateway stops
+            self.ending = None
+            self._close()
+            raise
+        self.ending = None
+        self._count()
+        if self.closed:
+            return
+        assert self.transport is not None
+        if reply:
+            self.transport.write(reply)
+        self.last = self.loop.time()
+        self._run()
+        self._resume()
+
+    def _resume(self) -> None:
+        """Read again, unless an end of message is being decided or the MTA does not read."""
+        if self.ending is None and not self.write_paused and not self.closed \
+                and self.transport is not None:
+            self.last = self.loop.time()
+            self.transport.resume_reading()
+
+    def _idle_check(self) -> None:
+        self.timer = None
+        if self.closed:
+            return
+        now = self.loop.time()
+        if self.ending is not None or self.write_paused:
+            self.last = now  # not waiting for the MTA: the idle time starts when we read
+        due = self.last + self.idle_timeout
+        if now < due:
+            self.timer = self.loop.call_at(due, self._idle_check)
+            return
+        log.info("milter connection ended: %s", "TimeoutError")
+        self._close()
+
+    def _broken(self, exc: codec.ProtocolError) -> None:
         log.warning("milter peer broke the protocol, closing: %s", exc)
-    except (TimeoutError, ConnectionError) as exc:
-        log.info("milter connection ended: %s", type(exc).__name__)
-    finally:
-        metrics.MILTER_PACKETS.inc(decoder.packets - counted)
-        writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await writer.wait_closed()
+        self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _count(self) -> None:
+        metrics.MILTER_PACKETS.inc(self.decoder.packets - self.counted)
+        self.counted = self.decoder.packets
 
 
 class ConnectionCap:
@@ -411,18 +550,13 @@ class ConnectionCap:
 
 async def start(gateway: Gateway, listen: str, reuse_port: bool = False) -> asyncio.Server:
     cap = ConnectionCap(gateway)
+    loop = asyncio.get_running_loop()
 
-    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Any:
-        if not cap.admit():
-            w.close()
-            return
-        try:
-            await serve_connection(gateway, r, w)
-        finally:
-            cap.open -= 1
+    def factory() -> MilterProtocol:
+        return MilterProtocol(gateway, cap)
 
     if listen.startswith("unix:"):
-        return await asyncio.start_unix_server(handler, path=listen[len("unix:"):])
+        return await loop.create_unix_server(factory, path=listen[len("unix:"):])
     host, _, port = listen.rpartition(":")
-    return await asyncio.start_server(handler, host.strip("[]"), int(port),
-                                      reuse_port=reuse_port or None)
+    return await loop.create_server(factory, host.strip("[]"), int(port),
+                                    reuse_port=reuse_port or None)
