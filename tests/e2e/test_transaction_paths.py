@@ -119,7 +119,9 @@ def test_quarantine_is_durable_before_the_answer(both: Both, front: str) -> None
     (entry,) = both.gateway.running.gateway.quarantine.entries()
     (rec,) = both.records()
     assert rec.event == "quarantined" and rec.evidence["quarantine_id"] == entry.id
-    assert both.sink.messages == []
+    # the held message went nowhere (the sender's notice, from the postmaster, may have:
+    # it is sent in the background and was once quicker than this check)
+    assert [m.mail_from for m in both.sink.messages] in ([], ["postmaster@school.example"])
 
 
 @pytest.mark.parametrize("front", FRONTS)
