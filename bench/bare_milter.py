@@ -1,15 +1,15 @@
 """The milter floor: a bare Python milter that checks nothing and records nothing.
 
-    python bench/bare_milter.py PORT
+    python bench/bare_milter.py PORT [WORKERS]
 
-What any Python milter pays before it does its job: the same asyncio server shape and the
-same sans-I/O codec as skot's milter front (milter.fronts.milter.codec), the same option
-negotiation (the steps skipped, the answers Postfix need not wait for, the macros asked for),
-the message's headers and body collected as they come; at the end of the message it answers
-"continue" (accept). No policy, no MIME parse, no audit record, no header changes.
-bench/peers.py runs it as the "bare" path, one process per skot worker sharing one listening
-socket, so the table shows how much of skot's milter CPU is the floor of the language and
-the protocol and how much is the gateway's own work.
+What any Python milter pays before it does its job: the shape of skot's milter front (an
+asyncio Protocol answering in ``data_received``, one write per read), the same sans-I/O
+codec, skot's own option negotiation (the steps skipped, the answers Postfix need not wait
+for, the macros asked for), the headers and body collected as they come, "continue" at the
+end of the message. No policy, no MIME parse, no audit record, no header changes.
+bench/peers.py runs it as the "bare" path, one process per skot worker sharing one
+listening socket: the table shows how much of skot's milter CPU is the floor of the
+language and the protocol, and how much is the gateway's own work.
 """
 
 from __future__ import annotations
@@ -24,55 +24,56 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from milter.fronts.milter import codec  # noqa: E402
 from milter.fronts.milter.server import (  # noqa: E402
-    ACTIONS,
     CONTINUE,
-    MACROS,
     NO_REPLY,
-    NO_REPLY_ALL,
-    NO_SEND,
     SKIP_MACROS,
+    MilterConnection,
 )
 
 
-async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    decoder = codec.Decoder(skip_macros=SKIP_MACROS)
-    no_reply = 0
-    headers: list[tuple[str, bytes]] = []
-    body = bytearray()
-    try:
-        while data := await reader.read(65536):
-            out = b""
-            for event in decoder.feed(data):
-                reply = CONTINUE
-                if isinstance(event, codec.OptNeg):
-                    protocol = NO_SEND & event.protocol
-                    no_reply = NO_REPLY_ALL & event.protocol
-                    reply = codec.encode_optneg(
-                        min(event.version, codec.VERSION),
-                        (ACTIONS & event.actions) | codec.SMFIF_SETSYMLIST,
-                        protocol | no_reply, MACROS)
-                elif isinstance(event, (codec.Macro, codec.Abort, codec.Quit)):
-                    reply = b""
-                elif isinstance(event, codec.Header):
-                    headers.append((event.name, event.value))
-                elif isinstance(event, codec.Body):
-                    body += event.chunk
-                elif isinstance(event, codec.EndOfMessage):
-                    body += event.chunk
-                    headers, body = [], bytearray()
-                if reply == CONTINUE and no_reply & NO_REPLY.get(type(event), 0):
-                    reply = b""
-                out += reply
-            if out:
-                writer.write(out)
-    except (codec.ProtocolError, ConnectionError):
-        pass
-    finally:
-        writer.close()
+class Bare(asyncio.Protocol):
+    """The shape of skot's front (``MilterProtocol``): packets answered in ``data_received``,
+    one write per read; the option negotiation is skot's own (``MilterConnection``)."""
+
+    def __init__(self) -> None:
+        self.decoder = codec.Decoder(skip_macros=SKIP_MACROS)
+        self.negotiation = MilterConnection(None)  # type: ignore[arg-type]  # OptNeg only
+        self.headers: list[tuple[str, bytes]] = []
+        self.body = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        out = []
+        try:
+            events = self.decoder.feed(data)
+        except codec.ProtocolError:
+            self.transport.close()
+            return
+        for event in events:
+            reply = CONTINUE
+            if isinstance(event, codec.OptNeg):
+                reply = self.negotiation.handle_now(event)
+            elif isinstance(event, (codec.Macro, codec.Abort, codec.Quit)):
+                reply = b""
+            elif isinstance(event, codec.Header):
+                self.headers.append((event.name, event.value))
+            elif isinstance(event, codec.Body):
+                self.body += event.chunk
+            elif isinstance(event, codec.EndOfMessage):
+                self.headers, self.body = [], bytearray()
+            if reply == CONTINUE and self.negotiation.no_reply & NO_REPLY.get(type(event), 0):
+                reply = b""
+            if reply:
+                out.append(reply)
+        if out:
+            self.transport.write(b"".join(out))
 
 
 async def main(sock: socket.socket) -> None:
-    server = await asyncio.start_server(serve, sock=sock)
+    server = await asyncio.get_running_loop().create_server(Bare, sock=sock)
     async with server:
         await server.serve_forever()
 
